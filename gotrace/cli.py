@@ -1,0 +1,262 @@
+"""The `gotrace` command line: argument parsing and the error boundary only.
+
+Commands call the library and hand its data to the formatting modules. Every
+GotraceError becomes one line on stderr and the contract's exit code; click's
+usage errors become one line and exit 2. No traceback reaches the user.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+import time
+
+import click
+
+from gotrace import __version__
+from gotrace.errors import GotraceError, UsageError
+
+EXIT_USAGE = 2
+
+
+# -- targets ----------------------------------------------------------------------
+
+def resolve_binary(arg: str) -> str:
+    """A binary argument as a path: an existing path, else a command on $PATH."""
+    if os.path.exists(arg) or "/" in arg:
+        return arg
+    found = shutil.which(arg)
+    return found or arg
+
+
+def pid_binary(pid: int) -> str:
+    """`/proc/PID/exe` of a live process (works for processes in containers)."""
+    exe = f"/proc/{pid}/exe"
+    if not os.path.exists(f"/proc/{pid}"):
+        raise UsageError(f"no process with pid {pid}; check the pid with ps or pgrep")
+    try:
+        os.stat(exe)
+    except PermissionError:
+        raise GotraceError(f"cannot read {exe}: permission denied; run gotrace as root") from None
+    except OSError:
+        raise UsageError(f"process {pid} has no readable executable (a kernel thread or exited); give a Go process pid")
+    return exe
+
+
+def open_target(binary: str | None, pid: int | None):
+    from gotrace.gobinary import GoBinary
+
+    if pid is not None:
+        return GoBinary.open(pid_binary(pid), display_path=f"pid {pid} ({_readlink(f'/proc/{pid}/exe')})")
+    if binary is None:
+        raise UsageError("give a binary path or -p PID")
+    path = resolve_binary(binary)
+    return GoBinary.open(path, display_path=binary)
+
+
+def _readlink(path: str) -> str:
+    try:
+        return os.readlink(path)
+    except OSError:
+        return path
+
+
+# -- the command group ----------------------------------------------------------------
+
+class GotraceGroup(click.Group):
+    """Top-level group whose help lists examples."""
+
+
+@click.group(cls=GotraceGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="gotrace")
+def cli() -> None:
+    """eBPF tracing for Go binaries: goroutine-correct latency, call arguments.
+
+    \b
+    Examples:
+      gotrace funcs ./server 'main.*'
+      gotrace latency ./server 'main.(*Server).handle'
+      gotrace latency -p 4242 'net/http.(*conn).serve' -d 10
+      gotrace args ./server main.work
+    """
+
+
+# -- funcs -------------------------------------------------------------------------------
+
+@cli.command("funcs")
+@click.argument("args", nargs=-1, metavar="TARGET [PATTERN]...")
+@click.option("-p", "--pid", type=int, help="Inspect the binary of process PID (/proc/PID/exe).")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object (see the CLI contract).")
+@click.option("--all", "show_all", is_flag=True, help="Also list functions that cannot be traced.")
+def funcs_cmd(args: tuple[str, ...], pid: int | None, as_json: bool, show_all: bool) -> None:
+    """List a Go binary's functions and where gotrace would probe them.
+
+    Shows each function's entry address, size and number of return sites,
+    and why a function cannot be traced for latency. Needs no root and works
+    on stripped binaries. PATTERN is a Go name (main.work,
+    'net/http.(*conn).serve', 'main.Map[...]') or a glob ('main.*').
+
+    \b
+    Examples:
+      gotrace funcs ./server              # every function
+      gotrace funcs ./server 'main.*'     # functions of package main
+      gotrace funcs -p 4242 '*ServeHTTP' --json
+    """
+    from gotrace.funcs import describe_functions
+    from gotrace.render import render_funcs_text
+
+    binary, patterns = _split_target(args, pid)
+    with open_target(binary, pid) as gobin:
+        listing = describe_functions(gobin, patterns)
+        if as_json:
+            click.echo(json.dumps(listing.to_json()))
+        else:
+            click.echo(render_funcs_text(listing, show_all=show_all or bool(patterns)), nl=False)
+
+
+def _split_target(args: tuple[str, ...], pid: int | None) -> tuple[str | None, list[str]]:
+    if pid is not None:
+        return None, list(args)
+    if not args:
+        raise UsageError("missing TARGET: give a Go binary path or -p PID (see gotrace funcs --help)")
+    return args[0], list(args[1:])
+
+
+# -- latency -----------------------------------------------------------------------------
+
+def target_options(f):
+    """-p/-c, -d, --json: the options every tracing command shares."""
+    f = click.option("--json", "as_json", is_flag=True, help="JSON Lines output (see the CLI contract).")(f)
+    f = click.option("-d", "--duration", type=click.FloatRange(min=0, min_open=True), metavar="SECONDS",
+                     help="Stop after SECONDS and print the final report.")(f)
+    f = click.option("-c", "--command", metavar="'COMMAND ARGS'",
+                     help="Start COMMAND, trace only it, report when it exits.")(f)
+    f = click.option("-p", "--pid", type=click.IntRange(min=1), help="Trace only process PID.")(f)
+    return f
+
+
+@cli.command("latency")
+@click.argument("args", nargs=-1, metavar="[./bin] PATTERN...")
+@target_options
+@click.option("-i", "--interval", type=click.FloatRange(min=0, min_open=True), metavar="SECONDS",
+              help="Print a report every SECONDS (and reset).")
+@click.option("--unit", type=click.Choice(["auto", "ns", "us", "ms", "s"]), default="auto", show_default=True,
+              help="Unit of the text report.")
+@click.option("--print-bpf", is_flag=True, hidden=True, help="Print the BPF C source and exit.")
+def latency_cmd(args, pid, command, duration, as_json, interval, unit, print_bpf) -> None:
+    """Latency histograms of Go functions, per goroutine, from entry to return.
+
+    Probes go after each function's stack-check prologue and on every return
+    instruction (never uretprobes, which crash Go). Calls are paired by
+    goroutine and stack depth, so thread migration, recursion and stack growth
+    are handled. Ctrl-C, SIGTERM, -d expiry or the traced process's exit print
+    the final report; the traced process keeps running untouched.
+
+    \b
+    Examples:
+      gotrace latency ./server 'main.(*Server).handle'
+      gotrace latency -p 4242 'net/http.(*conn).serve' -d 10
+      gotrace latency -c './server -n 1000' ./server 'main.*' --unit us
+      gotrace latency ./server 'main.*' -i 5 --json
+    """
+    from gotrace.latency import function_reports, plan_latency, traced_functions
+    from gotrace.report import header_line, latency_report_json, render_latency_text
+    from gotrace.session import StopFlag, run_loop
+    from gotrace.tracer import LatencyTracer
+
+    target, patterns = _tracing_target(args, pid, command)
+    with open_target(target.binary_path if pid is None else None, pid) as gobin:
+        plan = plan_latency(gobin, patterns)
+        offsets = gobin.runtime_offsets
+
+        def make_tracer() -> LatencyTracer:
+            return LatencyTracer(gobin.path, traced_functions(plan), pid=target.pid,
+                                 goid_offset=offsets.goid, stack_hi_offset=offsets.stack_hi, arch=gobin.arch)
+
+        if print_bpf:
+            click.echo(make_tracer().bpf_source())
+            return
+        for skipped in plan.skipped:
+            click.echo(f"gotrace: skipping {skipped.function.name}: {skipped.reason}", err=True)
+
+        with StopFlag() as stop:
+            target.start_gated()
+            try:
+                with make_tracer() as tracer:
+                    target.release()
+                    click.echo(header_line(len(plan.traced), plan.n_sites, target.pid, gobin.go_version,
+                                           target.display), err=True)
+                    target_json = {"binary": target.display, "pid": target.pid, "go_version": gobin.go_version}
+                    last = [time.monotonic()]
+
+                    def emit() -> None:
+                        now = time.monotonic()
+                        reports = function_reports(plan, tracer.read(reset=True))
+                        if as_json:
+                            click.echo(json.dumps(latency_report_json(target_json, now - last[0], reports)))
+                        else:
+                            click.echo(render_latency_text(reports, unit=unit), nl=False)
+                        sys.stdout.flush()
+                        last[0] = now
+
+                    run_loop(target, stop, duration_s=duration, interval_s=interval, on_interval=emit)
+                    emit()
+            finally:
+                target.abandon()
+
+
+def _tracing_target(args: tuple[str, ...], pid: int | None, command: str | None):
+    """(Target, patterns) from the positional arguments and -p/-c."""
+    from gotrace.session import Target, parse_command
+
+    if pid is not None and command is not None:
+        raise UsageError("-p and -c exclude each other: trace a running process or start one")
+    if pid is not None:
+        if not args:
+            raise UsageError("missing PATTERN: give at least one Go function name or glob, e.g. 'main.*'")
+        return Target(pid_binary(pid), f"pid {pid}", pid=pid), list(args)
+    if len(args) < 2:
+        what = "./bin and PATTERN" if not args else "PATTERN after the binary"
+        raise UsageError(f"missing {what}: e.g. gotrace latency ./server 'main.handle' (or -p PID PATTERN)")
+    binary = resolve_binary(args[0])
+    argv = parse_command(command) if command is not None else None
+    return Target(binary, args[0], command=argv), list(args[1:])
+
+
+# -- entry point --------------------------------------------------------------------------
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run the CLI; turns every expected failure into one line and an exit code."""
+    try:
+        cli.main(args=argv, prog_name="gotrace", standalone_mode=False)
+    except GotraceError as e:
+        click.echo(f"gotrace: {_one_line(str(e))}", err=True)
+        sys.exit(e.exit_code)
+    except click.exceptions.NoArgsIsHelpError as e:
+        click.echo(e.ctx.get_help() if e.ctx else str(e))
+        sys.exit(EXIT_USAGE)
+    except click.UsageError as e:
+        cmd = e.ctx.command_path if e.ctx else "gotrace"
+        click.echo(f"gotrace: {_one_line(e.format_message())} (see {cmd} --help)", err=True)
+        sys.exit(EXIT_USAGE)
+    except click.Abort:
+        sys.exit(130)
+    except click.exceptions.Exit as e:
+        sys.exit(e.exit_code)
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(1)
+    except KeyboardInterrupt:
+        sys.exit(130)
+    except Exception as e:  # a bug of ours: still one line, with the way to the traceback
+        if os.environ.get("GOTRACE_DEBUG"):
+            raise
+        click.echo(f"gotrace: internal error: {type(e).__name__}: {_one_line(str(e))} "
+                   f"(rerun with GOTRACE_DEBUG=1 for details, and please report it)", err=True)
+        sys.exit(1)

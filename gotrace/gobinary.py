@@ -1,0 +1,124 @@
+"""A Go executable as gotrace sees it: version, arch, functions, probe sites.
+
+This is the analysis layer's front door. It knows nothing of BPF: it answers
+"which functions match these patterns", "where do their probes go" and "where
+are g.goid and g.stack.hi", from the ELF file alone. Everything is lazy:
+opening reads the ELF header and the build info; the function table, names
+and DWARF are read on first use.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from dataclasses import dataclass
+
+from gotrace.buildinfo import BuildInfo, read_buildinfo
+from gotrace.elffile import ElfImage
+from gotrace.errors import BinaryError
+from gotrace.functab import FunctionTable, GoFunction, read_code
+from gotrace.patterns import compile_pattern, match_indices, no_match_error
+from gotrace.pclntab import Pclntab
+from gotrace.sites import ProbeSites, find_probe_sites
+
+ASM_REASON = "assembly function (no goroutine register guarantee)"
+
+
+@dataclass(frozen=True)
+class FunctionProbes:
+    """One function with the sites its uprobes go to."""
+
+    function: GoFunction
+    sites: ProbeSites
+
+    @property
+    def traceable(self) -> bool:
+        return self.sites.reason is None
+
+    @property
+    def reason(self) -> str | None:
+        return self.sites.reason
+
+
+class GoBinary:
+    """An opened Go ELF executable (amd64 or arm64, Go 1.17+)."""
+
+    def __init__(self, path: str | os.PathLike, *, display_path: str | None = None):
+        self.path = os.fspath(path)
+        self.display_path = display_path or self.path
+        self.elf = ElfImage(self.path)
+        self.arch = self.elf.arch
+        self.build: BuildInfo = read_buildinfo(self.elf)
+
+    @classmethod
+    def open(cls, path: str | os.PathLike, *, display_path: str | None = None) -> "GoBinary":
+        return cls(path, display_path=display_path)
+
+    def close(self) -> None:
+        self.elf.close()
+
+    def __enter__(self) -> "GoBinary":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    @property
+    def go_version(self) -> str:
+        return self.build.go_version
+
+    @functools.cached_property
+    def pclntab(self) -> Pclntab:
+        return Pclntab.find(self.elf)
+
+    @functools.cached_property
+    def functions(self) -> FunctionTable:
+        return FunctionTable(self.elf, self.pclntab)
+
+    # -- matching -----------------------------------------------------------------
+
+    def match(self, patterns: list[str] | tuple[str, ...]) -> list[GoFunction]:
+        """Functions matching any pattern, in entry order. Each pattern must match
+        something: PatternError (with suggestions, or the inlining diagnosis) if not."""
+        table = self.functions
+        chosen: set[int] = set()
+        for text in patterns:
+            pattern = compile_pattern(text)
+            found = match_indices(pattern, table.names, table.normalized_names, table.indices_named)
+            if not found:
+                inlined = not pattern.is_glob and self.pclntab.has_name_string(text)
+                raise no_match_error(text, self.display_path, table.names, inlined)
+            chosen.update(found)
+        return [table.function(i) for i in sorted(chosen)]
+
+    def all_functions(self) -> list[GoFunction]:
+        table = self.functions
+        return [table.function(i) for i in range(len(table))]
+
+    # -- probe sites --------------------------------------------------------------
+
+    def probe_sites(self, fn: GoFunction) -> FunctionProbes:
+        code = read_code(self.elf, fn)
+        sites = find_probe_sites(code, fn.entry_vaddr, self.arch, name=fn.name)
+        if fn.is_asm and sites.reason is None:
+            sites = ProbeSites(sites.entry_vaddr, sites.return_vaddrs, ASM_REASON)
+        return FunctionProbes(fn, sites)
+
+    def file_offset(self, vaddr: int) -> int:
+        return self.elf.vaddr_to_file_offset(vaddr)
+
+    # -- runtime layout -------------------------------------------------------------
+
+    @functools.cached_property
+    def runtime_offsets(self):
+        """Offsets of g.goid and g.stack.hi: DWARF when present, else the version table."""
+        from gotrace.dwarfinfo import DwarfInfo
+        from gotrace.runtime_offsets import runtime_offsets
+
+        try:
+            dwarf = DwarfInfo.open(self.path)
+        except BinaryError:
+            raise
+        except Exception:  # damaged DWARF: fall back to the table, which is checked per version
+            dwarf = None
+        return runtime_offsets(self.build.version_tuple, dwarf)

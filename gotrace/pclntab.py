@@ -1,0 +1,198 @@
+"""Go's pclntab: the function table every Go binary keeps, stripped or not.
+
+Header (runtime/symtab.go `pcHeader`): u32 magic, two zero bytes, minLC,
+ptrSize, then ptrSize words. Magic 0xfffffffa is Go 1.16-1.17 (no textStart
+word, functab pairs of uintptr), 0xfffffff0 is 1.18-1.19 and 0xfffffff1 1.20+
+(words nfunc, nfiles, textStart, funcnameOff, cuOff, filetabOff, pctabOff,
+pclnOff; functab pairs of u32 entry offset and `_func` offset). From Go 1.26
+textStart is written as 0 and the base comes from moduledata's `text` field.
+
+Nothing here decodes all names up front: entries are one bulk array, names
+are decoded on demand.
+"""
+
+from __future__ import annotations
+
+import functools
+import struct
+from array import array
+
+from gotrace.elffile import ElfImage, Section
+from gotrace.errors import BinaryError
+
+MAGIC_GO116 = 0xFFFFFFFA
+MAGIC_GO118 = 0xFFFFFFF0
+MAGIC_GO120 = 0xFFFFFFF1
+KNOWN_MAGICS = (MAGIC_GO116, MAGIC_GO118, MAGIC_GO120)
+_MAGIC_BYTES = tuple(struct.pack("<I", m) for m in KNOWN_MAGICS)
+
+# moduledata (runtime/symtab.go) on 64-bit: pcHeader pointer, six slices
+# (funcnametab, cutab, filetab, pctab, pclntable, ftab), findfunctab, minpc,
+# maxpc, text, etext. Word indices:
+_MODULEDATA_MINPC_WORD = 20
+_MODULEDATA_TEXT_WORD = 22
+_MODULEDATA_SECTIONS = (".go.module", ".noptrdata", ".data", ".data.rel.ro")
+
+
+def _valid_header(blob: bytes | memoryview, pos: int) -> bool:
+    if pos + 8 + 8 * 8 > len(blob):
+        return False
+    magic, pad1, pad2, min_lc, ptr_size = struct.unpack_from("<IBBBB", blob, pos)
+    return magic in KNOWN_MAGICS and pad1 == 0 and pad2 == 0 and min_lc in (1, 2, 4) and ptr_size == 8
+
+
+class Pclntab:
+    """The parsed pclntab of one binary: bulk entry array, names on demand."""
+
+    def __init__(self, elf: ElfImage, vaddr: int, data: memoryview):
+        self.elf = elf
+        self.vaddr = vaddr          # vaddr of the pcHeader
+        self.data = data            # bytes from the pcHeader to the end of its section
+        magic, _, _, self.min_lc, self.ptr_size = struct.unpack_from("<IBBBB", data, 0)
+        self.magic = magic
+        try:
+            self._parse_header()
+        except (struct.error, ValueError, OverflowError):
+            raise BinaryError(f"{elf.path}: corrupt or truncated Go function table (pclntab)") from None
+
+    # -- locating -------------------------------------------------------------
+
+    @classmethod
+    def find(cls, elf: ElfImage) -> "Pclntab":
+        for name in (".gopclntab", ".data.rel.ro.gopclntab"):
+            section = elf.get_section(name)
+            if section is not None and section.size:
+                data = elf.section_bytes(section)
+                if _valid_header(data, 0):
+                    return cls(elf, section.vaddr, data)
+        # External PIE up to Go 1.25: no section of its own; it sits in .data.rel.ro.
+        candidates: list[Section] = [s for s in elf.sections if s.name == ".data.rel.ro"]
+        candidates += [s for s in elf.sections if s.vaddr and s.size and s.name != ".data.rel.ro"
+                       and s.type != 8 and not s.name.startswith((".debug", ".zdebug", ".text"))]
+        for section in candidates:
+            data = elf.section_bytes(section)
+            found = cls._search(data)
+            if found is not None:
+                return cls(elf, section.vaddr + found, data[found:])
+        raise BinaryError(f"{elf.path}: no Go function table (pclntab) found; is this a Go binary?")
+
+    @staticmethod
+    def _search(data: memoryview) -> int | None:
+        blob = bytes(data)
+        for magic in _MAGIC_BYTES:
+            pos = blob.find(magic)
+            while pos >= 0:
+                if pos % 8 == 0 and _valid_header(blob, pos):
+                    return pos
+                pos = blob.find(magic, pos + 1)
+        return None
+
+    # -- header ----------------------------------------------------------------
+
+    def _word(self, index: int) -> int:
+        return struct.unpack_from("<Q", self.data, 8 + 8 * index)[0]
+
+    def _parse_header(self) -> None:
+        if self.magic == MAGIC_GO116:
+            self.go_layout = "1.16"
+            self.nfunc = self._word(0)
+            self.funcname_off = self._word(2)
+            self.pcln_off = self._word(6)
+            self.text_start = 0  # entries are absolute pointers in this layout
+            functab = self.data[self.pcln_off:self.pcln_off + (self.nfunc + 1) * 16]
+            if len(functab) != (self.nfunc + 1) * 16:
+                raise ValueError("functab truncated")
+            pairs = array("Q")
+            pairs.frombytes(functab)
+            self._entries = pairs[0::2]
+            self._funcoffs = pairs[1::2]
+        else:
+            self.go_layout = "1.18" if self.magic == MAGIC_GO118 else "1.20"
+            self.nfunc = self._word(0)
+            self.text_start = self._word(2)
+            self.funcname_off = self._word(3)
+            self.pcln_off = self._word(7)
+            functab = self.data[self.pcln_off:self.pcln_off + (self.nfunc + 1) * 8]
+            if len(functab) != (self.nfunc + 1) * 8:
+                raise ValueError("functab truncated")
+            pairs = array("I")
+            pairs.frombytes(functab)
+            if self.text_start == 0:
+                self.text_start = self._text_from_moduledata()
+            base = self.text_start
+            self._entries = array("Q", (base + off for off in pairs[0::2]))
+            self._funcoffs = pairs[1::2]
+        if self.nfunc == 0 or self.funcname_off >= len(self.data):
+            raise ValueError("empty or inconsistent function table")
+
+    def _text_from_moduledata(self) -> int:
+        """textStart is 0 from Go 1.26: take `moduledata.text` (whose first word
+        points at this pcHeader), else the `runtime.text` symbol."""
+        want = struct.pack("<Q", self.vaddr)
+        elf = self.elf
+        for name in _MODULEDATA_SECTIONS:
+            section = elf.get_section(name)
+            if section is None or not section.size or section.type == 8:
+                continue
+            blob = bytes(elf.section_bytes(section))
+            pos = blob.find(want)
+            while pos >= 0:
+                if pos % 8 == 0 and pos + 8 * (_MODULEDATA_TEXT_WORD + 1) <= len(blob):
+                    vaddr = section.vaddr + pos
+                    text = elf.read_pointer(vaddr + 8 * _MODULEDATA_TEXT_WORD)
+                    minpc = elf.read_pointer(vaddr + 8 * _MODULEDATA_MINPC_WORD)
+                    if text and text == minpc:
+                        return text
+                pos = blob.find(want, pos + 1)
+        text = elf.symbol_vaddr("runtime.text")
+        if text:
+            return text
+        raise BinaryError(f"{elf.path}: cannot find the text base of the Go function table (moduledata missing)")
+
+    # -- functions ---------------------------------------------------------------
+
+    @property
+    def entries(self) -> array:
+        """Entry vaddrs of the nfunc functions, ascending, followed by the end of text."""
+        return self._entries
+
+    def name_offset(self, index: int) -> int:
+        """Offset of function `index`'s name in the pclntab data."""
+        funcoff = self._funcoffs[index]
+        field = 8 if self.go_layout == "1.16" else 4
+        (name_off,) = struct.unpack_from("<i", self.data, self.pcln_off + funcoff + field)
+        return self.funcname_off + name_off
+
+    def name(self, index: int) -> str:
+        start = self.name_offset(index)
+        end = self._names_blob.find(b"\0", start)
+        if start < 0 or end < 0:
+            raise BinaryError(f"{self.elf.path}: corrupt function name in the Go function table")
+        return self._names_blob[start:end].decode("utf-8", "replace")
+
+    def names(self) -> list[str]:
+        """All nfunc names, in entry order (one bulk pass)."""
+        try:
+            blob = self._names_blob
+            find = blob.find
+            data = self.data
+            base = self.pcln_off + (8 if self.go_layout == "1.16" else 4)
+            funcname_off = self.funcname_off
+            unpack = struct.Struct("<i").unpack_from
+            out = []
+            for funcoff in self._funcoffs[:self.nfunc]:
+                start = funcname_off + unpack(data, base + funcoff)[0]
+                out.append(blob[start:find(b"\0", start)].decode("utf-8", "replace"))
+            return out
+        except struct.error:
+            raise BinaryError(f"{self.elf.path}: corrupt or truncated Go function table (pclntab)") from None
+
+    @functools.cached_property
+    def _names_blob(self) -> bytes:
+        return bytes(self.data)
+
+    def has_name_string(self, name: str) -> bool:
+        """True when `name` appears as a whole string among pclntab's names: the
+        inline trees name functions that were inlined and have no entry of their own."""
+        blob = self._names_blob
+        return blob.find(b"\0" + name.encode() + b"\0", self.funcname_off - 1) >= 0

@@ -1,0 +1,144 @@
+"""A tracing session: target process handling, the report loop and its ending.
+
+Shared by the tracing commands. It starts `-c` commands gated so probes are in
+place before their first instruction, watches a `-p` process, turns SIGINT and
+SIGTERM into "stop and report", and never touches the traced process beyond
+the probes: signals are only ever sent to a `-c` child we started, and only
+when gotrace itself is told to stop before the child ends.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import signal
+import subprocess
+import time
+from dataclasses import dataclass, field
+
+from gotrace.errors import UsageError
+
+POLL_S = 0.1
+
+
+@dataclass
+class Target:
+    """What to trace: a binary for every process, one pid, or a command we start."""
+
+    binary_path: str            # the file the probes go on
+    display: str                # how the user named it
+    pid: int | None = None
+    command: list[str] | None = None
+    child: subprocess.Popen | None = field(default=None, repr=False)
+    _gate_w: int | None = field(default=None, repr=False)
+
+    def start_gated(self) -> None:
+        """Fork the `-c` command, held before exec until release()."""
+        if not self.command:
+            return
+        gate_r, gate_w = os.pipe()
+
+        def wait_for_gate() -> None:
+            os.close(gate_w)
+            os.read(gate_r, 1)
+            os.close(gate_r)
+
+        try:
+            self.child = subprocess.Popen(self.command, preexec_fn=wait_for_gate, pass_fds=(gate_r,))
+        except FileNotFoundError:
+            os.close(gate_r)
+            os.close(gate_w)
+            raise UsageError(f"-c: command not found: {self.command[0]}") from None
+        except PermissionError:
+            os.close(gate_r)
+            os.close(gate_w)
+            raise UsageError(f"-c: permission denied running {self.command[0]}") from None
+        os.close(gate_r)
+        self._gate_w = gate_w
+        self.pid = self.child.pid
+
+    def release(self) -> None:
+        if self._gate_w is not None:
+            try:
+                os.write(self._gate_w, b"g")
+            finally:
+                os.close(self._gate_w)
+                self._gate_w = None
+
+    def alive(self) -> bool:
+        if self.child is not None:
+            return self.child.poll() is None
+        if self.pid is not None:
+            try:
+                with open(f"/proc/{self.pid}/stat") as f:
+                    state = f.read().rsplit(")", 1)[-1].split()[0]
+                return state not in ("Z", "X")
+            except OSError:
+                return False
+        return True
+
+    def abandon(self) -> None:
+        """Called when gotrace stops early: a gated child that never ran is killed;
+        a running `-c` child is left to finish on its own."""
+        if self._gate_w is not None and self.child is not None:
+            self.child.kill()
+            self.release()
+            self.child.wait()
+
+
+def parse_command(command: str) -> list[str]:
+    try:
+        argv = shlex.split(command)
+    except ValueError as e:
+        raise UsageError(f"-c: cannot parse the command ({e}); quote it as one argument") from None
+    if not argv:
+        raise UsageError("-c: empty command; give the command to start, e.g. -c './server -port 8080'")
+    return argv
+
+
+class StopFlag:
+    """SIGINT/SIGTERM set a flag instead of raising, for the duration of a `with`."""
+
+    def __init__(self) -> None:
+        self.signal: int | None = None
+        self._old: dict[int, object] = {}
+
+    def __enter__(self) -> "StopFlag":
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        self.signal = signum
+
+    def __exit__(self, *exc) -> None:
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+
+    def __bool__(self) -> bool:
+        return self.signal is not None
+
+
+def run_loop(target: Target, stop: StopFlag, *, duration_s: float | None, interval_s: float | None,
+             on_interval) -> str:
+    """Wait until stopped; call `on_interval()` every `interval_s`. Returns why it ended:
+    "signal", "duration" or "target-exit"."""
+    started = time.monotonic()
+    next_report = started + interval_s if interval_s else None
+    while True:
+        now = time.monotonic()
+        if stop:
+            return "signal"
+        if duration_s is not None and now - started >= duration_s:
+            return "duration"
+        if (target.pid is not None or target.child is not None) and not target.alive():
+            return "target-exit"
+        if next_report is not None and now >= next_report:
+            on_interval()
+            next_report += interval_s
+        wake = POLL_S
+        if duration_s is not None:
+            wake = min(wake, max(0.0, started + duration_s - now))
+        if next_report is not None:
+            wake = min(wake, max(0.0, next_report - now))
+        time.sleep(wake)
