@@ -1,0 +1,160 @@
+"""Shared pytest fixtures: Go test binaries of the build matrix, and the rule that decides when BPF tests skip.
+
+Go binaries (see tests/gobuild.py):
+
+* ``testbin(program, version, mode="default", arch="amd64")`` builds (or
+  takes from the cache) one binary and returns its path. It is gobuild.build,
+  also importable directly: ``from gobuild import build``.
+* A test with an argument named ``go_target`` runs once per (version, mode,
+  arch) of ``gobuild.matrix()``, ``go_target_amd64`` once per amd64
+  combination (binaries that can run here). Both are ``GoTarget`` tuples;
+  ``go_target.binary()`` builds the service for it. These tests get the
+  ``matrix`` marker, so ``-m 'not matrix'`` leaves them out.
+* ``service_matrix`` (session scope) builds the service for the whole
+  matrix once, in one process, and maps (version, mode, arch) to its path.
+
+BPF (the ``bpf`` marker):
+
+* A test marked ``@pytest.mark.bpf`` first checks that BPF works here: root,
+  bcc importable, bcc can compile and load a program, the kernel has
+  uprobes. Tests may also call ``need_bpf()`` themselves.
+* When that check fails the test SKIPS, unless BPF is required: env ``CI``
+  set (non-empty) or ``GOTRACE_FORCE_BPF=1``. Then it FAILS with the reason.
+* Under that same rule, any other skip of a ``bpf``-marked test (an
+  ``importorskip``, a ``pytest.skip`` in the test) is turned into a failure.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import NamedTuple
+
+import pytest
+
+import gobuild
+
+
+class GoTarget(NamedTuple):
+    """One combination of the build matrix."""
+
+    version: str
+    mode: str
+    arch: str
+
+    def binary(self, program: str = "service") -> Path:
+        return gobuild.build(program, self.version, self.mode, self.arch)
+
+    @property
+    def id(self) -> str:
+        return f"go{self.version}-{self.mode}-{self.arch}"
+
+
+def _target_params(arches) -> list:
+    return [
+        pytest.param(GoTarget(*combo), id=GoTarget(*combo).id, marks=pytest.mark.matrix)
+        for combo in gobuild.matrix(arches)
+    ]
+
+
+def pytest_generate_tests(metafunc):
+    if "go_target" in metafunc.fixturenames:
+        metafunc.parametrize("go_target", _target_params(("amd64", "arm64")))
+    if "go_target_amd64" in metafunc.fixturenames:
+        metafunc.parametrize("go_target_amd64", _target_params(("amd64",)))
+
+
+@pytest.fixture
+def testbin():
+    """The builder: testbin(program, version, mode="default", arch="amd64") -> Path of the binary."""
+    return gobuild.build
+
+
+@pytest.fixture(scope="session")
+def service_matrix() -> dict[tuple[str, str, str], Path]:
+    """The service built for every (version, mode, arch) of the matrix, built once per session."""
+    built = gobuild.prebuild(("service",))
+    return {(version, mode, arch): path for (_, version, mode, arch), path in built.items()}
+
+
+# --- BPF availability -------------------------------------------------------
+
+BPF_PROBE_PROGRAM = r"""
+import sys
+from bcc import BPF
+b = BPF(text="int gotrace_probe(void *ctx) { return 0; }")
+b.load_func("gotrace_probe", BPF.KPROBE)
+b.cleanup()
+"""
+
+
+def bpf_required() -> bool:
+    """True when BPF tests must run, not skip: env CI is set (non-empty) or GOTRACE_FORCE_BPF=1."""
+    return bool(os.environ.get("CI")) or os.environ.get("GOTRACE_FORCE_BPF") == "1"
+
+
+@functools.lru_cache(maxsize=None)
+def bpf_unavailable_reason() -> str | None:
+    """Why BPF tests cannot run on this machine, or None when they can (checked once per session)."""
+    if os.geteuid() != 0:
+        return "BPF tests need root (run pytest as root)"
+    if not any(Path(p).exists() for p in ("/sys/bus/event_source/devices/uprobe", "/sys/kernel/tracing/uprobe_events",
+                                           "/sys/kernel/debug/tracing/uprobe_events")):
+        return "the kernel has no uprobe support (no uprobe event source)"
+    env = dict(os.environ)
+    if "BCC_KERNEL_SOURCE" not in env and Path("/tmp/khdr").is_dir():
+        env["BCC_KERNEL_SOURCE"] = "/tmp/khdr"
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-c", BPF_PROBE_PROGRAM],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            timeout=120,
+        )
+    except subprocess.TimeoutExpired:
+        return "bcc took over 120 s to compile and load a trivial BPF program"
+    if proc.returncode != 0:
+        last = proc.stdout.strip().splitlines()[-1:] or ["(no output)"]
+        return f"bcc cannot compile and load a BPF program: {last[0]}"
+    return None
+
+
+def need_bpf() -> None:
+    """Skip the calling test when BPF is unavailable, or fail it when BPF is required (CI, GOTRACE_FORCE_BPF=1)."""
+    reason = bpf_unavailable_reason()
+    if reason is None:
+        return
+    if bpf_required():
+        pytest.fail(f"BPF is required here (CI or GOTRACE_FORCE_BPF=1) but unavailable: {reason}", pytrace=False)
+    pytest.skip(reason)
+
+
+@pytest.fixture
+def requires_bpf() -> None:
+    """Fixture form of need_bpf()."""
+    need_bpf()
+
+
+def pytest_runtest_setup(item):
+    if item.get_closest_marker("bpf") is not None:
+        need_bpf()
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    report = outcome.get_result()
+    if (
+        report.skipped
+        and not hasattr(report, "wasxfail")
+        and item.get_closest_marker("bpf") is not None
+        and bpf_required()
+    ):
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        report.outcome = "failed"
+        report.longrepr = f"bpf test skipped while BPF is required (CI or GOTRACE_FORCE_BPF=1): {reason}"
