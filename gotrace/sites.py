@@ -121,14 +121,14 @@ _PROLOGUE_MAX_INSNS = 10  # the longest prologue (arm64 huge frame) has 9 instru
 class _Arch:
     """Per-architecture constants and a reusable capstone handle."""
 
-    def __init__(self, name: str, cs_arch: int, cs_mode: int, ret_ids, call_ids, jump_ids, padding_ids):
+    def __init__(self, name: str, cs_arch: int, cs_mode: int, ret_ids, call_ids, jump_ids, padding_bytes):
         self.name = name
         self.md = capstone.Cs(cs_arch, cs_mode)
         self.md.detail = False
         self.ret_ids = frozenset(ret_ids)
         self.call_ids = frozenset(call_ids)
         self.jump_ids = frozenset(jump_ids)  # jumps; on arm64 also b.cond: see _is_unconditional_jump
-        self.padding_ids = frozenset(padding_ids)
+        self.padding_bytes = padding_bytes  # what fills the gap to the next function
 
 
 _ARCHES: dict[str, _Arch] = {}
@@ -146,7 +146,7 @@ def _arch(arch: str) -> _Arch:
             ret_ids=(_x86.X86_INS_RET,),
             call_ids=(_x86.X86_INS_CALL,),
             jump_ids=(_x86.X86_INS_JMP,),
-            padding_ids=(_x86.X86_INS_INT3, _x86.X86_INS_ADD),  # INT3 fill; ADD only as 00 00
+            padding_bytes=b"\xcc\x00",  # INT3 from Go's linker; zeros from other linkers
         )
     elif arch == "arm64":
         found = _Arch(
@@ -156,7 +156,7 @@ def _arch(arch: str) -> _Arch:
             ret_ids=(_arm64.ARM64_INS_RET,),
             call_ids=(_arm64.ARM64_INS_BL, _arm64.ARM64_INS_BLR),
             jump_ids=(_arm64.ARM64_INS_B, _arm64.ARM64_INS_BR),  # B also covers b.cond: see _jump_target
-            padding_ids=(_arm64.ARM64_INS_UDF,),  # 4 zero bytes
+            padding_bytes=b"\x00",
         )
     else:
         raise BinaryError(f"unsupported architecture {arch!r}: gotrace reads amd64 and arm64 Go binaries only")
@@ -324,25 +324,17 @@ def _is_unconditional_jump(a: _Arch, code: bytes, offset: int, insn_id: int) -> 
     return True
 
 
-def _real_code_stop(a: _Arch, code: bytes, ids: list[int], vaddrs: list[int], vaddr: int) -> int:
-    """Number of instructions before the trailing padding (INT3 / zero fill)."""
-    stop = len(ids)
-    while stop > 0 and ids[stop - 1] in a.padding_ids:
-        offset = vaddrs[stop - 1] - vaddr
-        if a.name == "amd64":
-            is_fill = code[offset] == 0xCC or code[offset : offset + 2] == b"\0\0"
-        else:
-            is_fill = code[offset : offset + 4] == b"\0\0\0\0"
-        if not is_fill:
-            break
-        stop -= 1
-    return stop
+def _real_code_stop(a: _Arch, code: bytes, vaddrs: list[int], vaddr: int) -> int:
+    """Number of instructions before the trailing padding (INT3 or zero fill).
+
+    An instruction that the padding bytes only partly cover is real code
+    (a jump whose displacement ends in 00 bytes, say).
+    """
+    return bisect.bisect_left(vaddrs, vaddr + len(code.rstrip(a.padding_bytes)))
 
 
 def _only_padding(a: _Arch, tail: bytes) -> bool:
-    if a.name == "amd64":
-        return not tail.strip(b"\xcc\x00")
-    return not tail.strip(b"\x00") or len(tail) < 4
+    return not tail.strip(a.padding_bytes) or (a.name == "arm64" and len(tail) < 4)
 
 
 # ---------------------------------------------------------------------------
@@ -479,7 +471,7 @@ def find_probe_sites(code: bytes, entry_vaddr: int, arch: str, *, name: str = ""
         code = bytes(code)
     decoded = _decode(a, code, entry_vaddr)
     ids, vaddrs = decoded.ids, decoded.vaddrs
-    stop = _real_code_stop(a, code, ids, vaddrs, entry_vaddr)
+    stop = _real_code_stop(a, code, vaddrs, entry_vaddr)
     if stop == 0:
         return ProbeSites(None, (), REASON_EMPTY)
     head = decoded.head[:stop]

@@ -370,23 +370,23 @@ def functions(path: Path) -> dict[str, tuple[int, bytes]]:
 
 
 @lru_cache(maxsize=None)
-def objdump(path: Path, arch: str) -> dict[int, tuple[str, list[tuple[int, str]]]]:
-    """entry vaddr -> (name, [(vaddr, mnemonic)]) from binutils objdump (amd64) or llvm-objdump (arm64)."""
+def objdump(path: Path, arch: str) -> dict[int, tuple[str, list[tuple[int, str, str]]]]:
+    """entry vaddr -> (name, [(vaddr, mnemonic, operands)]) from binutils objdump (amd64) or llvm-objdump (arm64)."""
     tool = OBJDUMP[arch]
     if shutil.which(tool) is None:
         pytest.skip(f"{tool} not installed: needed to check {arch} probe sites independently of capstone")
     out = subprocess.run([tool, "-d", "--no-show-raw-insn", str(path)], capture_output=True, text=True, check=True)
-    listing: dict[int, tuple[str, list[tuple[int, str]]]] = {}
-    current: list[tuple[int, str]] = []
+    listing: dict[int, tuple[str, list[tuple[int, str, str]]]] = {}
+    current: list[tuple[int, str, str]] = []
     for line in out.stdout.splitlines():
         if m := re.match(r"^([0-9a-f]+) <(.+)>:$", line):
             current = listing.setdefault(int(m.group(1), 16), (m.group(2), []))[1]
-        elif m := re.match(r"^\s+([0-9a-f]+):\s+(\S+)", line):
-            current.append((int(m.group(1), 16), m.group(2)))
+        elif m := re.match(r"^\s+([0-9a-f]+):\s+(\S+)\s*(.*)", line):
+            current.append((int(m.group(1), 16), m.group(2), m.group(3)))
     return listing
 
 
-def disassembly(path: Path, arch: str, name: str) -> list[tuple[int, str]]:
+def disassembly(path: Path, arch: str, name: str) -> list[tuple[int, str, str]]:
     """objdump's instructions of function `name`."""
     return objdump(path, arch)[functions(path)[name][0]][1]
 
@@ -394,15 +394,22 @@ def disassembly(path: Path, arch: str, name: str) -> list[tuple[int, str]]:
 TARGETS = [pytest.param(v, a, id=f"go{v}-{a}") for v in TOOLCHAINS for a in ("amd64", "arm64")]
 
 
-def objdump_entry_site(listing: list[tuple[int, str]], arch: str) -> int:
-    """The instruction after the stack check's final conditional branch, as objdump decodes it."""
-    mnemonics = [mnemonic for _, mnemonic in listing[:10]]
-    at = mnemonics.index(BRANCH[arch])
-    return listing[at + 1][0]
+GUARD = {"amd64": "0x10(%r14)", "arm64": "x16, [x28, #16]"}  # g.stackguard0 as objdump prints it
 
 
-def objdump_rets(listing: list[tuple[int, str]]) -> tuple[int, ...]:
-    return tuple(vaddr for vaddr, mnemonic in listing if mnemonic in ("ret", "retq"))
+def objdump_entry_site(listing: list[tuple[int, str, str]], arch: str) -> int | None:
+    """The instruction after the stack check's final conditional branch, as objdump decodes it; None if no check."""
+    head = listing[:10]
+    if not any(GUARD[arch] in operands for _, _, operands in head[:5]):
+        return None
+    mnemonics = [mnemonic for _, mnemonic, _ in head]
+    if BRANCH[arch] not in mnemonics:
+        return None
+    return head[mnemonics.index(BRANCH[arch]) + 1][0]
+
+
+def objdump_rets(listing: list[tuple[int, str, str]]) -> tuple[int, ...]:
+    return tuple(vaddr for vaddr, mnemonic, _ in listing if mnemonic in ("ret", "retq"))
 
 
 @pytest.mark.parametrize("version, arch", TARGETS)
@@ -453,18 +460,26 @@ def test_promoted_method_wrapper(version, arch):
 
 
 @pytest.mark.parametrize("version, arch", TARGETS)
-def test_every_function_rets_match_objdump(version, arch):
-    """All ~1500-1900 functions of the binary, runtime assembly included; padding gives no sites."""
+def test_every_function_matches_objdump(version, arch):
+    """All ~1500-1900 functions of the binary, runtime assembly included: the same rets, padding gives none,
+    and the entry site is after the stack check wherever objdump shows one."""
     path = built(version, arch)
     listing = objdump(path, arch)
-    mismatched = []
+    wrong_rets, wrong_entry, checked = [], [], 0
     for vaddr, code in set(functions(path).values()):
         sites = find_probe_sites(code, vaddr, arch)
         name, insns = listing[vaddr]
         if sites.return_vaddrs != objdump_rets(insns):
-            mismatched.append(name)
-    assert mismatched == []
+            wrong_rets.append(name)
+        expected_entry = objdump_entry_site(insns, arch)
+        if sites.reason != REASON_ABI0 and expected_entry is not None:
+            checked += 1
+            if sites.entry_vaddr != expected_entry:
+                wrong_entry.append(name)
+    assert wrong_rets == []
+    assert wrong_entry == []
     assert len(listing) > 1000
+    assert checked > 700
 
 
 @pytest.mark.parametrize("version, arch", TARGETS)
