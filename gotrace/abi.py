@@ -93,10 +93,18 @@ class Part:
 
 @dataclass(frozen=True)
 class ValueLocation:
-    """A parameter or result and where its parts are."""
+    """A parameter or result and where its parts are.
+
+    `spill_offset` is the home the caller reserves for a register-assigned
+    parameter (offset from SP at entry, like stack locations). It is NOT
+    written at the call; the callee may store the value there later (Go's
+    DWARF names it as the location of dead parameters). None for results
+    and stack-assigned values.
+    """
 
     param: Param
     parts: tuple[Part, ...]
+    spill_offset: int | None = None
 
     @property
     def name(self) -> str:
@@ -205,9 +213,11 @@ class _Assigner:
                 location = Location("int_reg", reg=self.abi.int_regs[self.next_int])
                 self.next_int += 1
             parts.append(Part(path, location, part_type.size, part_type, offset))
+        spill = None
         if not is_result:
-            self.spill_offset = align_up(self.spill_offset, gotype.align) + gotype.size
-        return ValueLocation(param, tuple(parts))
+            spill = align_up(self.spill_offset, gotype.align)
+            self.spill_offset = spill + gotype.size
+        return ValueLocation(param, tuple(parts), spill)
 
     def reset_registers(self) -> None:
         self.next_int = 0
@@ -216,12 +226,17 @@ class _Assigner:
 
 
 def _run(signature: Signature, arch) -> tuple[list[ValueLocation], list[ValueLocation], int]:
-    assigner = _Assigner(arch_abi(arch))
+    abi = arch_abi(arch)
+    assigner = _Assigner(abi)
     params = [assigner.assign(param, is_result=False) for param in signature.params]
     assigner.reset_registers()
     results = [assigner.assign(param, is_result=True) for param in signature.results]
     spill_area_start = align_up(assigner.stack_offset, PTR_SIZE)
     arg_width = spill_area_start + align_up(assigner.spill_offset, PTR_SIZE)
+    # Spill offsets were counted within the spill area: make them SP-relative.
+    params = [value if value.spill_offset is None else
+              ValueLocation(value.param, value.parts, abi.args_offset + spill_area_start + value.spill_offset)
+              for value in params]
     return params, results, arg_width
 
 

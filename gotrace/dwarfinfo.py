@@ -158,7 +158,7 @@ class DwarfInfo:
 
         Shape instantiations of generic functions (`pkg.F[go.shape.int]`) get
         the hidden dictionary pointer the compiler passes first (`.dict`),
-        which DWARF does not list.
+        which DWARF lists only from Go 1.27; it is marked `hidden`.
         """
         die = self._find_subprogram(func_name)
         if die is None:
@@ -171,8 +171,9 @@ class DwarfInfo:
             name = _name(child) or ""
             gotype = self._type_of(child)
             is_result = bool(_attr(child, "DW_AT_variable_parameter"))
-            (results if is_result else params).append(Param(name, gotype, is_result))
-        if "[go.shape." in func_name or "[...]" in func_name:
+            (results if is_result else params).append(Param(name, gotype, is_result, hidden=name == ".dict"))
+        has_dict = any(p.name == ".dict" for p in params)  # Go 1.27 lists it; older ones do not
+        if not has_dict and ("[go.shape." in func_name or "[...]" in func_name):
             dict_type = GoType("uintptr", Kind.UINTPTR, PTR_SIZE, PTR_SIZE)
             params.insert(0, Param(".dict", dict_type, hidden=True))
         version = self._unit_version(die.cu) or self.go_version

@@ -139,6 +139,12 @@ func Results() (a, b, c, d, e, f, g, h, i, j int, s string, arr [3]byte) {
 }
 
 //go:noinline
+func ByteArrays(a [3]byte) (r [2]byte) {
+	keep(a)
+	return
+}
+
+//go:noinline
 func Ifaces(e error, x interface{}, f fmt.Stringer) (any, error) {
 	keep(e, x, f)
 	return x, e
@@ -168,6 +174,7 @@ func main() {
 	fmt.Println(SplitArm(1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, []int{15}, 16))
 	fmt.Println(Structs(Small{1, 2, 3, 4}, WithArr{}, OneF{}, Empty{}, true, nil, nil))
 	fmt.Println(Results())
+	fmt.Println(ByteArrays([3]byte{1, 2, 3}))
 	fmt.Println(Ifaces(nil, 1, nil))
 	fmt.Println(Blank(1, "b", 2, 3))
 	fmt.Println(Gen(1, []int{2}), Gen(1.5, []float64{2}))
@@ -186,6 +193,7 @@ ABI_CASE_FUNCTIONS = {
     "main.SplitArm": list("abcdefghijklmn") + ["s", "z"],
     "main.Structs": ["s", "w", "o", "e", "b", "n", "u"],
     "main.Results": [],
+    "main.ByteArrays": ["a"],
     "main.Ifaces": ["e", "x", "f"],
     "main.Blank": ["~p0", "b", "~p2", "c"],
 }
