@@ -432,7 +432,7 @@ def _stub_returns_to_entry(
     if at >= stop or vaddrs[at] != stub_vaddr:
         return False
     called = False
-    for pos in range(at, min(stop, at + 64)):
+    for pos in range(at, min(stop, at + 128)):  # spills + reloads of up to 24 argument registers
         insn_id = ids[pos]
         if insn_id in a.call_ids:
             called = True
