@@ -1,0 +1,99 @@
+"""Checks that this machine can trace (root, bcc, kernel headers, uprobes) and points bcc at usable headers.
+
+Every failure is a CapabilityError (exit 3) whose one-line message says what
+to run. The one side effect: when the running kernel has no headers under
+/lib/modules but scripts/kernel-headers built a tree for it, BCC_KERNEL_SOURCE
+is set to that tree for this process (bcc reads it when compiling).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+from gotrace.errors import CapabilityError
+
+HEADERS_CACHE = Path("/var/cache/gotrace/kernel-headers")
+MODULES_DIR = Path("/lib/modules")
+UPROBE_PMU_TYPE = Path("/sys/bus/event_source/devices/uprobe/type")
+TRACEFS_DIR = Path("/sys/kernel/tracing")
+
+_DEBIAN_ARCH = {"x86_64": "amd64", "aarch64": "arm64"}
+
+
+def check_can_trace(*, need_tracefs: bool = False) -> None:
+    """Raise CapabilityError unless this process can compile BPF with bcc and attach uprobes.
+
+    gotrace's latency tracer attaches through BPF links and never needs
+    tracefs; pass need_tracefs=True for code that attaches through bcc's
+    attach_uprobe, which needs it to detach (mounted here when missing).
+    """
+    if os.geteuid() != 0:
+        raise CapabilityError("tracing needs root to load BPF programs and attach uprobes: run as root (sudo)")
+    check_bcc()
+    uprobe_pmu_type()
+    use_kernel_headers()
+    if need_tracefs:
+        ensure_tracefs()
+
+
+def check_bcc() -> None:
+    """Raise CapabilityError when bcc's Python module cannot be imported."""
+    try:
+        import bcc  # noqa: F401
+    except ImportError:
+        raise CapabilityError(
+            "bcc's Python module is missing: apt-get install python3-bpfcc (a virtualenv needs --system-site-packages)"
+        ) from None
+
+
+def uprobe_pmu_type() -> int:
+    """The perf event type number of the kernel's uprobe PMU; CapabilityError when the kernel has none."""
+    try:
+        return int(UPROBE_PMU_TYPE.read_text())
+    except (OSError, ValueError):
+        raise CapabilityError(
+            f"this kernel cannot attach uprobes ({UPROBE_PMU_TYPE} is missing): use a kernel built with CONFIG_UPROBE_EVENTS"
+        ) from None
+
+
+def use_kernel_headers() -> Path:
+    """The kernel headers bcc will use; sets BCC_KERNEL_SOURCE to gotrace's cached tree when that is the only option."""
+    configured = os.environ.get("BCC_KERNEL_SOURCE")
+    if configured:
+        if not (Path(configured) / "include").is_dir():
+            raise CapabilityError(
+                f"BCC_KERNEL_SOURCE={configured} holds no kernel headers: unset it or run scripts/kernel-headers"
+            )
+        return Path(configured)
+    release = os.uname().release
+    build = MODULES_DIR / release / "build"
+    if (build / "include").is_dir():
+        return build
+    cached = HEADERS_CACHE / release
+    if (cached / "include").is_dir():
+        os.environ["BCC_KERNEL_SOURCE"] = str(cached)
+        return cached
+    arch = _DEBIAN_ARCH.get(os.uname().machine, "amd64")
+    raise CapabilityError(
+        f"bcc needs kernel headers and kernel {release} has none: "
+        f"run scripts/kernel-headers (or: apt-get install linux-headers-{arch} linux-headers-{release})"
+    )
+
+
+def tracefs_mounted() -> bool:
+    """Whether tracefs is mounted at /sys/kernel/tracing."""
+    return (TRACEFS_DIR / "uprobe_events").exists()
+
+
+def ensure_tracefs() -> None:
+    """Mount tracefs at /sys/kernel/tracing when it is missing (root only), else CapabilityError saying how."""
+    if tracefs_mounted():
+        return
+    fix = f"mount -t tracefs nodev {TRACEFS_DIR}"
+    if os.geteuid() != 0:
+        raise CapabilityError(f"tracefs is not mounted: run `{fix}` as root")
+    result = subprocess.run(["mount", "-t", "tracefs", "nodev", str(TRACEFS_DIR)], capture_output=True, text=True)
+    if result.returncode != 0 or not tracefs_mounted():
+        raise CapabilityError(f"tracefs is not mounted and mounting it failed ({result.stderr.strip()}): run `{fix}`")

@@ -1,0 +1,149 @@
+/* latency.bpf.c: per-goroutine call latency of Go functions, aggregated into
+ * per-function log-linear histograms in the kernel.
+ *
+ * Two programs, each attached as plain uprobes (never uretprobes) at many
+ * sites: gt_entry at each traced function's post-prologue entry site,
+ * gt_return at each of its `ret` instructions. The uprobe's BPF cookie is
+ * the function's id. A call is keyed by (tgid, goid, g.stack.hi - SP): the
+ * goroutine survives thread migration, the distance from the stack top
+ * survives stack copies and separates recursive calls.
+ *
+ * Configuration arrives as -D constants (see gotrace.h); no other text is
+ * ever added to this file.
+ */
+#include <uapi/linux/ptrace.h>
+#include "gotrace.h"
+
+#if !defined(GT_CFG_ARCH) || !defined(GT_CFG_GOID_OFFSET) || \
+    !defined(GT_CFG_STACK_HI_OFFSET) || !defined(GT_CFG_NFUNCS) || \
+    !defined(GT_CFG_TARGET_TGID) || !defined(GT_CFG_HIST_ENTRIES)
+#error "gotrace: GT_CFG_* constants must be given by the loader"
+#endif
+
+#if GT_CFG_ARCH == GT_ARCH_AMD64
+#define GT_G_REG(ctx) ((ctx)->r14)
+#define GT_SP_REG(ctx) ((ctx)->sp)
+#elif GT_CFG_ARCH == GT_ARCH_ARM64
+#define GT_G_REG(ctx) ((ctx)->regs[28])
+#define GT_SP_REG(ctx) ((ctx)->sp)
+#else
+#error "gotrace: unsupported GT_CFG_ARCH"
+#endif
+
+BPF_TABLE("lru_hash", struct gt_start_key, struct gt_start_val, gt_starts, GT_START_ENTRIES);
+/* Cumulative counts; user space reports differences between reads. No
+ * preallocation: an element freed by user space is never reused under a
+ * program still holding it. */
+BPF_F_TABLE("percpu_hash", struct gt_hist_key, __u64, gt_hist, GT_CFG_HIST_ENTRIES, BPF_F_NO_PREALLOC);
+BPF_PERCPU_ARRAY(gt_func_counts, __u64, GT_CFG_NFUNCS * GT_FC_N);
+BPF_PERCPU_ARRAY(gt_stats, __u64, GT_STAT_N);
+BPF_ARRAY(gt_gen, __u32, 1);
+
+static __always_inline void gt_count(int stat)
+{
+    __u64 *slot = gt_stats.lookup(&stat);
+    if (slot)
+        __sync_fetch_and_add(slot, 1);
+}
+
+static __always_inline void gt_func_count(__u32 func_id, __u32 which)
+{
+    int index = func_id * GT_FC_N + which;
+    __u64 *slot = gt_func_counts.lookup(&index);
+    if (slot)
+        __sync_fetch_and_add(slot, 1);
+}
+
+/* Fills key from the goroutine register and SP; 0 when there is no goroutine. */
+static __always_inline int gt_make_key(struct pt_regs *ctx, struct gt_start_key *key)
+{
+    __u64 g = GT_G_REG(ctx);
+    __u64 stack_hi = 0;
+    __u64 goid = 0;
+    __u64 tgid = bpf_get_current_pid_tgid() >> 32;
+
+    if (GT_CFG_TARGET_TGID != 0 && tgid != GT_CFG_TARGET_TGID)
+        return 0;
+    if (g == 0) {
+        gt_count(GT_STAT_NO_GOROUTINE);
+        return 0;
+    }
+    if (bpf_probe_read_user(&goid, sizeof(goid), (void *)(g + GT_CFG_GOID_OFFSET)) != 0 ||
+        bpf_probe_read_user(&stack_hi, sizeof(stack_hi), (void *)(g + GT_CFG_STACK_HI_OFFSET)) != 0) {
+        gt_count(GT_STAT_READ_FAULT);
+        return 0;
+    }
+    key->goid = goid;
+    key->tgid = (__u32)tgid;
+    key->depth = (__u32)(stack_hi - GT_SP_REG(ctx));
+    return 1;
+}
+
+static __always_inline __u32 gt_current_gen(void)
+{
+    int zero = 0;
+    __u32 *gen = gt_gen.lookup(&zero);
+    return gen ? *gen : 0;
+}
+
+int gt_entry(struct pt_regs *ctx)
+{
+    __u32 func_id = (__u32)bpf_get_attach_cookie(ctx);
+    struct gt_start_key key = {};
+    struct gt_start_val val = {};
+
+    if (func_id >= GT_CFG_NFUNCS || !gt_make_key(ctx, &key))
+        return 0;
+    gt_func_count(func_id, GT_FC_ENTRIES);
+    if (gt_starts.lookup(&key))
+        gt_count(GT_STAT_STALE_STARTS);
+    val.func_id = func_id;
+    val.gen = gt_current_gen();
+    val.start_ns = bpf_ktime_get_ns();
+    if (gt_starts.update(&key, &val) != 0)
+        gt_count(GT_STAT_START_UPDATE_FAILED);
+    return 0;
+}
+
+int gt_return(struct pt_regs *ctx)
+{
+    __u64 now_ns = bpf_ktime_get_ns();
+    __u32 func_id = (__u32)bpf_get_attach_cookie(ctx);
+    struct gt_start_key key = {};
+    struct gt_start_val *start;
+    struct gt_hist_key hkey = {};
+    __u64 one = 1;
+    __u64 *slot;
+
+    if (func_id >= GT_CFG_NFUNCS || !gt_make_key(ctx, &key))
+        return 0;
+    start = gt_starts.lookup(&key);
+    if (!start) {
+        gt_count(GT_STAT_RETURNS_WITHOUT_ENTRY);
+        return 0;
+    }
+    if (start->func_id != func_id) {
+        /* A start left by a frame that never returned (panic): stale. */
+        gt_starts.delete(&key);
+        gt_count(GT_STAT_RETURNS_WITHOUT_ENTRY);
+        return 0;
+    }
+    hkey.func_id = func_id;
+    hkey.bucket = gt_hist_bucket(now_ns - start->start_ns);
+    if (start->gen == gt_current_gen())
+        gt_func_count(func_id, GT_FC_RETURNS_SAME_GEN);
+    gt_starts.delete(&key);
+
+    slot = gt_hist.lookup(&hkey);
+    if (slot) {
+        __sync_fetch_and_add(slot, 1);
+    } else if (gt_hist.update(&hkey, &one) != 0) {
+        /* Another CPU may have created it meanwhile: per-CPU, so retry once. */
+        slot = gt_hist.lookup(&hkey);
+        if (slot)
+            __sync_fetch_and_add(slot, 1);
+        else
+            gt_count(GT_STAT_HIST_FULL);
+    }
+    return 0;
+}

@@ -1,0 +1,3 @@
+module example.com/latencytruth
+
+go 1.17
