@@ -64,6 +64,8 @@ class DwarfInfo:
         self._indexed_units: set[int] = set()
         # name -> .debug_info offsets of the named top-level DIEs of indexed CUs
         self._top_level: dict[str, list[int]] = {}
+        # abstract subprogram offset -> its out-of-line (concrete) instance
+        self._concrete: dict[int, int] = {}
         self._types: dict[int, GoType] = {}
         self._producer: str | None = None
 
@@ -160,14 +162,18 @@ class DwarfInfo:
         the hidden dictionary pointer the compiler passes first (`.dict`),
         which DWARF lists only from Go 1.27; it is marked `hidden`.
         """
-        die = self._find_subprogram(func_name)
+        die = self.subprogram_die(func_name)
         if die is None:
             return None
+        # An abstract DIE (left when every copy was inlined) omits unnamed results.
+        complete = not _attr(die, "DW_AT_inline")
         params: list[Param] = []
         results: list[Param] = []
         for child in die.iter_children():
             if child.tag != "DW_TAG_formal_parameter":
                 continue
+            if "DW_AT_abstract_origin" in child.attributes:
+                child = child.get_DIE_from_attribute("DW_AT_abstract_origin")
             name = _name(child) or ""
             gotype = self._type_of(child)
             is_result = bool(_attr(child, "DW_AT_variable_parameter"))
@@ -177,8 +183,24 @@ class DwarfInfo:
             dict_type = GoType("uintptr", Kind.UINTPTR, PTR_SIZE, PTR_SIZE)
             params.insert(0, Param(".dict", dict_type, hidden=True))
         version = self._unit_version(die.cu) or self.go_version
-        complete = version is None or version[:2] >= FIRST_GO_WITH_ALL_PARAMS
+        if version is not None and version[:2] < FIRST_GO_WITH_ALL_PARAMS:
+            complete = False
         return Signature(func_name, tuple(params), tuple(results), version, complete)
+
+    def subprogram_die(self, func_name: str):
+        """The pyelftools DIE of `func_name`'s code, or None if DWARF does not have the function.
+
+        For a function that is also inlined somewhere, DWARF has an abstract
+        DIE (names and types, DW_AT_inline) and an out-of-line instance
+        pointing at it (code range, locations): the instance is returned,
+        the abstract DIE only when there is no instance.
+        """
+        die = self._find_subprogram(func_name)
+        if die is not None and _attr(die, "DW_AT_inline"):
+            concrete = self._concrete.get(die.offset)
+            if concrete is not None:
+                return self._die_at(concrete)
+        return die
 
     def iter_unit_names(self):
         """Names of all compile units (package import paths), with repeats for split packages."""
@@ -224,6 +246,9 @@ class DwarfInfo:
                 name = _name(die)
                 if name is not None:
                     self._top_level.setdefault(name, []).append(die.offset)
+                elif die.tag == "DW_TAG_subprogram" and "DW_AT_abstract_origin" in die.attributes:
+                    origin = die.get_DIE_from_attribute("DW_AT_abstract_origin")
+                    self._concrete[origin.offset] = die.offset
         except (DWARFError, ValueError, KeyError, AssertionError) as exc:
             raise BinaryError(f"the DWARF debug info is damaged ({exc}); "
                               "rebuild the binary or strip its DWARF with -ldflags=-w") from exc

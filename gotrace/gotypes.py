@@ -120,17 +120,18 @@ class Signature:
     """A function's receiver+parameters and results, in the order the ABI assigns them.
 
     `go_version` is the compiler that produced it when known (DWARF
-    DW_AT_producer), e.g. (1, 21, 13). `params_complete` is False when that
-    compiler is known to leave unnamed/blank parameters out of DWARF (Go
-    1.21 and older), so the parameter list may miss some: cross-check the ABI
-    against pclntab's argument size before trusting it.
+    DW_AT_producer), e.g. (1, 21, 13). `complete` is False when DWARF may
+    have left values out: Go 1.21 and older omit unnamed/blank parameters,
+    and a function with only inlined copies has no DIE listing its unnamed
+    results. Then cross-check gotrace.abi.arg_width against pclntab's
+    argument size before trusting the layout.
     """
 
     name: str
     params: tuple[Param, ...]
     results: tuple[Param, ...]
     go_version: tuple[int, int, int] | None = None
-    params_complete: bool = True
+    complete: bool = True
 
 
 # --- constructors for hand-built types (tests, synthetic parameters) -------

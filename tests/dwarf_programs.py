@@ -156,6 +156,12 @@ func Blank(_ int, b string, _ float64, c int64) (_ int, named string, _ error) {
 	return 0, b, nil
 }
 
+// Inlined into main and also called through a func value: DWARF has an
+// abstract DIE (without the unnamed results) and an out-of-line instance.
+func Inlinable(a int, s string) (int, error) { return a + len(s), nil }
+
+var inlinable = Inlinable
+
 //go:noinline
 func Gen[V int | float64](a V, b []V) V {
 	keep(a, b)
@@ -178,6 +184,8 @@ func main() {
 	fmt.Println(Ifaces(nil, 1, nil))
 	fmt.Println(Blank(1, "b", 2, 3))
 	fmt.Println(Gen(1, []int{2}), Gen(1.5, []float64{2}))
+	fmt.Println(Inlinable(1, "x"))
+	fmt.Println(inlinable(2, "yy"))
 }
 """
 
@@ -196,6 +204,7 @@ ABI_CASE_FUNCTIONS = {
     "main.ByteArrays": ["a"],
     "main.Ifaces": ["e", "x", "f"],
     "main.Blank": ["~p0", "b", "~p2", "c"],
+    "main.Inlinable": ["a", "s"],
 }
 
 SOURCES = {"minimal": MINIMAL, "abicases": ABI_CASES}

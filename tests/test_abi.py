@@ -229,16 +229,23 @@ def compare_entry_locations(dwarf, func_name, arch):
         return ("reg", regs[loc[1]]) if loc[0] == "reg" else ("stack", loc[1] + cfa)
 
     signature = dwarf.function_signature(func_name)
-    die = dwarf._find_subprogram(func_name)
-    param_dies = [c for c in die.iter_children() if c.tag == "DW_TAG_formal_parameter"
-                  and not c.attributes["DW_AT_variable_parameter"].value]
+    die = dwarf.subprogram_die(func_name)
+    param_dies = []
+    for child in die.iter_children():
+        if child.tag != "DW_TAG_formal_parameter":
+            continue
+        declared_by = child
+        if "DW_AT_abstract_origin" in child.attributes:  # out-of-line copy of an inlined function
+            declared_by = child.get_DIE_from_attribute("DW_AT_abstract_origin")
+        if not declared_by.attributes["DW_AT_variable_parameter"].value:
+            param_dies.append((declared_by.attributes["DW_AT_name"].value.decode(), child))
     params, _ = assign(signature, arch)
-    dwarf_names = [d.attributes["DW_AT_name"].value.decode() for d in param_dies]
+    dwarf_names = [name for name, _ in param_dies]
     declared = [v for v in params if not v.param.hidden or v.name in dwarf_names]
-    assert [v.name for v in declared] == [d.attributes["DW_AT_name"].value.decode() for d in param_dies]
+    assert [v.name for v in declared] == dwarf_names
 
     compared = []
-    for value, param_die in zip(declared, param_dies):
+    for value, (_, param_die) in zip(declared, param_dies):
         pieces = entry_location(dwarf, die, param_die)
         if pieces is None:
             continue
@@ -321,7 +328,7 @@ def test_argument_area_size_agrees_with_pclntab(version, arch):
         for func_name in ABI_CASE_FUNCTIONS:
             signature = dwarf.function_signature(func_name)
             ours = (arg_width(signature, arch) + 7) // 8 * 8
-            if signature.params_complete:
+            if signature.complete:
                 assert ours == args[func_name], func_name
             else:
                 # Go <= 1.21 omits `_` parameters from DWARF: the sizes then
