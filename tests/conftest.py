@@ -84,6 +84,12 @@ def service_matrix() -> dict[tuple[str, str, str], Path]:
 
 BPF_PROBE_PROGRAM = r"""
 import sys
+try:
+    from gotrace.kernelenv import use_kernel_headers  # points bcc at gotrace's kernel-header tree
+except ImportError:
+    pass
+else:
+    use_kernel_headers()
 from bcc import BPF
 b = BPF(text="int gotrace_probe(void *ctx) { return 0; }")
 b.load_func("gotrace_probe", BPF.KPROBE)
@@ -105,11 +111,15 @@ def bpf_unavailable_reason() -> str | None:
                                            "/sys/kernel/debug/tracing/uprobe_events")):
         return "the kernel has no uprobe support (no uprobe event source)"
     env = dict(os.environ)
-    if "BCC_KERNEL_SOURCE" not in env and Path("/tmp/khdr").is_dir():
-        env["BCC_KERNEL_SOURCE"] = "/tmp/khdr"
+    if "BCC_KERNEL_SOURCE" not in env:
+        for tree in (Path("/var/cache/gotrace/kernel-headers") / os.uname().release, Path("/tmp/khdr")):
+            if tree.is_dir():
+                env["BCC_KERNEL_SOURCE"] = str(tree)
+                break
     try:
         proc = subprocess.run(
             [sys.executable, "-c", BPF_PROBE_PROGRAM],
+            cwd=gobuild.REPO_ROOT,
             env=env,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
