@@ -102,7 +102,7 @@ def _run_toolchains_script(version: str) -> None:
 
 def go_env(version: str, arch: str = "amd64", cgo: bool = False) -> dict[str, str]:
     """Environment for running a toolchain: local toolchain only, no network, caches under CACHE_ROOT."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("GO", "CGO_"))}
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("GO", "CGO_")) or k.startswith("GOTRACE_")}
     env.update(
         GOTOOLCHAIN="local",
         GOFLAGS="-mod=mod",
