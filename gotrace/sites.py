@@ -49,6 +49,7 @@ import bisect
 import ctypes
 import re
 import struct
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import capstone
@@ -121,7 +122,9 @@ _PROLOGUE_MAX_INSNS = 10  # the longest prologue (arm64 huge frame) has 9 instru
 class _Arch:
     """Per-architecture constants and a reusable capstone handle."""
 
-    def __init__(self, name: str, cs_arch: int, cs_mode: int, ret_ids, call_ids, jump_ids, padding_bytes):
+    def __init__(
+        self, name: str, cs_arch: int, cs_mode: int, ret_ids, call_ids, jump_ids, padding_bytes, prologue_starts
+    ):
         self.name = name
         self.md = capstone.Cs(cs_arch, cs_mode)
         self.md.detail = False
@@ -129,6 +132,7 @@ class _Arch:
         self.call_ids = frozenset(call_ids)
         self.jump_ids = frozenset(jump_ids)  # jumps; on arm64 also b.cond: see _is_unconditional_jump
         self.padding_bytes = padding_bytes  # what fills the gap to the next function
+        self.prologue_starts = prologue_starts  # encodings a stack-check prologue can start with
 
 
 _ARCHES: dict[str, _Arch] = {}
@@ -147,6 +151,8 @@ def _arch(arch: str) -> _Arch:
             call_ids=(_x86.X86_INS_CALL,),
             jump_ids=(_x86.X86_INS_JMP,),
             padding_bytes=b"\xcc\x00",  # INT3 from Go's linker; zeros from other linkers
+            # cmp rsp, [r14+0x10] / lea r12, [rsp+disp8] / lea r12, [rsp+disp32] / mov r12, rsp
+            prologue_starts=(b"\x49\x3b\x66\x10", b"\x4c\x8d\x64\x24", b"\x4c\x8d\xa4\x24", b"\x49\x89\xe4"),
         )
     elif arch == "arm64":
         found = _Arch(
@@ -157,6 +163,7 @@ def _arch(arch: str) -> _Arch:
             call_ids=(_arm64.ARM64_INS_BL, _arm64.ARM64_INS_BLR),
             jump_ids=(_arm64.ARM64_INS_B, _arm64.ARM64_INS_BR),  # B also covers b.cond: see _jump_target
             padding_bytes=b"\x00",
+            prologue_starts=(b"\x90\x0b\x40\xf9",),  # ldr x16, [x28, #16]
         )
     else:
         raise BinaryError(f"unsupported architecture {arch!r}: gotrace reads amd64 and arm64 Go binaries only")
@@ -175,7 +182,7 @@ def _arch(arch: str) -> _Arch:
 # of disasm_lite. Falls back to the ordinary API when the struct layout is
 # not the expected one.
 
-_Head = list[tuple[int, int, str, str]]  # (vaddr, size, mnemonic, operands), as disasm_lite gives
+_Insn = tuple[int, int, str, str]  # (vaddr, size, mnemonic, operands), as disasm_lite gives
 
 
 @dataclass(frozen=True)
@@ -186,7 +193,6 @@ class _Layout:
     size: int
     mnemonic: int
     op_str: int
-    text_len: int  # bytes from mnemonic to the end of op_str
 
 
 def _insn_layout() -> _Layout | None:
@@ -210,7 +216,6 @@ def _insn_layout() -> _Layout | None:
         size=insn.size.offset,
         mnemonic=insn.mnemonic.offset,
         op_str=insn.op_str.offset,
-        text_len=insn.op_str.offset + insn.op_str.size - insn.mnemonic.offset,
     )
 
 
@@ -222,7 +227,7 @@ class _Decoded:
     ids: list[int]  # capstone instruction ids
     vaddrs: list[int]  # ascending
     end: int  # bytes decoded from the start, up to the first undecodable byte
-    head: _Head  # the first _PROLOGUE_MAX_INSNS instructions
+    head: Sequence[_Insn]  # the first _PROLOGUE_MAX_INSNS instructions, with their text
 
 
 def _decode(a: _Arch, code: bytes, vaddr: int) -> _Decoded:
@@ -259,15 +264,48 @@ def _sweep(a: _Arch, code: bytes, vaddr: int) -> _Decoded:
     ids = raw.cast("I")[layout.id // 4 :: layout.stride // 4].tolist()
     vaddrs = raw.cast("Q")[layout.address // 8 :: layout.stride // 8].tolist()
     sizes = raw.cast("H")[layout.size // 2 :: layout.stride // 2]
-    head = []
-    for k in range(min(count, _PROLOGUE_MAX_INSNS)):
-        text_at = k * layout.stride + layout.mnemonic
-        text = raw[text_at : text_at + layout.text_len].tobytes()
-        mnemonic = text[: text.index(b"\0")].decode()
-        operands_at = layout.op_str - layout.mnemonic
-        operands = text[operands_at : text.index(b"\0", operands_at)].decode()
-        head.append((vaddrs[k], sizes[k], mnemonic, operands))
+    head = _TextOnDemand(raw, layout, vaddrs, sizes, min(count, _PROLOGUE_MAX_INSNS), {})
     return _Decoded(ids, vaddrs, vaddrs[-1] + sizes[count - 1] - vaddr, head)
+
+
+class _TextOnDemand(Sequence):
+    """The first instructions of a cs_insn array as disasm_lite tuples, their text read only when asked for.
+
+    Most functions are recognised, or rejected, on their first few
+    instructions: reading the text of all ten costs more than matching.
+    """
+
+    def __init__(self, raw: memoryview, layout: _Layout, vaddrs: list[int], sizes, count: int, cache: dict):
+        self._raw, self._layout, self._vaddrs, self._sizes = raw, layout, vaddrs, sizes
+        self._count, self._cache = count, cache
+
+    def __len__(self) -> int:
+        return self._count
+
+    def __getitem__(self, k):
+        if isinstance(k, slice):
+            start, stop, step = k.indices(self._count)
+            if start != 0 or step != 1:
+                raise ValueError("only head slices [:n] are supported")
+            return _TextOnDemand(self._raw, self._layout, self._vaddrs, self._sizes, stop, self._cache)
+        if not 0 <= k < self._count:
+            raise IndexError(k)
+        insn = self._cache.get(k)
+        if insn is None:
+            layout = self._layout
+            block = self._cache.get("block")
+            if block is None:  # one copy of the head's structs, then plain bytes searches
+                block = self._cache["block"] = self._raw[: _PROLOGUE_MAX_INSNS * layout.stride].tobytes()
+            mnemonic_at = k * layout.stride + layout.mnemonic
+            operands_at = k * layout.stride + layout.op_str
+            insn = (
+                self._vaddrs[k],
+                self._sizes[k],
+                block[mnemonic_at : block.index(b"\0", mnemonic_at)].decode(),
+                block[operands_at : block.index(b"\0", operands_at)].decode(),
+            )
+            self._cache[k] = insn
+        return insn
 
 
 def _sweep_slow(a: _Arch, code: bytes, vaddr: int) -> _Decoded:
@@ -364,6 +402,7 @@ _AMD64_CHECKS = (
 _AMD64_BRANCH = _insn("jbe", _TARGET)
 # ABI0 code finds g through thread-local storage: a prologue that loads it
 # from fs:[-8], or an ABI0-to-ABIInternal wrapper that sets R14 from there.
+_FS_PREFIX = b"\x64"  # every fs:[...] access has it: a cheap test before reading instruction text
 _AMD64_TLS_G = re.compile(
     r"r[a-z0-9]+, qword ptr fs:\[0xfffffffffffffff8\]|qword ptr fs:\[0xfffffffffffffff8\], r[a-z0-9]+"
 )
@@ -396,14 +435,15 @@ class _Prologue:
     stub_vaddrs: tuple[int, ...]  # targets of its conditional branches
 
 
-def _match_prologue(insns: list[tuple[int, int, str, str]], checks, branch) -> _Prologue | None:
+def _match_prologue(insns: Sequence[_Insn], checks, branch) -> _Prologue | None:
     """The stack-check prologue at the start of `insns` (capstone disasm_lite tuples), or None."""
     for check in checks:
         patterns = [*check, branch]
         if len(insns) <= len(patterns):  # the prologue must be followed by code
             continue
         targets = []
-        for (_, _, mnemonic, operands), (want_mnemonic, want_operands) in zip(insns, patterns):
+        for k, (want_mnemonic, want_operands) in enumerate(patterns):
+            _, _, mnemonic, operands = insns[k]
             found = want_operands.fullmatch(operands) if mnemonic == want_mnemonic else None
             if found is None:
                 break
@@ -414,7 +454,12 @@ def _match_prologue(insns: list[tuple[int, int, str, str]], checks, branch) -> _
     return None
 
 
-def _loads_g_from_tls(insns: list[tuple[int, int, str, str]]) -> bool:
+def _may_start_prologue(a: _Arch, code: bytes) -> bool:
+    """Cheap test on the first bytes; the text match in _match_prologue decides."""
+    return code.startswith(a.prologue_starts)
+
+
+def _loads_g_from_tls(insns: Sequence[_Insn]) -> bool:
     """True if the code reads or sets g in TLS before its first call (Go code reloads R14 only after calls)."""
     for _, _, mnemonic, operands in insns:
         if mnemonic == "call":
@@ -478,10 +523,11 @@ def find_probe_sites(code: bytes, entry_vaddr: int, arch: str, *, name: str = ""
     returns = tuple(vaddrs[pos] for pos in _indices(ids, a.ret_ids, stop))
 
     entry_site = entry_vaddr
-    if a.name == "amd64" and _loads_g_from_tls(head):
+    head_end = vaddrs[len(head)] - entry_vaddr if len(head) < len(vaddrs) else decoded.end
+    if a.name == "amd64" and _FS_PREFIX in code[:head_end] and _loads_g_from_tls(head):
         return ProbeSites(entry_site, returns, REASON_ABI0)
     checks, branch = (_AMD64_CHECKS, _AMD64_BRANCH) if a.name == "amd64" else (_ARM64_CHECKS, _ARM64_BRANCH)
-    prologue = _match_prologue(head, checks, branch)
+    prologue = _match_prologue(head, checks, branch) if _may_start_prologue(a, code) else None
     if prologue is not None:
         if not all(
             _stub_returns_to_entry(a, code, ids, vaddrs, stop, entry_vaddr, stub) for stub in prologue.stub_vaddrs
