@@ -52,6 +52,31 @@ def package_of(func_name: str) -> str:
     return head[:dot] if dot >= 0 else head
 
 
+_CLOSURE_PART = re.compile(r"^(func\d+|gowrap\d+|deferwrap\d+|\d+)$")
+
+
+def takes_dictionary(func_name: str) -> bool:
+    """True for a shape instantiation of a generic function or method, which gets
+    a dictionary pointer as its first argument: `pkg.F[go.shape.int]`,
+    `pkg.(*T[go.shape.int]).M`. Closures inside them (`...].func1`) and
+    generated helpers (`type:.eq.T[...]`) do not.
+    """
+    if func_name.startswith("type:") or "[" not in func_name:
+        return False
+    end = func_name.rfind("]")
+    if end < 0:
+        return False
+    if "[go.shape." not in func_name and "[...]" not in func_name:
+        return False
+    rest = func_name[end + 1:].lstrip(")")
+    if rest == "":
+        # pkg.F[...]: the brackets close the function name itself
+        return True
+    parts = rest.lstrip(".").split(".")
+    # pkg.(*T[...]).M or pkg.T[...].M: a method; anything deeper is a closure
+    return len(parts) == 1 and not _CLOSURE_PART.match(parts[0])
+
+
 class DwarfInfo:
     """The DWARF of one ELF file, read on demand. Use `DwarfInfo.open`."""
 
@@ -163,23 +188,27 @@ class DwarfInfo:
         which DWARF lists only from Go 1.27; it is marked `hidden`.
         """
         die = self.subprogram_die(func_name)
-        if die is None:
+        if die is None or self._is_assembly(die):
             return None
         # An abstract DIE (left when every copy was inlined) omits unnamed results.
         complete = not _attr(die, "DW_AT_inline")
         params: list[Param] = []
         results: list[Param] = []
+        seen: set[str] = set()
         for child in die.iter_children():
             if child.tag != "DW_TAG_formal_parameter":
                 continue
             if "DW_AT_abstract_origin" in child.attributes:
                 child = child.get_DIE_from_attribute("DW_AT_abstract_origin")
             name = _name(child) or ""
+            if name in seen:  # the compiler sometimes lists a result twice (seen with ~r0)
+                continue
+            seen.add(name)
             gotype = self._type_of(child)
             is_result = bool(_attr(child, "DW_AT_variable_parameter"))
             (results if is_result else params).append(Param(name, gotype, is_result, hidden=name == ".dict"))
         has_dict = any(p.name == ".dict" for p in params)  # Go 1.27 lists it; older ones do not
-        if not has_dict and ("[go.shape." in func_name or "[...]" in func_name):
+        if not has_dict and takes_dictionary(func_name):
             dict_type = GoType("uintptr", Kind.UINTPTR, PTR_SIZE, PTR_SIZE)
             params.insert(0, Param(".dict", dict_type, hidden=True))
         version = self._unit_version(die.cu) or self.go_version
@@ -276,6 +305,22 @@ class DwarfInfo:
                 if die.tag == "DW_TAG_subprogram":
                     return die
         return None
+
+    def _is_assembly(self, die) -> bool:
+        """True for a function written in assembly: DWARF lists none of its arguments."""
+        index = _attr(die, "DW_AT_decl_file")
+        if index is None:
+            return False
+        try:
+            header = self._dwarf.line_program_for_CU(die.cu).header
+        except (DWARFError, ValueError, KeyError, AssertionError):
+            return False
+        files = header["file_entry"]
+        # DWARF 5 numbers files from 0, older versions from 1.
+        position = index if header["version"] >= 5 else index - 1
+        if not 0 <= position < len(files):
+            return False
+        return _text(files[position].name).endswith(".s")
 
     def _unit_version(self, cu) -> tuple[int, int, int] | None:
         producer = _attr(cu.get_top_DIE(), "DW_AT_producer")

@@ -7,8 +7,8 @@ import subprocess
 
 import pytest
 
-from dwarf_programs import TOOLCHAINS, build_snippet
-from gotrace.dwarfinfo import DwarfInfo, package_of
+from dwarf_programs import ARCHES, TOOLCHAINS, build_snippet
+from gotrace.dwarfinfo import DwarfInfo, package_of, takes_dictionary
 from gotrace.errors import BinaryError
 from gotrace.gotypes import Kind
 
@@ -173,3 +173,31 @@ def test_runtime_function_found_in_its_package(dwarf125):
 ])
 def test_package_of(name, package):
     assert package_of(name) == package
+
+
+@pytest.mark.parametrize("arch", ARCHES)
+@pytest.mark.parametrize("version", TOOLCHAINS)
+def test_assembly_functions_have_no_signature(version, arch):
+    # DWARF lists no arguments for assembly: an empty signature would be a wrong one.
+    with DwarfInfo.open(build_snippet("abicases", version, arch)) as dwarf:
+        assert dwarf.subprogram_die("runtime.memequal") is not None
+        assert dwarf.function_signature("runtime.memequal") is None
+        assert dwarf.function_signature("main.Args") is not None
+
+
+@pytest.mark.parametrize("name, expected", [
+    ("main.Gen[go.shape.int]", True),
+    ("main.Gen[go.shape.int_0]", True),
+    ("main.Gen[...]", True),
+    ("pkg.(*T[go.shape.int]).M", True),
+    ("pkg.T[go.shape.string].M", True),
+    ("pkg.(*T[go.shape.int]).M.func1", False),
+    ("pkg.F[go.shape.int].func1", False),
+    ("pkg.F[go.shape.int].gowrap2", False),
+    ("pkg.F[go.shape.int].func1.1", False),
+    ("type:.eq.pkg.T[go.shape.int]", False),
+    ("main.Args", False),
+    ("pkg.F[int]", False),  # a fully instantiated name in .symtab only: not a shape
+])
+def test_takes_dictionary(name, expected):
+    assert takes_dictionary(name) is expected
