@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import os
 import re
+import zlib
 from typing import BinaryIO
 
 from elftools.common.exceptions import DWARFError, ELFError
+from elftools.construct import ConstructError
 from elftools.elf.elffile import ELFFile
 
 from gotrace.errors import BinaryError
@@ -32,6 +34,16 @@ DW_AT_go_embedded_field = 0x2903
 # Go 1.21 and older leave unnamed and blank input parameters out of DWARF;
 # Go 1.23 names them ~p0, ~p1, ... (checked with 1.19, 1.21, 1.23-1.27).
 FIRST_GO_WITH_ALL_PARAMS = (1, 23)
+
+_DAMAGED = (DWARFError, ELFError, ConstructError, zlib.error, ValueError, KeyError, IndexError,
+            AssertionError)
+
+
+def _damaged(exc: Exception) -> BinaryError:
+    detail = " ".join(str(exc).split()) or type(exc).__name__
+    return BinaryError(f"the binary's DWARF debug info is damaged ({detail}); "
+                       "rebuild it, or strip its DWARF with -ldflags=-w so gotrace does not read it")
+
 
 _PRODUCER_VERSION = re.compile(r"go(\d+)\.(\d+)(?:\.(\d+))?")
 _TYPE_TAGS = frozenset({
@@ -173,11 +185,14 @@ class DwarfInfo:
     def find_type(self, name: str) -> GoType | None:
         """The type named `name` exactly as Go's DWARF names it ('runtime.g', '[]uint8')."""
         self._ensure_units()
-        for cu in self._type_unit_candidates():
-            self._index_unit(cu)
-            offsets = self._top_level_types(name)
-            if offsets:
-                return self._type_at(offsets[0])
+        try:
+            for cu in self._type_unit_candidates():
+                self._index_unit(cu)
+                offsets = self._top_level_types(name)
+                if offsets:
+                    return self._type_at(offsets[0])
+        except _DAMAGED as exc:
+            raise _damaged(exc) from exc
         return None
 
     def function_signature(self, func_name: str) -> Signature | None:
@@ -187,6 +202,12 @@ class DwarfInfo:
         the hidden dictionary pointer the compiler passes first (`.dict`),
         which DWARF lists only from Go 1.27; it is marked `hidden`.
         """
+        try:
+            return self._signature(func_name)
+        except _DAMAGED as exc:
+            raise _damaged(exc) from exc
+
+    def _signature(self, func_name: str) -> Signature | None:
         die = self.subprogram_die(func_name)
         if die is None or self._is_assembly(die):
             return None
@@ -253,9 +274,8 @@ class DwarfInfo:
                     if producer is not None:
                         self._producer = _text(producer)
                 units.setdefault(_name(top) or "", []).append(cu)
-        except (DWARFError, ELFError, ValueError, KeyError, AssertionError) as exc:
-            raise BinaryError(f"the DWARF debug info is damaged ({exc}); "
-                              "rebuild the binary or strip its DWARF with -ldflags=-w") from exc
+        except _DAMAGED as exc:
+            raise _damaged(exc) from exc
         self._units_by_name = units
 
     def _type_unit_candidates(self):
@@ -278,9 +298,8 @@ class DwarfInfo:
                 elif die.tag == "DW_TAG_subprogram" and "DW_AT_abstract_origin" in die.attributes:
                     origin = die.get_DIE_from_attribute("DW_AT_abstract_origin")
                     self._concrete[origin.offset] = die.offset
-        except (DWARFError, ValueError, KeyError, AssertionError) as exc:
-            raise BinaryError(f"the DWARF debug info is damaged ({exc}); "
-                              "rebuild the binary or strip its DWARF with -ldflags=-w") from exc
+        except _DAMAGED as exc:
+            raise _damaged(exc) from exc
 
     def _die_at(self, offset: int):
         return self._dwarf.get_DIE_from_refaddr(offset)
@@ -313,7 +332,7 @@ class DwarfInfo:
             return False
         try:
             header = self._dwarf.line_program_for_CU(die.cu).header
-        except (DWARFError, ValueError, KeyError, AssertionError):
+        except _DAMAGED:
             return False
         files = header["file_entry"]
         # DWARF 5 numbers files from 0, older versions from 1.

@@ -66,6 +66,28 @@ def test_old_style_zdebug_and_uncompressed_sections(tmp_path, flag, section):
         assert [p.name for p in dwarf.function_signature("main.main").params] == []
 
 
+def test_damaged_dwarf_is_a_one_line_binary_error_and_offsets_fall_back_to_table(tmp_path):
+    if shutil.which("objcopy") is None:
+        pytest.skip("objcopy (binutils) not installed")
+    from elftools.elf.elffile import ELFFile
+
+    from gotrace.runtime_offsets import RuntimeOffsets, runtime_offsets
+
+    damaged = tmp_path / "minimal"
+    subprocess.run(["objcopy", "--decompress-debug-sections",
+                    str(build_snippet("minimal", "1.25.5", "amd64")), str(damaged)], check=True)
+    with open(damaged, "rb") as file:
+        info_offset = ELFFile(file).get_section_by_name(".debug_info")["sh_offset"]
+    with open(damaged, "r+b") as file:
+        file.seek(info_offset + 4)  # the first CU's DWARF version
+        file.write(b"\x63\x00")
+    with DwarfInfo.open(damaged) as dwarf:
+        with pytest.raises(BinaryError) as info:
+            dwarf.struct_member_offset("runtime.g", "goid")
+        assert "DWARF debug info is damaged" in str(info.value) and "\n" not in str(info.value)
+        assert runtime_offsets((1, 25, 5), dwarf) == RuntimeOffsets(152, 8, "table")
+
+
 def test_struct_member_offset_absent_cases(dwarf125):
     assert dwarf125.struct_member_offset("runtime.g", "no_such_member") is None
     assert dwarf125.struct_member_offset("runtime.no_such_type", "goid") is None
