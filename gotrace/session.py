@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import shlex
 import signal
-import subprocess
+import shutil
 import time
 from dataclasses import dataclass, field
 
@@ -29,33 +29,33 @@ class Target:
     display: str                # how the user named it
     pid: int | None = None
     command: list[str] | None = None
-    child: subprocess.Popen | None = field(default=None, repr=False)
+    exit_status: int | None = None     # of a `-c` command, once it has ended
+    _started_child: bool = field(default=False, repr=False)
     _gate_w: int | None = field(default=None, repr=False)
 
     def start_gated(self) -> None:
-        """Fork the `-c` command, held before exec until release()."""
+        """Fork the `-c` command, held before exec until release(), so the probes
+        (filtered on its pid) are in place before its first instruction."""
         if not self.command:
             return
+        program = shutil.which(self.command[0])
+        if program is None:
+            raise UsageError(f"-c: command not found: {self.command[0]}")
         gate_r, gate_w = os.pipe()
-
-        def wait_for_gate() -> None:
-            os.close(gate_w)
-            os.read(gate_r, 1)
-            os.close(gate_r)
-
-        try:
-            self.child = subprocess.Popen(self.command, preexec_fn=wait_for_gate, pass_fds=(gate_r,))
-        except FileNotFoundError:
-            os.close(gate_r)
-            os.close(gate_w)
-            raise UsageError(f"-c: command not found: {self.command[0]}") from None
-        except PermissionError:
-            os.close(gate_r)
-            os.close(gate_w)
-            raise UsageError(f"-c: permission denied running {self.command[0]}") from None
+        pid = os.fork()
+        if pid == 0:  # child: wait for the gate, then become the command
+            try:
+                os.close(gate_w)
+                if os.read(gate_r, 1) == b"g":
+                    os.close(gate_r)
+                    os.execv(program, self.command)
+            except BaseException:
+                pass
+            os._exit(127)
         os.close(gate_r)
         self._gate_w = gate_w
-        self.pid = self.child.pid
+        self.pid = pid
+        self._started_child = True
 
     def release(self) -> None:
         if self._gate_w is not None:
@@ -66,8 +66,16 @@ class Target:
                 self._gate_w = None
 
     def alive(self) -> bool:
-        if self.child is not None:
-            return self.child.poll() is None
+        if self._started_child:
+            if self.exit_status is None:
+                try:
+                    pid, status = os.waitpid(self.pid, os.WNOHANG)
+                except ChildProcessError:
+                    pid, status = self.pid, 0
+                if pid == 0:
+                    return True
+                self.exit_status = os.waitstatus_to_exitcode(status)
+            return False
         if self.pid is not None:
             try:
                 with open(f"/proc/{self.pid}/stat") as f:
@@ -80,10 +88,10 @@ class Target:
     def abandon(self) -> None:
         """Called when gotrace stops early: a gated child that never ran is killed;
         a running `-c` child is left to finish on its own."""
-        if self._gate_w is not None and self.child is not None:
-            self.child.kill()
-            self.release()
-            self.child.wait()
+        if self._gate_w is not None and self._started_child:
+            os.close(self._gate_w)      # the child reads EOF and exits without running
+            self._gate_w = None
+            os.waitpid(self.pid, 0)
 
 
 def parse_command(command: str) -> list[str]:
@@ -131,7 +139,7 @@ def run_loop(target: Target, stop: StopFlag, *, duration_s: float | None, interv
             return "signal"
         if duration_s is not None and now - started >= duration_s:
             return "duration"
-        if (target.pid is not None or target.child is not None) and not target.alive():
+        if target.pid is not None and not target.alive():
             return "target-exit"
         if next_report is not None and now >= next_report:
             on_interval()
