@@ -219,7 +219,8 @@ class _Assigner:
             self.spill_offset = spill + gotype.size
         return ValueLocation(param, tuple(parts), spill)
 
-    def reset_registers(self) -> None:
+    def start_results(self) -> None:
+        """Results: registers from the first again; their stack slots after the arguments, pointer-aligned."""
         self.next_int = 0
         self.next_float = 0
         self.stack_offset = align_up(self.stack_offset, PTR_SIZE)
@@ -229,7 +230,7 @@ def _run(signature: Signature, arch) -> tuple[list[ValueLocation], list[ValueLoc
     abi = arch_abi(arch)
     assigner = _Assigner(abi)
     params = [assigner.assign(param, is_result=False) for param in signature.params]
-    assigner.reset_registers()
+    assigner.start_results()
     results = [assigner.assign(param, is_result=True) for param in signature.results]
     spill_area_start = align_up(assigner.stack_offset, PTR_SIZE)
     arg_width = spill_area_start + align_up(assigner.spill_offset, PTR_SIZE)
