@@ -185,7 +185,7 @@ def render_latency_text(
     """The text report of `gotrace latency`: per function a title, a stats row and a histogram.
 
     `unit` "auto" picks one unit per function, the one of its p90 (a value
-    below 0.01 or from 1000 of that unit gets its own unit); an explicit
+    below 0.1 or from 1000 of that unit gets its own unit); an explicit
     unit formats every value in it. Range labels are exact ("500us - 1ms").
     Histogram rows merge the kernel's fine buckets into 1-2-5 ranges (or, for
     a narrow distribution, equal decimal steps); each bucket goes to the row
@@ -222,7 +222,7 @@ def _stats_lines(s: _Summary, unit: str, width: int) -> list[str]:
 
         def fmt(ns: int) -> str:
             in_unit = ns / UNITS[main_unit]
-            if in_unit >= 1000 or 0 < in_unit < 0.01:
+            if in_unit >= 1000 or 0 < in_unit < 0.1:
                 return format_duration(ns, "auto")
             return format_duration(ns, main_unit)
     else:

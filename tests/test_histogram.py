@@ -85,7 +85,8 @@ def test_bucket_index_matches_the_headers_c_code(tmp_path):
         pytest.skip("probes/gotrace.h has no gt_hist_bucket() yet")
     exe = tmp_path / "bucket"
     subprocess.run(["cc", "-O1", "-o", str(exe), str(source)], check=True)
-    out = subprocess.run([str(exe)], input="".join(f"{v}\n" for v in values), capture_output=True, text=True, check=True)
+    stdin = "".join(f"{v}\n" for v in values)
+    out = subprocess.run([str(exe)], input=stdin, capture_output=True, text=True, check=True)
     c_indices = [int(line) for line in out.stdout.split()]
     assert c_indices == [bucket_index(v) for v in values]
 
@@ -211,6 +212,13 @@ def test_hdrh_adds_less_than_a_tenth_of_a_percent(name):
     for q in QUANTILES:
         midpoint = bucket_midpoint(bucket_index(exact_percentile(ordered, q)))
         assert abs(hist.percentile(q) - midpoint) < 0.001 * max(midpoint, 1)
+
+
+def test_constant_latency_has_mean_equal_to_every_percentile():
+    for value in (42, 1_234_567, 193_456_789):
+        hist = LatencyHistogram.from_values([value] * 9)
+        assert {hist.mean_ns()} == set(hist.percentiles(QUANTILES).values())
+        assert abs(hist.mean_ns() - value) <= 0.005 * value
 
 
 def test_min_and_max_are_bucket_bounds():
