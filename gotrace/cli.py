@@ -197,6 +197,9 @@ def latency_cmd(args, pid, command, duration, as_json, interval, unit, print_bpf
                         if as_json:
                             click.echo(json.dumps(latency_report_json(target_json, now - last[0], reports)))
                         else:
+                            if interval is not None:
+                                stamp = time.strftime("%H:%M:%S")
+                                click.echo(f"--- {stamp}  last {now - last[0]:.1f}s ---")
                             click.echo(render_latency_text(reports, unit=unit), nl=False)
                         sys.stdout.flush()
                         last[0] = now

@@ -117,8 +117,9 @@ class GoBinary:
 
         try:
             dwarf = DwarfInfo.open(self.path)
-        except BinaryError:
-            raise
-        except Exception:  # damaged DWARF: fall back to the table, which is checked per version
+        except BinaryError:  # damaged DWARF: the table is checked per version
             dwarf = None
-        return runtime_offsets(self.build.version_tuple, dwarf)
+        if dwarf is None:
+            return runtime_offsets(self.build.version_tuple, None)
+        with dwarf:
+            return runtime_offsets(self.build.version_tuple, dwarf)
