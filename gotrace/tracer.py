@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from gotrace import probes_header
-from gotrace.errors import BinaryError, CapabilityError, UsageError
+from gotrace.errors import CapabilityError, UsageError
 
 SOURCE_PATH = probes_header.PROBES_DIR / "latency.bpf.c"
 
@@ -82,28 +82,14 @@ def _const(name: str) -> int:
 
 
 def file_offsets(binary_path: str, vaddrs: Sequence[int]) -> list[int]:
-    """The file offset of each ELF vaddr, through the executable PT_LOAD segment that holds it."""
-    from elftools.common.exceptions import ELFError
-    from elftools.elf.elffile import ELFFile
+    """The file offset of each ELF vaddr (uprobes are placed by file offset, also for PIE)."""
+    from gotrace.elffile import ElfImage
 
+    image = ElfImage(binary_path)
     try:
-        with open(binary_path, "rb") as f:
-            segments = [
-                (seg["p_vaddr"], seg["p_filesz"], seg["p_offset"])
-                for seg in ELFFile(f).iter_segments()
-                if seg["p_type"] == "PT_LOAD" and seg["p_flags"] & 1  # PF_X
-            ]
-    except (OSError, ELFError) as exc:
-        raise BinaryError(f"cannot read the ELF program headers of {binary_path}: {exc}") from None
-    offsets = []
-    for vaddr in vaddrs:
-        for seg_vaddr, filesz, seg_offset in segments:
-            if seg_vaddr <= vaddr < seg_vaddr + filesz:
-                offsets.append(vaddr - seg_vaddr + seg_offset)
-                break
-        else:
-            raise BinaryError(f"{binary_path}: vaddr {vaddr:#x} is in no executable segment; is this the binary the sites came from?")
-    return offsets
+        return [image.vaddr_to_file_offset(vaddr) for vaddr in vaddrs]
+    finally:
+        image.close()
 
 
 class _Syscalls:
@@ -431,11 +417,11 @@ class LatencyTracer:
         if reset:
             # New generation first: returns of calls entered from now on count toward the next report.
             self._gen += 1
-            gen_table = bpf["gt_gen"]
+            gen_table = bpf[b"gt_gen"]
             gen_table[ctypes.c_int(0)] = ctypes.c_uint32(self._gen & 0xFFFFFFFF)
         fc_n = _const("GT_FC_N")
-        _, fc_sums = self._percpu_sums(bpf["gt_func_counts"], 4, 8, self._nfuncs * fc_n)
-        hist_keys, hist_sums = self._percpu_sums(bpf["gt_hist"], 8, 8, self._hist_entries)
+        _, fc_sums = self._percpu_sums(bpf[b"gt_func_counts"], 4, 8, self._nfuncs * fc_n)
+        hist_keys, hist_sums = self._percpu_sums(bpf[b"gt_hist"], 8, 8, self._hist_entries)
         result = {fn.func_id: FunctionCounts(buckets={}, unmatched=0) for fn in self.functions}
         hist_now: dict[int, int] = {}
         for (packed,), total in zip(struct.iter_unpack("<Q", hist_keys), hist_sums):
@@ -463,7 +449,7 @@ class LatencyTracer:
         shows as a return without entry (and as unmatched for its function).
         """
         bpf = self._require_attached()
-        table = bpf["gt_stats"]
+        table = bpf[b"gt_stats"]
         totals = {}
         for const_name, name in _STAT_NAMES.items():
             totals[name] = int(sum(table[ctypes.c_int(_const(const_name))]))

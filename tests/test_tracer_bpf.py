@@ -1,0 +1,330 @@
+"""gotrace.tracer against real uprobes: counts and percentiles equal what the traced Go program measured itself.
+
+testdata/latencytruth times each call of its traced functions itself and
+prints its own counts, p50 and p99 as JSON. The tracer must see exactly the
+same number of normal returns, the panicked calls as unmatched, and the same
+percentiles within 5% + 50 us (a uprobe pair costs ~33 us on this VM; part of
+it falls inside the traced interval).
+
+The bucket index code of probes/gotrace.h is also compiled for the host and
+compared with gotrace.histogram's formula (no BPF needed for that one).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import gobuild
+from gotrace import histogram, probes_header
+from gotrace.gobinary import GoBinary
+from gotrace.tracer import LatencyTracer, TracedFunction
+
+TRUTH_FUNCTIONS = [
+    "main.work",
+    "main.recurse",
+    "main.growStack",
+    "main.blockingCall",
+    "main.mayPanic",
+    "main.safeCall",
+]
+
+
+def traced_functions(binary: Path, names: list[str]) -> list[TracedFunction]:
+    with GoBinary(binary) as gobin:
+        found = {fn.name: fn for fn in gobin.match(names)}
+        functions = []
+        for func_id, name in enumerate(names):
+            probes = gobin.probe_sites(found[name])
+            assert probes.traceable, f"{name}: {probes.reason}"
+            functions.append(TracedFunction(func_id, name, probes.sites.entry_vaddr, probes.sites.return_vaddrs))
+        return functions
+
+
+def goid_offset(binary: Path) -> int:
+    with GoBinary(binary) as gobin:
+        return gobin.runtime_offsets.goid
+
+
+def start_truth(binary: Path) -> subprocess.Popen:
+    """Start latencytruth; it waits for a line on stdin before calling anything traced."""
+    return subprocess.Popen([str(binary)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def finish_truth(proc: subprocess.Popen) -> dict:
+    out, err = proc.communicate(b"go\n", timeout=120)
+    assert proc.returncode == 0, err.decode()
+    truth = json.loads(out)
+    assert truth["ok"] is True  # every traced function returned what it returns untraced
+    return truth["functions"]
+
+
+def assert_close(name: str, what: str, got_ns: int, want_ns: int) -> None:
+    tolerance_ns = 0.05 * want_ns + 50_000
+    assert abs(got_ns - want_ns) <= tolerance_ns, f"{name} {what}: gotrace {got_ns} ns, program {want_ns} ns"
+
+
+def assert_matches_truth(tracer: LatencyTracer, functions: list[TracedFunction], truth: dict) -> None:
+    counts = tracer.read(reset=False)
+    for fn in functions:
+        want = truth[fn.name]
+        got = counts[fn.func_id]
+        hist = histogram.LatencyHistogram(got.buckets)
+        assert hist.count() == want["count"], fn.name
+        assert got.unmatched == want["panicked"], fn.name
+        p50, p99 = hist.percentiles([50, 99]).values()
+        assert_close(fn.name, "p50", p50, want["p50_ns"])
+        assert_close(fn.name, "p99", p99, want["p99_ns"])
+    stats = tracer.stats()
+    assert stats["returns_without_entry"] == 0
+    assert stats["no_goroutine"] == 0
+    assert stats["read_faults"] == 0
+    # Each panicked mayPanic left its start behind; the next call at that depth replaced it.
+    assert stats["stale_starts"] == truth["main.mayPanic"]["panicked"] == 200
+
+
+@pytest.mark.bpf
+@pytest.mark.parametrize(
+    "version,mode,by_pid",
+    [("1.23.9", "default", True), ("1.25.5", "pie", False)],
+    ids=["go1.23-exe-pid", "go1.25-pie-every-process"],
+)
+def test_latency_matches_program_own_timing(version, mode, by_pid):
+    binary = gobuild.build("latencytruth", version, mode)
+    functions = traced_functions(binary, TRUTH_FUNCTIONS)
+    proc = start_truth(binary) if by_pid else None
+    tracer = LatencyTracer(str(binary), functions, pid=proc.pid if by_pid else None, goid_offset=goid_offset(binary))
+    with tracer:
+        if proc is None:
+            proc = start_truth(binary)  # started after attaching: "every process running ./bin"
+        truth = finish_truth(proc)
+        # The blocking calls really changed threads, so a thread-keyed tracer would pair them wrongly.
+        assert truth["main.blockingCall"]["migrated"] > 0
+        assert_matches_truth(tracer, functions, truth)
+
+
+@pytest.mark.bpf
+def test_perf_link_attach_path_counts_the_same():
+    """The Linux 5.15-6.5 path (one perf-event link per site) gives the same results."""
+    binary = gobuild.build("latencytruth", "1.23.9", "default")
+    functions = traced_functions(binary, TRUTH_FUNCTIONS)
+    proc = start_truth(binary)
+    tracer = LatencyTracer(str(binary), functions, pid=proc.pid, goid_offset=goid_offset(binary))
+    tracer.attach_mode = "perf_link"
+    with tracer:
+        assert tracer.attach_mode == "perf_link"
+        assert_matches_truth(tracer, functions, finish_truth(proc))
+
+
+@pytest.mark.bpf
+def test_reset_starts_a_new_report():
+    binary = gobuild.build("latencytruth", "1.23.9", "default")
+    functions = traced_functions(binary, ["main.work", "main.mayPanic"])
+    proc = start_truth(binary)
+    with LatencyTracer(str(binary), functions, pid=proc.pid, goid_offset=goid_offset(binary)) as tracer:
+        truth = finish_truth(proc)
+        first = tracer.read(reset=True)
+        assert sum(first[0].buckets.values()) == truth["main.work"]["count"]
+        assert first[1].unmatched == truth["main.mayPanic"]["panicked"]
+        second = tracer.read(reset=True)
+        assert all(counts.buckets == {} and counts.unmatched == 0 for counts in second.values())
+
+
+def test_attach_refuses_bad_input_before_touching_the_kernel():
+    fn = TracedFunction(0, "main.work", 0x1000, (0x1010,))
+    with pytest.raises(Exception, match="ids must be 0..n-1"):
+        LatencyTracer("/bin/true", [TracedFunction(1, "main.work", 0x1000, (0x1010,))], pid=None, goid_offset=152)
+    with pytest.raises(Exception, match="no return instruction"):
+        LatencyTracer("/bin/true", [TracedFunction(0, "main.f", 0x1000, ())], pid=None, goid_offset=152)
+    with pytest.raises(Exception, match="goid_offset must be an integer"):
+        LatencyTracer("/bin/true", [fn], pid=None, goid_offset="152; evil()")  # type: ignore[arg-type]
+    with pytest.raises(Exception, match="unsupported architecture"):
+        LatencyTracer("/bin/true", [fn], pid=None, goid_offset=152, arch="riscv64")
+
+
+def test_bpf_source_holds_only_numbers_from_the_caller():
+    fn = TracedFunction(0, 'main.evil"); system("x', 0x1000, (0x1010,))
+    source = LatencyTracer("/bin/true", [fn], pid=4242, goid_offset=160).bpf_source()
+    assert "evil" not in source
+    assert "#define GT_CFG_GOID_OFFSET 160" in source
+    assert "#define GT_CFG_TARGET_TGID 4242" in source
+    assert "int gt_entry(struct pt_regs *ctx)" in source
+
+
+# --- many functions ------------------------------------------------------------
+
+MANY = 1000
+
+
+@pytest.fixture(scope="module")
+def many_functions_binary(tmp_path_factory) -> Path:
+    """A Go program with MANY small functions, each called 3 times after a line on stdin."""
+    src = tmp_path_factory.mktemp("manyfuncs")
+    funcs = "".join(
+        f"//go:noinline\nfunc f{i}(x int) int {{\n\tif x < 0 {{\n\t\treturn -x\n\t}}\n\treturn x + {i}\n}}\n\n" for i in range(MANY)
+    )
+    table = ", ".join(f"f{i}" for i in range(MANY))
+    (src / "go.mod").write_text("module manyfuncs\n\ngo 1.17\n")
+    (src / "main.go").write_text(
+        'package main\n\nimport (\n\t"bufio"\n\t"fmt"\n\t"os"\n)\n\n'
+        + funcs
+        + f"var table = []func(int) int{{{table}}}\n\n"
+        + textwrap.dedent(
+            """\
+            func main() {
+            \tbufio.NewReader(os.Stdin).ReadString('\\n')
+            \ts := 0
+            \tfor r := 0; r < 3; r++ {
+            \t\tfor _, f := range table {
+            \t\t\ts += f(r)
+            \t\t}
+            \t}
+            \tfmt.Println(s)
+            }
+            """
+        )
+    )
+    out = src / "manyfuncs"
+    subprocess.run(
+        [str(gobuild.go_binary("1.23.9")), "build", "-o", str(out), "."],
+        cwd=src, env=gobuild.go_env("1.23.9"), check=True, capture_output=True,
+    )
+    return out
+
+
+def open_fd_count() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def tracefs_uprobe_events() -> str | None:
+    path = Path("/sys/kernel/tracing/uprobe_events")
+    return path.read_text() if path.exists() else None
+
+
+@pytest.mark.bpf
+def test_thousand_functions_attach_fast_count_exactly_and_detach_clean(many_functions_binary):
+    names = [f"main.f{i}" for i in range(MANY)]
+    functions = traced_functions(many_functions_binary, names)
+    fds_before, events_before = open_fd_count(), tracefs_uprobe_events()
+    tracer = LatencyTracer(str(many_functions_binary), functions, pid=None, goid_offset=goid_offset(many_functions_binary))
+    started = time.monotonic()
+    tracer.attach()
+    attach_s = time.monotonic() - started
+    try:
+        proc = subprocess.run([str(many_functions_binary)], input=b"\n", capture_output=True, timeout=60)
+        assert proc.returncode == 0 and proc.stdout.strip() == str(3 * sum(range(MANY)) + MANY * 3).encode()
+        started = time.monotonic()
+        counts = tracer.read(reset=True)
+        read_s = time.monotonic() - started
+    finally:
+        started = time.monotonic()
+        tracer.close()
+        detach_s = time.monotonic() - started
+    assert attach_s < 5, f"attaching {MANY} functions took {attach_s:.1f} s"
+    assert read_s < 0.5, f"reading {MANY} functions took {read_s:.2f} s"
+    assert detach_s < 5, f"detaching {MANY} functions took {detach_s:.1f} s"
+    wrong = [f.name for f in functions if sum(counts[f.func_id].buckets.values()) != 3 or counts[f.func_id].unmatched]
+    assert wrong == []
+    # Everything was held by file descriptors: all closed, nothing registered through tracefs.
+    assert open_fd_count() == fds_before
+    assert tracefs_uprobe_events() == events_before
+
+
+DETACH_WITHOUT_TRACEFS = r"""
+import subprocess, sys
+from gotrace.tracer import LatencyTracer, TracedFunction
+binary, goid_offset, *sites = sys.argv[1:]
+functions = [TracedFunction(i, f"f{i}", int(entry), tuple(int(r) for r in rets.split(",")))
+             for i, (entry, rets) in enumerate(zip(sites[0::2], sites[1::2]))]
+tracer = LatencyTracer(binary, functions, pid=None, goid_offset=int(goid_offset))
+tracer.attach()
+subprocess.run([binary], input=b"\n", capture_output=True, check=True)
+assert sum(tracer.read(reset=False)[0].buckets.values()) == 3
+tracer.close()
+print("closed")
+"""
+
+
+@pytest.mark.bpf
+def test_detach_is_clean_and_quiet_without_tracefs(many_functions_binary):
+    """In a private mount namespace with tracefs unmounted, attach/detach works and prints nothing on stderr."""
+    if shutil.which("unshare") is None:
+        pytest.fail("unshare (util-linux) is needed to unmount tracefs privately")
+    functions = traced_functions(many_functions_binary, ["main.f0", "main.f1"])
+    sites = [str(a) for f in functions for a in (f.entry_vaddr, ",".join(map(str, f.return_vaddrs)))]
+    script = (
+        "umount /sys/kernel/tracing 2>/dev/null; umount /sys/kernel/debug 2>/dev/null; "
+        'test ! -e /sys/kernel/tracing/uprobe_events || { echo "tracefs still mounted" >&2; exit 9; }; '
+        'exec "$0" -c "$@"'
+    )
+    env = dict(os.environ, PYTHONPATH=str(gobuild.REPO_ROOT))
+    proc = subprocess.run(
+        ["unshare", "--mount", "--propagation", "private", "sh", "-c", script, sys.executable, DETACH_WITHOUT_TRACEFS,
+         str(many_functions_binary), str(goid_offset(many_functions_binary)), *sites],
+        capture_output=True, text=True, env=env, timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "closed"
+    assert proc.stderr == ""
+
+
+# --- the bucket index code of probes/gotrace.h ----------------------------------
+
+HOST_HARNESS = r"""
+#include <stdio.h>
+#include <stdlib.h>
+typedef unsigned int __u32;
+typedef unsigned long long __u64;
+#ifndef __always_inline
+#define __always_inline inline __attribute__((always_inline))
+#endif
+#include "gotrace.h"
+int main(int argc, char **argv) {
+    for (int i = 1; i < argc; i++)
+        printf("%u\n", gt_hist_bucket(strtoull(argv[i], NULL, 10)));
+    return 0;
+}
+"""
+
+
+@pytest.fixture(scope="module")
+def host_bucket_index(tmp_path_factory):
+    cc = shutil.which("cc") or shutil.which("gcc")
+    if cc is None:
+        pytest.skip("no C compiler for the host")
+    work = tmp_path_factory.mktemp("bucket")
+    (work / "harness.c").write_text(HOST_HARNESS)
+    subprocess.run([cc, "-O2", "-Wall", "-Werror", f"-I{probes_header.PROBES_DIR}", "-o", str(work / "harness"),
+                    str(work / "harness.c")], check=True)
+
+    def run(values: list[int]) -> list[int]:
+        out = subprocess.run([str(work / "harness"), *map(str, values)], check=True, capture_output=True, text=True)
+        return [int(line) for line in out.stdout.split()]
+
+    return run
+
+
+def test_c_bucket_index_equals_python_formula_at_every_boundary(host_bucket_index):
+    sub_bits = probes_header.constant("GT_HIST_SUB_BITS")
+    max_exp = probes_header.constant("GT_HIST_MAX_EXP")
+    values = list(range(0, 1 << (sub_bits + 2)))
+    for exp in range(sub_bits, 64):
+        values += [(1 << exp) - 1, 1 << exp, (1 << exp) + 1]
+    values += [(1 << max_exp) - 1, 1 << max_exp, (1 << 64) - 1]
+    assert host_bucket_index(values) == [histogram.bucket_index(v) for v in values]
+
+
+@settings(max_examples=20, deadline=None)
+@given(st.lists(st.integers(min_value=0, max_value=(1 << 64) - 1), min_size=1, max_size=200))
+def test_c_bucket_index_equals_python_formula_anywhere(host_bucket_index, values):
+    assert host_bucket_index(values) == [histogram.bucket_index(v) for v in values]
