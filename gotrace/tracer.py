@@ -26,6 +26,7 @@ import ctypes
 import errno
 import os
 import struct
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -260,6 +261,8 @@ class LatencyTracer:
         self._hist_base: dict[int, int] = {}  # (bucket << 32 | func_id) -> cumulative count at last reset
         self._fc_base: list[int] = [0] * (self._nfuncs * _const("GT_FC_N"))
         self._gen = 0
+        # Seconds spent in each phase of attach(): prepare, bpf_compile, attach.
+        self.timings_s: dict[str, float] = {}
         # "auto": uprobe_multi links when the kernel has them, else one perf-event link per site.
         self.attach_mode = "auto"
 
@@ -284,6 +287,7 @@ class LatencyTracer:
             return
         from gotrace import kernelenv
 
+        started = time.perf_counter()
         kernelenv.check_can_trace()
         self._pmu_type = kernelenv.uprobe_pmu_type()
         entry_offsets = file_offsets(self.binary_path, [fn.entry_vaddr for fn in self.functions])
@@ -292,7 +296,11 @@ class LatencyTracer:
         return_ids = [fn.func_id for fn in self.functions for _ in fn.return_vaddrs]
         self._return_sites = list(zip(return_offsets, return_ids))
         self._sys = _Syscalls()
+        compile_started = time.perf_counter()
+        self.timings_s["prepare"] = compile_started - started
         self._bpf = self._compile()
+        attach_started = time.perf_counter()
+        self.timings_s["bpf_compile"] = attach_started - compile_started
         try:
             from bcc.utils import get_possible_cpus
 
@@ -311,6 +319,8 @@ class LatencyTracer:
         except BaseException:
             self.close()
             raise
+        finally:
+            self.timings_s["attach"] = time.perf_counter() - attach_started
 
     def _load(self, name: bytes, attach_type: int):
         """Load (or reload with another expected attach type) one program of the compiled module."""
