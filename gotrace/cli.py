@@ -161,15 +161,18 @@ def latency_cmd(args, pid, command, duration, as_json, interval, unit, print_bpf
       gotrace latency -c './server -n 1000' ./server 'main.*' --unit us
       gotrace latency ./server 'main.*' -i 5 --json
     """
+    started = time.perf_counter()
     from gotrace.latency import function_reports, plan_latency, traced_functions
     from gotrace.report import header_line, latency_report_json, render_latency_text
     from gotrace.session import StopFlag, run_loop
     from gotrace.tracer import LatencyTracer
 
+    imported = time.perf_counter()
     target, patterns = _tracing_target(args, pid, command)
     with open_target(target.binary_path if pid is None else None, pid) as gobin:
         plan = plan_latency(gobin, patterns)
         offsets = gobin.runtime_offsets
+        analysed = time.perf_counter()
 
         def make_tracer() -> LatencyTracer:
             return LatencyTracer(gobin.path, traced_functions(plan), pid=target.pid,
@@ -186,6 +189,9 @@ def latency_cmd(args, pid, command, duration, as_json, interval, unit, print_bpf
             try:
                 with make_tracer() as tracer:
                     target.release()
+                    if os.environ.get("GOTRACE_TIMINGS") == "1":
+                        _echo_timings({"imports": imported - started, "elf_analysis": analysed - imported,
+                                       **tracer.timings_s})
                     click.echo(header_line(len(plan.traced), plan.n_sites, target.pid, gobin.go_version,
                                            target.display), err=True)
                     target_json = {"binary": target.display, "pid": target.pid, "go_version": gobin.go_version}
@@ -208,6 +214,11 @@ def latency_cmd(args, pid, command, duration, as_json, interval, unit, print_bpf
                     emit()
             finally:
                 target.abandon()
+
+
+def _echo_timings(phases_s: dict[str, float]) -> None:
+    """GOTRACE_TIMINGS=1: one stderr line with the seconds each start-up phase took (for scripts/bench)."""
+    click.echo("gotrace: timings " + " ".join(f"{name}_s={value:.4f}" for name, value in phases_s.items()), err=True)
 
 
 def _tracing_target(args: tuple[str, ...], pid: int | None, command: str | None):
