@@ -34,7 +34,9 @@ class GoFunction:
 
 def normalize_name(name: str) -> str:
     """The spelling that patterns also match: `.abi0` dropped and each generic
-    type-argument list written `[...]`, as pclntab does in Go 1.18-1.19."""
+    type-argument list written `[...]`, as pclntab does in Go 1.18-1.19; `·` written
+    `.`, as Go's linker rewrites it in .symtab (pclntab keeps `type:.eq.T·1`)."""
+    name = name.replace("\u00b7", ".")
     if name.endswith(ABI0_SUFFIX):
         name = name[:-len(ABI0_SUFFIX)]
     if "[" not in name:
