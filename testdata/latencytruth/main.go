@@ -29,7 +29,7 @@ import (
 // (tens of microseconds per call on a VM) small.
 const (
 	maxCalls  = 4096
-	growCalls = 400
+	growCalls = 600
 	safeCalls = 1000 // every fifth one panics in mayPanic
 )
 
@@ -209,7 +209,12 @@ func percentile(sorted []int64, q float64) int64 {
 }
 
 func main() {
-	runtime.GOMAXPROCS(4)
+	// One P while a single goroutine is measured: with idle Ps, starting or
+	// waking a goroutine also wakes an idle thread, and that wakeup tends to
+	// preempt the measured thread exactly where a uprobe trap returns to user
+	// space (outside the program's own interval). Two Ps for the concurrent
+	// phases.
+	runtime.GOMAXPROCS(1)
 	// No garbage collection while measuring: a stop-the-world request takes
 	// effect at the next function prologue, which can fall between a probe
 	// and the program's own clock read. The run allocates a few MB.
@@ -227,6 +232,7 @@ func main() {
 	// small machine has cores: scheduling delays would dominate the tails).
 	var wg sync.WaitGroup
 	var concurrent int64
+	runtime.GOMAXPROCS(2)
 	for g := 0; g < 2; g++ {
 		wg.Add(1)
 		go func(seed uint64) {
@@ -239,6 +245,7 @@ func main() {
 		}(uint64(g)*7919 + 1)
 	}
 	wg.Wait()
+	runtime.GOMAXPROCS(1)
 
 	recurseSum := 0
 	for i := 0; i < 100; i++ {
@@ -254,6 +261,7 @@ func main() {
 	}
 
 	moved := int64(0)
+	runtime.GOMAXPROCS(2)
 	for g := 0; g < 16; g++ {
 		wg.Add(1)
 		go func(g int) {
@@ -268,6 +276,7 @@ func main() {
 		}(g)
 	}
 	wg.Wait()
+	runtime.GOMAXPROCS(1)
 
 	panicSum := 0
 	for i := 0; i < safeCalls; i++ {
