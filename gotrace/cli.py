@@ -239,6 +239,141 @@ def _tracing_target(args: tuple[str, ...], pid: int | None, command: str | None)
     return Target(binary, args[0], command=argv), list(args[1:])
 
 
+# -- args ------------------------------------------------------------------------------
+
+ARGS_DEFAULT_MAX_RATE = 5000
+
+
+class _StopOrLimit:
+    """Truthy when the StopFlag is set or the -n limit is reached: run_loop's `stop`."""
+
+    def __init__(self, stop, limit_reached) -> None:
+        self._stop = stop
+        self._limit_reached = limit_reached
+
+    def __bool__(self) -> bool:
+        return bool(self._stop) or self._limit_reached()
+
+
+@cli.command("args")
+@click.argument("args", nargs=-1, metavar="[./bin] PATTERN...")
+@target_options
+@click.option("-n", "--max-events", type=click.IntRange(min=1), metavar="N", help="Stop after N calls.")
+@click.option("--str-len", type=click.IntRange(0, 256), default=64, show_default=True, metavar="N",
+              help="Bytes of each string and []byte shown (and of slice elements).")
+@click.option("--sig", metavar="'func(...) (...)'",
+              help="The function's signature in Go syntax, for binaries without DWARF (or to override it); "
+                   "methods list the receiver first.")
+@click.option("--max-rate", type=click.IntRange(min=0), default=ARGS_DEFAULT_MAX_RATE, show_default=True,
+              metavar="N", help="At most N calls per second are reported; the rest are counted and the "
+                                "count printed at the end (0: no limit).")
+@click.option("--print-bpf", is_flag=True, hidden=True, help="Print the BPF C source and exit.")
+def args_cmd(args, pid, command, duration, as_json, max_events, str_len, sig, max_rate, print_bpf) -> None:
+    """Arguments and results of each call of Go functions, as Go would write them.
+
+    One line per completed call: time, pid, goroutine id, the call with its
+    arguments, its results, and its latency. Names and types come from the
+    binary's DWARF, or from --sig for stripped binaries. Strings and []byte
+    show their first --str-len bytes; floats passed in vector registers
+    cannot be read by a uprobe and show as unavailable. Calls beyond
+    --max-rate per second, or that the reader could not keep up with, are
+    counted and reported at the end, never silently lost.
+
+    \b
+    Examples:
+      gotrace args ./server main.work
+      gotrace args -p 4242 'main.(*Server).handle' -n 20
+      gotrace args ./server-stripped main.work --sig 'func(n int, s string) (int, error)'
+      gotrace args -c './server -n 100' ./server 'main.*' --json
+    """
+    from gotrace.argplan import args_functions, plan_args
+    from gotrace.argtracer import ArgsTracer
+    from gotrace.report import header_line
+    from gotrace.session import StopFlag, run_loop
+    from gotrace.values import RuntimeTypes, call_json, decode_call, format_call
+
+    target, patterns = _tracing_target(args, pid, command)
+    with open_target(target.binary_path if pid is None else None, pid) as gobin:
+        plan = plan_args(gobin, patterns, sig=sig, str_len=str_len)
+        offsets = gobin.runtime_offsets
+        functions = args_functions(plan)
+
+        def make_tracer() -> ArgsTracer:
+            return ArgsTracer(gobin.path, functions, pid=target.pid, goid_offset=offsets.goid,
+                              stack_hi_offset=offsets.stack_hi, arch=gobin.arch, max_rate=max_rate,
+                              on_call=on_call)
+
+        if print_bpf:
+            click.echo(make_tracer().bpf_source())
+            return
+        for name, reason in plan.skipped:
+            click.echo(f"gotrace: skipping {name}: {reason}", err=True)
+        types = RuntimeTypes.of(gobin)
+        fplans = [fplan for _, fplan in plan.traced]
+        wall_offset_ns = time.time_ns() - time.monotonic_ns()
+        out = sys.stdout
+        state = {"printed": 0, "undecodable": 0}
+
+        def limit_reached() -> bool:
+            return max_events is not None and state["printed"] >= max_events
+
+        def on_call(record) -> None:
+            if limit_reached() or record.func_id >= len(fplans):
+                return
+            try:
+                call = decode_call(record, fplans[record.func_id], types,
+                                   load_bias=record.entry_ip - functions[record.func_id].entry_vaddr,
+                                   wall_offset_ns=wall_offset_ns)
+                line = json.dumps(call_json(call), ensure_ascii=False) if as_json else format_call(call)
+            except Exception:  # a record we cannot make sense of: counted, never a crash
+                state["undecodable"] += 1
+                return
+            out.write(line + "\n")
+            state["printed"] += 1
+
+        with StopFlag() as stop:
+            target.start_gated()
+            try:
+                with make_tracer() as tracer:
+                    target.release()
+                    click.echo(header_line(len(plan.traced), plan.n_sites, target.pid, gobin.go_version,
+                                           target.display), err=True)
+
+                    def poll() -> None:
+                        tracer.poll(50)
+                        out.flush()
+
+                    run_loop(target, _StopOrLimit(stop, limit_reached), duration_s=duration, interval_s=0.05,
+                             on_interval=poll)
+                    tracer.drain()
+                    out.flush()
+                    click.echo(_args_summary(state["printed"], state["undecodable"], tracer.stats(), max_rate,
+                                             limit_reached()), err=True)
+            finally:
+                target.abandon()
+
+
+def _args_summary(printed: int, undecodable: int, stats: dict, max_rate: int, limited: bool) -> str:
+    """The closing line: calls shown, and every call dropped or lost, by cause."""
+    causes = []
+    if stats["dropped_rate_limit"]:
+        causes.append(f"{stats['dropped_rate_limit']} over --max-rate {max_rate}/s")
+    if stats["dropped_ringbuf_full"]:
+        causes.append(f"{stats['dropped_ringbuf_full']} because the reader fell behind (ring buffer full)")
+    if undecodable:
+        causes.append(f"{undecodable} undecodable")
+    dropped = stats["dropped_rate_limit"] + stats["dropped_ringbuf_full"] + undecodable
+    line = f"gotrace: {printed} call{'' if printed == 1 else 's'} shown"
+    if limited:
+        line += " (-n reached)"
+    line += f"; {dropped} dropped" + (f" ({', '.join(causes)})" if causes else "")
+    if stats["returns_without_entry"]:
+        line += f"; {stats['returns_without_entry']} returns without a recorded entry (calls begun before tracing, or evicted)"
+    if stats["stale_entries"]:
+        line += f"; {stats['stale_entries']} calls never returned (panics)"
+    return line
+
+
 # -- entry point --------------------------------------------------------------------------
 
 def _one_line(text: str) -> str:

@@ -100,4 +100,101 @@ static __always_inline __u32 gt_hist_bucket(__u64 v)
 }
 #endif /* GT_NO_BUCKET_CODE */
 
+/* ---- args ---- (probes/args.bpf.c; user side gotrace/argplan.py, gotrace/argtracer.py)
+ * Per traced function, user space puts two capture plans in gt_arg_plans
+ * (index func_id * 2 + GT_SIDE_*): lists of numbered read operations, never
+ * C text. Each operation fills bytes of a side's buffer: value images in Go's
+ * memory layout (from registers or from the stack at SP), then memory behind
+ * pointers found in those images (string bytes, slice elements, an itab's
+ * type word, an interface's data). Configuration as -D flags: GT_CFG_ARCH,
+ * GT_CFG_GOID_OFFSET, GT_CFG_STACK_HI_OFFSET, GT_CFG_NFUNCS,
+ * GT_CFG_TARGET_TGID (as for latency).
+ */
+#define GT_SIDE_ENTRY 0
+#define GT_SIDE_RETURN 1
+#define GT_ARGS_MAX_OPS 32      /* operations per side; ok/fail masks are 32 bits */
+#define GT_ARGS_DATA 1024       /* bytes a plan may fill on the entry side */
+#define GT_RES_DATA 512         /* ... and on the return side */
+#define GT_ARGS_MAX_READ 256    /* bytes one operation may read (also the --str-len maximum) */
+#define GT_ARGS_BUF 1280        /* GT_ARGS_DATA + GT_ARGS_MAX_READ: slack lets the verifier bound every write */
+#define GT_RES_BUF 768          /* GT_RES_DATA + GT_ARGS_MAX_READ */
+#define GT_ARGS_PENDING 4096    /* calls entered and not yet returned (LRU) */
+#define GT_ARGS_RINGBUF_PAGES 2048 /* ring buffer of 8 MiB */
+#define GT_ARGS_NREGS 16        /* registers copied for operations: amd64 RAX..R11 (9), arm64 R0-R15 */
+
+/* Operation kinds. */
+#define GT_OP_REG 1     /* buf[dst, dst+size) = low `size` (1,2,4,8) bytes of register `reg` */
+#define GT_OP_STACK 2   /* buf[dst, dst+size) = `size` bytes at SP + offset */
+#define GT_OP_DEREF 3   /* p = u64 at buf[src]; n = size, or min(size, (u64 at buf[len_src]) << shift);
+                         * buf[dst, dst+n) = n bytes at p + offset; skipped when p == 0, n == 0,
+                         * or operation `dep` did not succeed */
+#define GT_OP_NO_SRC 65535
+/* Entry-site cookie bit: the entry instruction is also a `ret` (a function
+ * whose whole body is `ret`): one probe does both captures. */
+#define GT_ARGS_COOKIE_ALSO_RETURN 2147483648
+#define GT_OP_NO_DEP 255
+
+/* The rate limit lives in gt_args_cfg[GT_ACFG_MAX_RATE] (events per second, 0: none). */
+#define GT_ACFG_MAX_RATE 0
+#define GT_ACFG_N 1
+
+/* Global counters: gt_args_stats[GT_ASTAT_*]. */
+#define GT_ASTAT_NO_GOROUTINE 0
+#define GT_ASTAT_READ_FAULT 1          /* g.goid or g.stack.hi unreadable */
+#define GT_ASTAT_RETURNS_WITHOUT_ENTRY 2 /* entry lost (evicted, or entered before tracing began) */
+#define GT_ASTAT_STALE_ENTRIES 3       /* an entry replaced one never returned from (panic) */
+#define GT_ASTAT_PENDING_FAILED 4      /* the pending-call map refused an update */
+#define GT_ASTAT_RINGBUF_FULL 5        /* a completed call dropped: ring buffer full (reader too slow) */
+#define GT_ASTAT_RATE_LIMITED 6        /* a completed call dropped by the rate limit */
+#define GT_ASTAT_EVENTS 7              /* completed calls sent to user space */
+#define GT_ASTAT_N 8
+
+struct gt_arg_op {
+    __u8 kind;   /* GT_OP_* */
+    __u8 reg;    /* GT_OP_REG: register number (ABI order) */
+    __u8 shift;  /* GT_OP_DEREF: log2 of the element size applied to the length word */
+    __u8 dep;    /* GT_OP_DEREF: index of the operation that must have succeeded, or GT_OP_NO_DEP */
+    __u16 dst;
+    __u16 size;
+    __u16 src;
+    __u16 len_src;
+    __s32 offset;
+};
+
+struct gt_arg_plan {
+    __u32 nops;
+    __u32 reserved;
+    struct gt_arg_op ops[GT_ARGS_MAX_OPS];
+};
+
+struct gt_args_pending {
+    __u64 start_ns;
+    __u32 func_id;
+    __u32 ok_mask;   /* bit i: operation i completed */
+    __u32 fail_mask; /* bit i: operation i's memory read faulted */
+    __u32 reserved;
+    __u64 entry_ip;  /* runtime address of the entry site: gives a PIE's load bias */
+    __u8 data[GT_ARGS_BUF];
+};
+
+struct gt_args_event {
+    __u64 start_ns;
+    __u64 end_ns;
+    __u64 goid;
+    __u64 entry_ip;
+    __u32 tgid;
+    __u32 func_id;
+    __u32 args_ok;
+    __u32 args_fail;
+    __u32 res_ok;
+    __u32 res_fail;
+    __u8 args[GT_ARGS_BUF];
+    __u8 res[GT_RES_BUF];
+};
+
+struct gt_args_rate {
+    __u64 window_start_ns;
+    __u64 count;
+};
+
 #endif /* GOTRACE_H */

@@ -1,0 +1,308 @@
+"""Loads probes/args.bpf.c, gives it each function's capture plan, attaches it at entry and return sites, and delivers completed calls from the ring buffer.
+
+The BPF side (probes/args.bpf.c, layouts in probes/gotrace.h "args") reads
+what the plans say at entry and at `ret`, pairs the two by goroutine as
+latency does, and sends one record per completed call. This module knows
+nothing of Go values: records come out as `CallRecord`s of raw bytes, which
+gotrace.values decodes. Attaching reuses the link machinery of
+gotrace.tracer (uprobe_multi links, or perf-event links on older kernels).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import os
+import struct
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from gotrace import probes_header
+from gotrace.errors import CapabilityError, UsageError
+from gotrace.tracer import _BPF_TRACE_UPROBE_MULTI, _Syscalls, _close_quietly, file_offsets
+
+SOURCE_PATH = probes_header.PROBES_DIR / "args.bpf.c"
+
+_ARCH_IDS = {"amd64": "GT_ARCH_AMD64", "arm64": "GT_ARCH_ARM64"}
+
+STAT_NAMES = {
+    "GT_ASTAT_NO_GOROUTINE": "no_goroutine",
+    "GT_ASTAT_READ_FAULT": "read_faults",
+    "GT_ASTAT_RETURNS_WITHOUT_ENTRY": "returns_without_entry",
+    "GT_ASTAT_STALE_ENTRIES": "stale_entries",
+    "GT_ASTAT_PENDING_FAILED": "pending_update_failed",
+    "GT_ASTAT_RINGBUF_FULL": "dropped_ringbuf_full",
+    "GT_ASTAT_RATE_LIMITED": "dropped_rate_limit",
+    "GT_ASTAT_EVENTS": "events",
+}
+
+
+def _const(name: str) -> int:
+    return probes_header.constant(name)
+
+
+# struct gt_arg_op / gt_arg_plan / gt_args_event of probes/gotrace.h.
+OP_STRUCT = struct.Struct("<BBBBHHHHi")
+_PLAN_HEADER = struct.Struct("<II")
+_EVENT_HEADER = struct.Struct("<QQQQIIIIII")
+
+
+@dataclass(frozen=True)
+class ArgsFunction:
+    """One function to trace: id, probe sites (ELF vaddrs) and its two plans as packed operations."""
+
+    func_id: int
+    name: str
+    entry_vaddr: int
+    return_vaddrs: tuple[int, ...]
+    entry_ops: tuple[tuple[int, ...], ...]   # each: (kind, reg, shift, dep, dst, size, src, len_src, offset)
+    return_ops: tuple[tuple[int, ...], ...]
+
+
+@dataclass(frozen=True)
+class CallRecord:
+    """One completed call as the BPF side sent it: raw buffers and per-operation masks."""
+
+    func_id: int
+    tgid: int
+    goid: int
+    start_ns: int  # CLOCK_MONOTONIC at entry
+    end_ns: int    # CLOCK_MONOTONIC at return
+    entry_ip: int  # runtime address of the entry site (minus the ELF entry vaddr: the load bias)
+    args: bytes
+    args_ok: int
+    args_fail: int
+    results: bytes
+    results_ok: int
+    results_fail: int
+
+    @property
+    def latency_ns(self) -> int:
+        return self.end_ns - self.start_ns
+
+
+def parse_record(raw: bytes) -> CallRecord:
+    """A CallRecord from the bytes of one struct gt_args_event."""
+    start, end, goid, entry_ip, tgid, func_id, a_ok, a_fail, r_ok, r_fail = _EVENT_HEADER.unpack_from(raw, 0)
+    args_at = _EVENT_HEADER.size
+    res_at = args_at + _const("GT_ARGS_BUF")
+    return CallRecord(func_id, tgid, goid, start, end, entry_ip, raw[args_at:res_at], a_ok, a_fail,
+                      raw[res_at:res_at + _const("GT_RES_BUF")], r_ok, r_fail)
+
+
+def pack_plan(ops: Sequence[Sequence[int]]) -> bytes:
+    """The bytes of one struct gt_arg_plan."""
+    max_ops = _const("GT_ARGS_MAX_OPS")
+    if len(ops) > max_ops:
+        raise UsageError(f"a capture plan has {len(ops)} operations; at most {max_ops} fit")
+    body = b"".join(OP_STRUCT.pack(*op) for op in ops)
+    body += bytes(OP_STRUCT.size * (max_ops - len(ops)))
+    return _PLAN_HEADER.pack(len(ops), 0) + body
+
+
+def _validated_int(label: str, value: object, low: int, high: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise UsageError(f"{label} must be an integer in {low}..{high}, not {value!r}")
+    return value
+
+
+class ArgsTracer:
+    """Arguments and results of each completed call of the given functions of one Go binary.
+
+    Use as a context manager, or attach() and close(); then poll() calls
+    `on_call(CallRecord)` (settable until then) for each record waiting. pid None traces every
+    process running the binary. max_rate (events per second, 0: unlimited)
+    bounds what the BPF side sends; what it drops is counted in stats().
+    """
+
+    def __init__(
+        self,
+        binary_path: str,
+        functions: Sequence[ArgsFunction],
+        *,
+        pid: int | None,
+        goid_offset: int,
+        stack_hi_offset: int = 8,
+        arch: str = "amd64",
+        max_rate: int = 0,
+        on_call: Callable[[CallRecord], None] | None = None,
+    ) -> None:
+        if arch not in _ARCH_IDS:
+            raise UsageError(f"unsupported architecture {arch!r}: gotrace traces amd64 and arm64 binaries")
+        if not functions:
+            raise UsageError("no functions to trace")
+        if len(functions) > _const("GT_MAX_FUNCS"):
+            raise UsageError(f"{len(functions)} functions match; gotrace traces at most "
+                             f"{_const('GT_MAX_FUNCS')} at once: narrow the pattern")
+        for index, fn in enumerate(functions):
+            if fn.func_id != index:
+                raise UsageError(f"function ids must be 0..n-1 in order; {fn.name} has id {fn.func_id}")
+            if not fn.return_vaddrs:
+                raise UsageError(f"{fn.name} has no return instruction to probe: its calls never complete")
+        self.binary_path = str(binary_path)
+        self.functions = tuple(functions)
+        self.pid = None if pid is None else _validated_int("pid", pid, 1, 2**22)
+        self.max_rate = _validated_int("max_rate", max_rate, 0, 10**9)
+        self._plans = [pack_plan(ops) for fn in self.functions for ops in (fn.entry_ops, fn.return_ops)]
+        self._cflags = {
+            "GT_CFG_ARCH": _const(_ARCH_IDS[arch]),
+            "GT_CFG_GOID_OFFSET": _validated_int("goid_offset", goid_offset, 0, 4096),
+            "GT_CFG_STACK_HI_OFFSET": _validated_int("stack_hi_offset", stack_hi_offset, 0, 4096),
+            "GT_CFG_NFUNCS": len(self.functions),
+            "GT_CFG_TARGET_TGID": self.pid or 0,
+        }
+        self._bpf = None
+        self._fds: list[int] = []
+        self.on_call = on_call
+        self.attach_mode = "auto"
+
+    def __enter__(self) -> ArgsTracer:
+        self.attach()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def bpf_source(self) -> str:
+        """The C text as compiled: the -D configuration as #defines, then probes/args.bpf.c."""
+        lines = ["/* configuration passed to the compiler as -D flags */"]
+        lines += [f"#define {name} {value}" for name, value in self._cflags.items()]
+        return "\n".join(lines) + "\n\n" + SOURCE_PATH.read_text()
+
+    # -- life cycle -----------------------------------------------------
+
+    def attach(self) -> None:
+        """Compile, load the plans, attach at every entry and return site, open the ring buffer."""
+        if self._bpf is not None:
+            return
+        from gotrace import kernelenv
+
+        kernelenv.check_can_trace()
+        self._pmu_type = kernelenv.uprobe_pmu_type()
+        # A function whose entry instruction is a `ret` gets one probe doing both captures.
+        also_return = _const("GT_ARGS_COOKIE_ALSO_RETURN")
+        entry_offsets = file_offsets(self.binary_path, [fn.entry_vaddr for fn in self.functions])
+        self._entry_sites = [(offset, fn.func_id | (also_return if fn.entry_vaddr in fn.return_vaddrs else 0))
+                             for offset, fn in zip(entry_offsets, self.functions)]
+        returns = [(v, fn.func_id) for fn in self.functions for v in fn.return_vaddrs if v != fn.entry_vaddr]
+        return_offsets = file_offsets(self.binary_path, [v for v, _ in returns])
+        self._return_sites = [(offset, func_id) for offset, (_, func_id) in zip(return_offsets, returns)]
+        self._sys = _Syscalls()
+        self._bpf = self._compile()
+        try:
+            self._load_maps()
+            self._bpf[b"gt_args_events"].open_ring_buffer(self._deliver)
+            if self.attach_mode in ("auto", "uprobe_multi"):
+                try:
+                    self._attach_uprobe_multi()
+                    self.attach_mode = "uprobe_multi"
+                    return
+                except OSError as exc:
+                    if self.attach_mode == "uprobe_multi":
+                        raise self._attach_error(exc) from None
+            self._attach_perf_links()
+            self.attach_mode = "perf_link"
+        except BaseException:
+            self.close()
+            raise
+
+    def _compile(self):
+        import bcc
+
+        cflags = [f"-I{probes_header.PROBES_DIR}"] + [f"-D{k}={v}" for k, v in self._cflags.items()]
+        try:
+            return bcc.BPF(src_file=os.fsencode(SOURCE_PATH), cflags=cflags)
+        except Exception as exc:  # bcc raises bare Exception; clang's messages went to stderr
+            raise CapabilityError(
+                f"bcc could not compile the BPF program ({exc}): check the kernel headers (run scripts/kernel-headers)"
+            ) from None
+
+    def _load_maps(self) -> None:
+        plans = self._bpf[b"gt_arg_plans"]
+        for index, blob in enumerate(self._plans):
+            value = plans.Leaf.from_buffer_copy(blob.ljust(ctypes.sizeof(plans.Leaf), b"\0"))
+            plans[ctypes.c_int(index)] = value
+        cfg = self._bpf[b"gt_args_cfg"]
+        cfg[ctypes.c_int(_const("GT_ACFG_MAX_RATE"))] = ctypes.c_uint64(self.max_rate)
+
+    def _load(self, name: bytes, attach_type: int) -> int:
+        stale = self._bpf.funcs.pop(name, None)
+        if stale is not None:
+            os.close(stale.fd)
+        try:
+            return self._bpf.load_func(name, self._bpf.KPROBE, attach_type=attach_type).fd
+        except Exception as exc:  # bcc raises bare Exception
+            raise CapabilityError(f"the kernel refused the BPF program ({exc}): gotrace needs Linux 5.15+ with BPF") from None
+
+    def _programs(self):
+        return ((b"gt_args_entry", self._entry_sites), (b"gt_args_return", self._return_sites))
+
+
+    def _attach_uprobe_multi(self) -> None:
+        path = os.fsencode(self.binary_path)
+        for prog, sites in self._programs():
+            prog_fd = self._load(prog, _BPF_TRACE_UPROBE_MULTI)
+            if not sites:
+                continue
+            offsets, cookies = zip(*sites)
+            self._fds.append(self._sys.link_create_uprobe_multi(prog_fd, path, offsets, cookies, self.pid or 0))
+
+    def _attach_perf_links(self) -> None:
+        for fd in self._fds:
+            _close_quietly(fd)
+        self._fds = []
+        path = os.fsencode(self.binary_path)
+        pid = -1 if self.pid is None else self.pid
+        for prog, sites in self._programs():
+            prog_fd = self._load(prog, -1)
+            for file_offset, func_id in sites:
+                try:
+                    perf_fd = self._sys.perf_uprobe_open(self._pmu_type, path, file_offset, pid)
+                except OSError as exc:
+                    raise self._attach_error(exc) from None
+                self._fds.append(perf_fd)
+                try:
+                    self._fds.append(self._sys.link_create_perf(prog_fd, perf_fd, func_id))
+                except OSError:
+                    raise CapabilityError("cannot link the BPF program to a uprobe: gotrace needs Linux 5.15+ (BPF cookies)") from None
+
+    def _attach_error(self, exc: OSError) -> Exception:
+        if exc.errno == errno.ESRCH:
+            return UsageError(f"no process with pid {self.pid}")
+        if exc.errno in (errno.EPERM, errno.EACCES):
+            return CapabilityError("the kernel refused to create a uprobe: run as root (sudo)")
+        return CapabilityError(f"cannot attach a uprobe to {self.binary_path}: {os.strerror(exc.errno)}")
+
+    def close(self) -> None:
+        """Detach every probe and free the BPF programs and maps. Safe to call twice."""
+        fds, self._fds = self._fds, []
+        for fd in reversed(fds):
+            _close_quietly(fd)
+        bpf, self._bpf = self._bpf, None
+        if bpf is not None:
+            bpf.cleanup()
+
+    # -- reading --------------------------------------------------------
+
+    def _deliver(self, _ctx, data, size) -> int:
+        if self.on_call is not None:
+            self.on_call(parse_record(ctypes.string_at(data, size)))
+        return 0
+
+    def poll(self, timeout_ms: int = 100) -> None:
+        """Wait up to timeout_ms for records and hand every waiting one to on_call."""
+        if self._bpf is None:
+            raise RuntimeError("ArgsTracer.attach() was not called (or close() was)")
+        self._bpf.ring_buffer_poll(timeout_ms)
+
+    def drain(self) -> None:
+        """Hand every record already in the ring buffer to on_call, without waiting."""
+        if self._bpf is not None:
+            self._bpf.ring_buffer_consume()
+
+    def stats(self) -> dict[str, int]:
+        """Whole-run counters of the BPF side (STAT_NAMES values)."""
+        if self._bpf is None:
+            raise RuntimeError("ArgsTracer.attach() was not called (or close() was)")
+        table = self._bpf[b"gt_args_stats"]
+        return {name: int(sum(table[ctypes.c_int(_const(const))])) for const, name in STAT_NAMES.items()}

@@ -1,0 +1,3 @@
+module example.com/argstruth
+
+go 1.18
