@@ -286,32 +286,52 @@ def pclntab_arg_size(gobin, fn) -> int | None:
     return struct.unpack_from("<i", pcln.data, pos)[0]
 
 
-def plan_args(gobin, patterns: list[str], *, sig: str | None = None, str_len: int = DEFAULT_STR_LEN) -> ArgsPlan:
+def _split_sigs(sigs, functions) -> dict[str, str]:
+    """--sig values by function name: `NAME=func(...)` names its function; a bare
+    `func(...)` is for the one function the patterns match."""
+    by_name: dict[str, str] = {}
+    names = {fn.name for fn in functions}
+    for text in sigs:
+        head, eq, tail = text.partition("=")
+        if eq and tail.lstrip().startswith("func") and not head.lstrip().startswith("func"):
+            name = head.strip()
+            if name not in names:
+                raise UsageError(f"--sig names {name}, which the patterns do not match: "
+                                 "write the function's name exactly as gotrace funcs lists it")
+            by_name[name] = tail
+            continue
+        if len(functions) != 1:
+            listed = ", ".join(fn.name for fn in functions[:3])
+            raise UsageError(f"a bare --sig describes one function but {len(functions)} match ({listed}, ...): "
+                             "write --sig 'NAME=func(...)' for each, or narrow the pattern")
+        by_name[functions[0].name] = text
+    return by_name
+
+
+def plan_args(gobin, patterns: list[str], *, sig=None, str_len: int = DEFAULT_STR_LEN) -> ArgsPlan:
     """Probe sites and capture plans of the functions matching `patterns`.
 
-    Signatures come from DWARF, or from `sig` (--sig), which then must match
-    exactly one function. Every signature is checked against the argument
-    size pclntab records for the function; a mismatch is an error for --sig
-    and a skip (with the reason) for DWARF.
+    Signatures come from --sig (`sig`: one text or a list, see _split_sigs)
+    or else from DWARF. Every signature is checked against the argument size
+    pclntab records for the function: a mismatch is an error for --sig and a
+    skip (with the reason) for DWARF.
     """
     from gotrace.dwarfinfo import DwarfInfo
     from gotrace.sigparse import parse_signature
 
     functions = gobin.match(patterns)
-    if sig is not None and len(functions) != 1:
-        names = ", ".join(fn.name for fn in functions[:4])
-        raise UsageError(f"--sig describes one function but {len(functions)} match ({names}...): "
-                         "give a pattern that matches exactly one")
+    sigs = [sig] if isinstance(sig, str) else list(sig or ())
+    sig_texts = _split_sigs(sigs, functions)
     traced, skipped = [], []
-    dwarf = None if sig is not None else DwarfInfo.open(gobin.path)
+    dwarf = None if len(sig_texts) == len(functions) else DwarfInfo.open(gobin.path)
     try:
         for fn in functions:
             probes = gobin.probe_sites(fn)
             if not probes.traceable:
                 skipped.append((fn.name, probes.reason))
                 continue
-            if sig is not None:
-                signature = parse_signature(sig, fn.name)
+            if fn.name in sig_texts:
+                signature = parse_signature(sig_texts[fn.name], fn.name)
                 source = "sig"
             else:
                 signature = dwarf.function_signature(fn.name) if dwarf is not None else None

@@ -261,14 +261,14 @@ class _StopOrLimit:
 @click.option("-n", "--max-events", type=click.IntRange(min=1), metavar="N", help="Stop after N calls.")
 @click.option("--str-len", type=click.IntRange(0, 256), default=64, show_default=True, metavar="N",
               help="Bytes of each string and []byte shown (and of slice elements).")
-@click.option("--sig", metavar="'func(...) (...)'",
-              help="The function's signature in Go syntax, for binaries without DWARF (or to override it); "
-                   "methods list the receiver first.")
+@click.option("--sig", "sigs", multiple=True, metavar="'[NAME=]func(...) (...)'",
+              help="A function's signature in Go syntax, for binaries without DWARF (or to override it); "
+                   "methods list the receiver first. Repeat as NAME=func(...) for several functions.")
 @click.option("--max-rate", type=click.IntRange(min=0), default=ARGS_DEFAULT_MAX_RATE, show_default=True,
               metavar="N", help="At most N calls per second are reported; the rest are counted and the "
                                 "count printed at the end (0: no limit).")
 @click.option("--print-bpf", is_flag=True, hidden=True, help="Print the BPF C source and exit.")
-def args_cmd(args, pid, command, duration, as_json, max_events, str_len, sig, max_rate, print_bpf) -> None:
+def args_cmd(args, pid, command, duration, as_json, max_events, str_len, sigs, max_rate, print_bpf) -> None:
     """Arguments and results of each call of Go functions, as Go would write them.
 
     One line per completed call: time, pid, goroutine id, the call with its
@@ -284,6 +284,7 @@ def args_cmd(args, pid, command, duration, as_json, max_events, str_len, sig, ma
       gotrace args ./server main.work
       gotrace args -p 4242 'main.(*Server).handle' -n 20
       gotrace args ./server-stripped main.work --sig 'func(n int, s string) (int, error)'
+      gotrace args ./stripped 'main.*' --sig 'main.a=func(int) bool' --sig 'main.b=func(s string)'
       gotrace args -c './server -n 100' ./server 'main.*' --json
     """
     from gotrace.argplan import args_functions, plan_args
@@ -294,7 +295,7 @@ def args_cmd(args, pid, command, duration, as_json, max_events, str_len, sig, ma
 
     target, patterns = _tracing_target(args, pid, command)
     with open_target(target.binary_path if pid is None else None, pid) as gobin:
-        plan = plan_args(gobin, patterns, sig=sig, str_len=str_len)
+        plan = plan_args(gobin, patterns, sig=sigs, str_len=str_len)
         offsets = gobin.runtime_offsets
         functions = args_functions(plan)
 

@@ -19,6 +19,7 @@ import (
 	"flag"
 	"fmt"
 	"os"
+	"reflect"
 	"runtime"
 	"strconv"
 	"strings"
@@ -96,11 +97,11 @@ func tPtr(p uintptr) V {
 	}
 	return V{"t": "ptr", "v": fmt.Sprintf("%#x", p)}
 }
-func tSlice(isNil bool, n, c int, elems []interface{}) V {
+func tSlice(isNil bool, n, c int, elems []interface{}, esize int) V {
 	if isNil {
 		return V{"t": "slice", "v": nil}
 	}
-	return V{"t": "slice", "v": elems, "len": n, "cap": c}
+	return V{"t": "slice", "v": elems, "len": n, "cap": c, "esize": esize}
 }
 func tFloatReg() V       { return V{"t": "floatreg"} }
 func tFloat(f float64) V { return V{"t": "float", "v": f} }
@@ -108,7 +109,11 @@ func tErr(err error) V {
 	if err == nil {
 		return V{"t": "error", "v": nil}
 	}
-	return V{"t": "error", "v": V{"type": fmt.Sprintf("%T", err), "msg": err.Error()}}
+	out := V{"type": fmt.Sprintf("%T", err), "msg": err.Error()}
+	if rv := reflect.ValueOf(err); rv.Kind() == reflect.Ptr {
+		out["ptr"] = fmt.Sprintf("%#x", rv.Pointer())
+	}
+	return V{"t": "error", "v": out}
 }
 func tIface(x interface{}) V {
 	if x == nil {
@@ -287,14 +292,14 @@ func roundOnce() {
 			}
 			return out
 		}
-		xs := tSlice(c.xs == nil, len(c.xs), cap(c.xs), ints(len(c.xs), func(i int) int64 { return int64(c.xs[i]) }))
-		ys := tSlice(c.ys == nil, len(c.ys), cap(c.ys), ints(len(c.ys), func(i int) int64 { return int64(c.ys[i]) }))
-		zs := tSlice(c.zs == nil, len(c.zs), cap(c.zs), ints(len(c.zs), func(i int) int64 { return int64(c.zs[i]) }))
+		xs := tSlice(c.xs == nil, len(c.xs), cap(c.xs), ints(len(c.xs), func(i int) int64 { return int64(c.xs[i]) }), 8)
+		ys := tSlice(c.ys == nil, len(c.ys), cap(c.ys), ints(len(c.ys), func(i int) int64 { return int64(c.ys[i]) }), 4)
+		zs := tSlice(c.zs == nil, len(c.zs), cap(c.zs), ints(len(c.zs), func(i int) int64 { return int64(c.zs[i]) }), 2)
 		bl := []interface{}{}
 		for _, b := range c.bs {
 			bl = append(bl, b)
 		}
-		bs := tSlice(c.bs == nil, len(c.bs), cap(c.bs), bl)
+		bs := tSlice(c.bs == nil, len(c.bs), cap(c.bs), bl, 1)
 		record("main.fnSlices", []interface{}{"xs", xs, "ys", ys, "zs", zs, "bs", bs}, []interface{}{"~r0", tInt(int64(r))})
 	}
 	x := 42
