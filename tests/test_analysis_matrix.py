@@ -249,6 +249,22 @@ def test_stripped_build_lists_the_same_functions(version, arch):
     assert [f["returns"] for f in stripped["functions"]] == [f["returns"] for f in full["functions"]]
 
 
+@pytest.mark.parametrize("version, arch", TWINS)
+def test_runtime_spelling_finds_the_function_in_the_unstripped_build(version, arch):
+    """A name as the stripped listing and Go's tracebacks write it (pclntab: `type:.eq.T·1`)
+    finds the same function in the unstripped build, whose .symtab spells it `type:.eq.T.1`."""
+    stripped = listing(gobuild.build(PROGRAM, version, "stripped", arch))
+    dotted = [f for f in stripped["functions"] if "\u00b7" in f["name"]]
+    if not dotted:
+        pytest.skip(f"Go {version}'s pclntab names no function with a middle dot")
+    binary = gobuild.build(PROGRAM, version, "default", arch)
+    fn = dotted[0]
+    code, out, err = run_gotrace("funcs", str(binary), fn["name"], "--json")
+    assert (code, err) == (0, ""), err
+    [found] = json.loads(out)["functions"]
+    assert (found["name"], found["entry"]) == (fn["name"].replace("\u00b7", "."), fn["entry"])
+
+
 def test_stripped_pie_twin():
     if "stripped-pie" not in gobuild.MODES:
         pytest.skip("the build matrix has no stripped PIE mode (tests/gobuild.py MODES)")
