@@ -16,7 +16,7 @@ import time
 import click
 
 from gotrace import __version__
-from gotrace.errors import GotraceError, UsageError
+from gotrace.errors import CapabilityError, GotraceError, UsageError
 
 EXIT_USAGE = 2
 
@@ -39,7 +39,7 @@ def pid_binary(pid: int) -> str:
     try:
         os.stat(exe)
     except PermissionError:
-        raise GotraceError(f"cannot read {exe}: permission denied; run gotrace as root") from None
+        raise CapabilityError(f"cannot read {exe}: permission denied; run gotrace as root (sudo)") from None
     except OSError:
         raise UsageError(f"process {pid} has no readable executable (a kernel thread or exited); give a Go process pid")
     return exe
