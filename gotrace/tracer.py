@@ -29,7 +29,6 @@ import struct
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 from gotrace import probes_header
 from gotrace.errors import CapabilityError, UsageError
@@ -48,7 +47,6 @@ _BPF_LINK_CREATE = 28
 _BPF_PERF_EVENT = 41  # enum bpf_attach_type
 _BPF_TRACE_UPROBE_MULTI = 48  # enum bpf_attach_type, Linux 6.6+
 _CLOSE_THREADS = 64
-_UPROBE_PMU_TYPE = Path("/sys/bus/event_source/devices/uprobe/type")
 
 _STAT_NAMES = {
     "GT_STAT_NO_GOROUTINE": "no_goroutine",
@@ -413,9 +411,10 @@ class LatencyTracer:
         """Keys (raw) and per-key sums over all CPUs of a per-CPU map of u64 values."""
         ncpus = self._ncpus
         keys, values, count = self._sys.map_lookup_batch(table.map_fd, key_size, value_size * ncpus, max_entries)
-        flat = struct.unpack(f"<{count * ncpus}Q", values)
-        sums = [sum(flat[i * ncpus : (i + 1) * ncpus]) for i in range(count)]
-        return keys, sums
+        flat = memoryview(values).cast("Q")
+        if ncpus == 1:
+            return keys, flat.tolist()
+        return keys, list(map(sum, zip(*(flat[cpu::ncpus] for cpu in range(ncpus)))))
 
     def read(self, *, reset: bool) -> dict[int, FunctionCounts]:
         """Counts per func_id since the last reset (all functions, zero-call ones included).
@@ -434,7 +433,7 @@ class LatencyTracer:
         hist_keys, hist_sums = self._percpu_sums(bpf[b"gt_hist"], 8, 8, self._hist_entries)
         result = {fn.func_id: FunctionCounts(buckets={}, unmatched=0) for fn in self.functions}
         hist_now: dict[int, int] = {}
-        for (packed,), total in zip(struct.iter_unpack("<Q", hist_keys), hist_sums):
+        for packed, total in zip(memoryview(hist_keys).cast("Q"), hist_sums):
             hist_now[packed] = total
             delta = total - self._hist_base.get(packed, 0)
             if delta > 0:
