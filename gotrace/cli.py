@@ -241,7 +241,7 @@ def _tracing_target(args: tuple[str, ...], pid: int | None, command: str | None)
 
 # -- args ------------------------------------------------------------------------------
 
-ARGS_DEFAULT_MAX_RATE = 5000
+ARGS_DEFAULT_MAX_RATE = 10000
 
 
 class _StopOrLimit:
@@ -341,10 +341,10 @@ def args_cmd(args, pid, command, duration, as_json, max_events, str_len, sigs, m
                                            target.display), err=True)
 
                     def poll() -> None:
-                        tracer.poll(50)
+                        tracer.poll(20)
                         out.flush()
 
-                    run_loop(target, _StopOrLimit(stop, limit_reached), duration_s=duration, interval_s=0.05,
+                    run_loop(target, _StopOrLimit(stop, limit_reached), duration_s=duration, interval_s=0.02,
                              on_interval=poll)
                     tracer.drain()
                     out.flush()

@@ -40,6 +40,7 @@ BPF_RINGBUF_OUTPUT(gt_args_events, GT_ARGS_RINGBUF_PAGES);
 BPF_ARRAY(gt_args_cfg, __u64, GT_ACFG_N);
 BPF_ARRAY(gt_args_rate, struct gt_args_rate, 1);
 BPF_PERCPU_ARRAY(gt_args_stats, __u64, GT_ASTAT_N);
+BPF_PERCPU_ARRAY(gt_args_since_wakeup, __u64, 1);
 
 static __always_inline void gt_count(int stat)
 {
@@ -104,7 +105,6 @@ static __always_inline void gt_capture(struct pt_regs *ctx, struct gt_arg_plan *
     __u32 done = 0, faulted = 0;
 
     gt_load_regs(ctx, regs);
-#pragma unroll
     for (__u32 i = 0; i < GT_ARGS_MAX_OPS; i++) {
         struct gt_arg_op *op;
         __u32 dst, size;
@@ -218,6 +218,7 @@ static __always_inline void gt_on_entry(struct pt_regs *ctx, __u32 func_id)
 static __always_inline void gt_on_return(struct pt_regs *ctx, __u32 func_id)
 {
     __u64 now_ns = bpf_ktime_get_ns();
+    __u64 wake, *since_wakeup;
     struct gt_start_key key = {};
     struct gt_args_pending *pending;
     struct gt_args_event *event;
@@ -261,7 +262,15 @@ static __always_inline void gt_on_return(struct pt_regs *ctx, __u32 func_id)
     bpf_probe_read_kernel(event->args, sizeof(event->args), pending->data);
     gt_args_pending.delete(&key);
     gt_capture(ctx, plan, event->res, GT_RES_DATA, &event->res_ok, &event->res_fail);
-    if (gt_args_events.ringbuf_output(event, sizeof(*event), 0) != 0)
+    /* Wake the reader once every GT_ARGS_WAKEUP_EVERY records per CPU (it also
+     * polls on a short timer): a wakeup per record costs more than the record. */
+    wake = BPF_RB_NO_WAKEUP;
+    since_wakeup = gt_args_since_wakeup.lookup(&zero);
+    if (since_wakeup && ++*since_wakeup >= GT_ARGS_WAKEUP_EVERY) {
+        *since_wakeup = 0;
+        wake = BPF_RB_FORCE_WAKEUP;
+    }
+    if (gt_args_events.ringbuf_output(event, sizeof(*event), wake) != 0)
         gt_count(GT_ASTAT_RINGBUF_FULL);
     else
         gt_count(GT_ASTAT_EVENTS);

@@ -8,8 +8,9 @@
 // from %T, message or value), floatreg (a float passed in a vector register:
 // gotrace must call it unavailable) and float (a float in memory: exact).
 //
-// -bench SECONDS instead calls main.fnBench in a loop (paced to -rate calls
-// per second when given) and prints the number of calls made.
+// -bench SECONDS instead calls main.fnBench in a loop from -g goroutines
+// (paced to -rate calls per second in all when given) and prints the number
+// of calls made.
 package main
 
 import (
@@ -373,9 +374,24 @@ func main() {
 	rounds := flag.Int("n", 1, "rounds of calls")
 	bench := flag.Float64("bench", 0, "call main.fnBench for this many seconds instead")
 	rate := flag.Float64("rate", 0, "with -bench: calls per second (0: as fast as possible)")
+	workers := flag.Int("g", 1, "with -bench: goroutines calling (each at -rate/g)")
 	flag.Parse()
 	if *bench > 0 {
-		runBench(*bench, *rate)
+		results := make(chan [2]int, *workers)
+		start := time.Now()
+		for w := 0; w < *workers; w++ {
+			go func() {
+				calls, sum := runBench(*bench, *rate/float64(*workers))
+				results <- [2]int{calls, sum}
+			}()
+		}
+		calls, sum := 0, 0
+		for w := 0; w < *workers; w++ {
+			r := <-results
+			calls += r[0]
+			sum += r[1]
+		}
+		fmt.Printf("{\"calls\": %d, \"seconds\": %.3f, \"sum\": %d}\n", calls, time.Since(start).Seconds(), sum)
 		return
 	}
 	out := os.Stdout
@@ -395,7 +411,7 @@ func main() {
 	}
 }
 
-func runBench(seconds, rate float64) {
+func runBench(seconds, rate float64) (int, int) {
 	calls := 0
 	sum := 0
 	start := time.Now()
@@ -415,5 +431,5 @@ func runBench(seconds, rate float64) {
 		sum += fnBench(calls, "bench")
 		calls++
 	}
-	fmt.Printf("{\"calls\": %d, \"seconds\": %.3f, \"sum\": %d}\n", calls, time.Since(start).Seconds(), sum)
+	return calls, sum
 }

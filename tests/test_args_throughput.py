@@ -1,0 +1,102 @@
+"""`gotrace args` under load: how many calls per second it reports, and that every call is either shown or counted as dropped.
+
+testdata/argstruth -bench calls main.fnBench in a loop from -g goroutines
+(optionally paced to -rate calls per second) and prints how many calls it
+made. The accounting must close exactly: shown + dropped == calls made.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+import time
+
+import pytest
+
+import gobuild
+from gotrace.argplan import args_functions, plan_args
+from gotrace.argtracer import ArgsTracer
+from gotrace.gobinary import GoBinary
+
+pytestmark = pytest.mark.bpf
+
+SUMMARY = re.compile(r"gotrace: (\d+) calls? shown[^;]*; (\d+) dropped")
+
+
+def _binary():
+    return gobuild.build("argstruth", gobuild.TOOLCHAINS[2])
+
+
+def run_bench(seconds: float, goroutines: int, rate: float, max_rate: int) -> tuple[int, int, int, float, str]:
+    """(calls made, shown, dropped, calls per second made, stderr) of one traced bench run."""
+    binary = _binary()
+    cmd = [sys.executable, "-m", "gotrace", "args", "--json", "--max-rate", str(max_rate),
+           "-c", f"{binary} -bench {seconds} -g {goroutines} -rate {rate}", str(binary), "main.fnBench"]
+    proc = subprocess.run(cmd, cwd=gobuild.REPO_ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    lines = [json.loads(line) for line in proc.stdout.splitlines()]
+    made = next(line for line in lines if "calls" in line)
+    events = [line for line in lines if line.get("func") == "main.fnBench"]
+    match = SUMMARY.search(proc.stderr)
+    assert match, proc.stderr
+    shown, dropped = int(match[1]), int(match[2])
+    assert shown == len(events)
+    # every call's arguments arrived intact: fnBench(n, "bench") is called with n = 0, 1, 2, ... per goroutine
+    assert all(e["args"]["s"] == "bench" and e["results"]["~r0"] == e["args"]["n"] + 5 for e in events)
+    return made["calls"], shown, dropped, made["calls"] / made["seconds"], proc.stderr
+
+
+def test_keeps_up_with_an_unpaced_program_and_accounts_for_every_call():
+    calls, shown, dropped, per_second, stderr = run_bench(3, goroutines=2, rate=0, max_rate=0)
+    print(f"unpaced, 2 goroutines: {per_second:.0f} calls/s made under tracing, {shown} shown, {dropped} dropped")
+    assert shown + dropped == calls, stderr
+    assert "returns without a recorded entry" not in stderr
+    assert per_second > 1000
+
+
+@pytest.mark.parametrize("rate", [1000, 4000])
+def test_paced_rates_are_shown_in_full(rate):
+    calls, shown, dropped, per_second, stderr = run_bench(3, goroutines=2, rate=rate, max_rate=0)
+    print(f"paced {rate}/s: {per_second:.0f} calls/s made, {shown} shown, {dropped} dropped")
+    assert dropped == 0 and shown == calls, stderr
+
+
+def test_rate_limit_drops_are_counted_not_silent():
+    calls, shown, dropped, per_second, stderr = run_bench(3, goroutines=1, rate=3000, max_rate=500)
+    print(f"paced 3000/s, --max-rate 500: {shown} shown, {dropped} dropped of {calls}")
+    assert shown + dropped == calls
+    assert dropped > 0 and shown <= 500 * 4  # at most 4 one-second windows in 3 s plus start-up
+    assert f"over --max-rate 500/s" in stderr
+
+
+def test_a_reader_that_falls_behind_gets_counts_of_what_it_lost(tmp_path):
+    """Nobody reads the ring buffer while the program runs: what did not fit is counted, exactly."""
+    from gotrace.session import Target
+
+    binary = _binary()
+    out_path = tmp_path / "bench.json"
+    received = []
+    with GoBinary(binary) as gobin:
+        functions = args_functions(plan_args(gobin, ["main.fnBench"]))
+        offsets = gobin.runtime_offsets
+    script = f"exec {binary} -bench 4 -g 2 > {out_path}"
+    target = Target(str(binary), "bench", command=["/bin/sh", "-c", script])
+    target.start_gated()  # held before exec until the probes are in place
+    try:
+        with ArgsTracer(str(binary), functions, pid=target.pid, goid_offset=offsets.goid, arch="amd64",
+                        on_call=received.append) as tracer:
+            target.release()
+            while target.alive():
+                time.sleep(0.1)
+            tracer.drain()
+            stats = tracer.stats()
+    finally:
+        target.abandon()
+    calls = json.loads(out_path.read_text())["calls"]
+    print(f"unread ring buffer: {len(received)} kept, {stats['dropped_ringbuf_full']} counted as dropped, "
+          f"{calls} calls made")
+    assert stats["dropped_ringbuf_full"] > 0
+    assert len(received) == stats["events"]
+    assert len(received) + stats["dropped_ringbuf_full"] == calls
