@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import sys
 import time
 
@@ -210,10 +211,25 @@ def latency_cmd(args, pid, command, duration, as_json, interval, unit, print_bpf
                         sys.stdout.flush()
                         last[0] = now
 
-                    run_loop(target, stop, duration_s=duration, interval_s=interval, on_interval=emit)
+                    ended = run_loop(target, stop, duration_s=duration, interval_s=interval, on_interval=emit)
                     emit()
+                    if ended == "target-exit" and target.exit_status is not None:
+                        click.echo(f"gotrace: {_exit_note(target)}", err=True)
             finally:
                 target.abandon()
+
+
+def _exit_note(target) -> str:
+    """How a `-c` command ended, as `time` or strace would say it (its status is not gotrace's)."""
+    status = target.exit_status
+    if status < 0:
+        try:
+            how = f"was killed by {signal.Signals(-status).name}"
+        except ValueError:
+            how = f"was killed by signal {-status}"
+    else:
+        how = f"exited with status {status}"
+    return f"{target.command[0]} (pid {target.pid}) {how}"
 
 
 def _echo_timings(phases_s: dict[str, float]) -> None:
