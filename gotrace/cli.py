@@ -246,7 +246,7 @@ def _tracing_target(args: tuple[str, ...], pid: int | None, command: str | None)
     if pid is not None:
         if not args:
             raise UsageError("missing PATTERN: give at least one Go function name or glob, e.g. 'main.*'")
-        return Target(pid_binary(pid), f"pid {pid}", pid=pid), list(args)
+        return Target(pid_binary(pid), _readlink(f"/proc/{pid}/exe"), pid=pid), list(args)
     if len(args) < 2:
         what = "./bin and PATTERN" if not args else "PATTERN after the binary"
         raise UsageError(f"missing {what}: e.g. gotrace latency ./server 'main.handle' (or -p PID PATTERN)")
