@@ -132,7 +132,7 @@ class ElfImage:
     def read(self, file_offset: int, size: int) -> memoryview:
         """`size` bytes at `file_offset`; BinaryError when the file ends first."""
         if file_offset < 0 or size < 0 or file_offset + size > len(self._data):
-            raise BinaryError(f"{self.path}: truncated: data at file offset {file_offset:#x} is missing")
+            raise BinaryError(f"{self.path}: truncated: data at file offset {file_offset:#x} is missing; the file is damaged or was not copied completely")
         return self._view[file_offset:file_offset + size]
 
     # -- sections and segments -------------------------------------------------

@@ -32,10 +32,12 @@ def compile_pattern(text: str) -> Pattern:
         raise UsageError("empty function pattern; give a Go function name such as main.work or a glob such as 'main.*'")
     if any(ch in text for ch in "\0\n\r\t"):
         raise UsageError(f"function pattern {text!r} contains control characters; give a Go function name")
+    # The runtime and pclntab write "·" where .symtab (and normalize_name) write ".".
+    spelled = text.replace("\u00b7", ".")
     if "*" not in text and "?" not in text:
-        return Pattern(text, None)
+        return Pattern(spelled, None)
     parts = []
-    for ch in text:
+    for ch in spelled:
         if ch == "*":
             parts.append(".*")
         elif ch == "?":
