@@ -29,7 +29,7 @@ _TYPE_TFLAG, _TYPE_KIND, _TYPE_STR = 20, 23, 40
 _TFLAG_EXTRA_STAR = 2
 _KIND_MASK = 0x1F
 # moduledata word index of `types`: after text(22), etext, noptrdata..enoptrbss (8 words),
-# [covctrs, ecovctrs from Go 1.20], end, gcdata, gcbss.
+# [covctrs, ecovctrs from Go 1.20], end, gcdata, gcbss (checked against DWARF, Go 1.19-1.27).
 _MODULEDATA_TEXT_WORD = 22
 _MODULEDATA_MINPC_WORD = 20
 
@@ -144,10 +144,13 @@ class RuntimeTypes:
                         text = elf.read_pointer(base + 8 * _MODULEDATA_TEXT_WORD)
                         minpc = elf.read_pointer(base + 8 * _MODULEDATA_MINPC_WORD)
                         types = elf.read_pointer(base + 8 * (_MODULEDATA_TEXT_WORD + words_after_text))
-                        etypes = elf.read_pointer(base + 8 * (_MODULEDATA_TEXT_WORD + words_after_text + 1))
+                        # etypes follows types directly up to Go 1.26, one word later from 1.27
+                        ends = [elf.read_pointer(base + 8 * (_MODULEDATA_TEXT_WORD + words_after_text + k))
+                                for k in (1, 2)]
+                        elf.read_vaddr(types, 1)
                     except Exception:
-                        types = etypes = text = minpc = 0
-                    if text and text == minpc and 0 < types < etypes:
+                        types, ends, text, minpc = 0, [], 0, 0
+                    if text and text == minpc and types and any(end > types for end in ends):
                         return types
                 pos = blob.find(want, pos + 1)
         return elf.symbol_vaddr("runtime.types")

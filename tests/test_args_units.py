@@ -226,3 +226,17 @@ def test_stripped_binary_without_sig_says_to_give_one():
     assert "no DWARF" in proc.stderr and "--sig" in proc.stderr
     proc = _gotrace("args", binary, "main.fn*", "--sig", "func(x int)")
     assert proc.returncode == 2 and "NAME=func" in proc.stderr
+
+
+@pytest.mark.parametrize("version", gobuild.TOOLCHAINS)
+@pytest.mark.parametrize("mode", ["default", "pie", "extlink"])
+def test_types_section_found_from_moduledata_alone(version, mode, monkeypatch):
+    """Stripped binaries have no runtime.types symbol: moduledata must give the same address."""
+    from gotrace.gobinary import GoBinary
+    from gotrace.values import RuntimeTypes
+
+    with GoBinary(gobuild.build("argstruth", version, mode)) as gobin:
+        symbol = gobin.elf.symbol_vaddr("runtime.types")
+        monkeypatch.setattr(gobin.elf, "symbol_vaddr", lambda name: None)
+        types = RuntimeTypes.of(gobin)
+        assert symbol and types.types_vaddr == symbol
