@@ -119,7 +119,7 @@ static __always_inline __u32 gt_hist_bucket(__u64 v)
 #define GT_ARGS_BUF 1280        /* GT_ARGS_DATA + GT_ARGS_MAX_READ: slack lets the verifier bound every write */
 #define GT_RES_BUF 768          /* GT_RES_DATA + GT_ARGS_MAX_READ */
 #define GT_ARGS_PENDING 4096    /* calls entered and not yet returned (LRU) */
-#define GT_ARGS_RINGBUF_PAGES 2048 /* ring buffer of 8 MiB */
+#define GT_ARGS_RINGBUF_PAGES 8192 /* ring buffer of 32 MiB: ~16000 calls, a second of reader stall */
 #define GT_ARGS_WAKEUP_EVERY 64 /* records per CPU between reader wakeups (it also polls every 20 ms) */
 #define GT_ARGS_NREGS 16        /* registers copied for operations: amd64 RAX..R11 (9), arm64 R0-R15 */
 

@@ -81,7 +81,7 @@ def test_a_reader_that_falls_behind_gets_counts_of_what_it_lost(tmp_path):
     with GoBinary(binary) as gobin:
         functions = args_functions(plan_args(gobin, ["main.fnBench"]))
         offsets = gobin.runtime_offsets
-    script = f"exec {binary} -bench 4 -g 2 > {out_path}"
+    script = f"exec {binary} -bench 6 -g 2 > {out_path}"
     target = Target(str(binary), "bench", command=["/bin/sh", "-c", script])
     target.start_gated()  # held before exec until the probes are in place
     try:
