@@ -71,8 +71,7 @@ def test_bucket_index_matches_the_headers_c_code(tmp_path):
     values = boundary_values() + [int(2 ** random.Random(3).uniform(0, 50)) for _ in range(2000)]
     source = tmp_path / "bucket.c"
     source.write_text(
-        "#include <stdio.h>\n#include <stdlib.h>\n"
-        "typedef unsigned int __u32;\ntypedef unsigned long long __u64;\n"
+        "#include <stdio.h>\n#include <stdlib.h>\n#include <linux/types.h>\n"
         "#define __always_inline inline __attribute__((always_inline))\n"
         f'#include "{probes_header.HEADER_PATH}"\n'
         "int main(void) { char line[64];\n"
