@@ -1,4 +1,4 @@
-"""Checks that this machine can trace (root, bcc, kernel headers, uprobes) and points bcc at usable headers.
+"""Checks that this machine can trace (root, bpf() allowed, bcc, kernel headers, uprobes) and points bcc at usable headers.
 
 Every failure is a CapabilityError (exit 3) whose one-line message says what
 to run. The one side effect: when the running kernel has no headers under
@@ -8,7 +8,10 @@ is set to that tree for this process (bcc reads it when compiling).
 
 from __future__ import annotations
 
+import ctypes
+import errno
 import os
+import struct
 import subprocess
 from pathlib import Path
 
@@ -20,6 +23,9 @@ UPROBE_PMU_TYPE = Path("/sys/bus/event_source/devices/uprobe/type")
 TRACEFS_DIR = Path("/sys/kernel/tracing")
 
 _DEBIAN_ARCH = {"x86_64": "amd64", "aarch64": "arm64"}
+_SYS_BPF = {"x86_64": 321, "aarch64": 280}
+_BPF_MAP_CREATE = 0
+_BPF_MAP_TYPE_ARRAY = 2
 
 
 def check_can_trace(*, need_tracefs: bool = False) -> None:
@@ -34,8 +40,39 @@ def check_can_trace(*, need_tracefs: bool = False) -> None:
     check_bcc()
     uprobe_pmu_type()
     use_kernel_headers()
+    check_bpf_syscall()
     if need_tracefs:
         ensure_tracefs()
+
+
+def check_bpf_syscall() -> None:
+    """Raise CapabilityError when the kernel refuses bpf() to this process.
+
+    Root is not always enough: a seccomp filter (Docker's default profile
+    denies bpf()), a user namespace (rootless containers: uid 0 without
+    capabilities over the host kernel) or a kernel built without
+    CONFIG_BPF_SYSCALL all refuse it. Creating and closing a one-element
+    array map tells, before bcc compiles anything and blames the headers.
+    """
+    number = _SYS_BPF.get(os.uname().machine)
+    if number is None:
+        raise CapabilityError(f"gotrace supports x86_64 and aarch64 machines, not {os.uname().machine}")
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.syscall.restype = ctypes.c_long
+    attr = ctypes.create_string_buffer(struct.pack("<IIII", _BPF_MAP_TYPE_ARRAY, 4, 4, 1), 64)
+    fd = libc.syscall(ctypes.c_long(number), ctypes.c_long(_BPF_MAP_CREATE), attr, ctypes.c_uint(64))
+    if fd >= 0:
+        os.close(fd)
+        return
+    err = ctypes.get_errno()
+    if err == errno.ENOSYS:
+        raise CapabilityError("this kernel has no bpf() system call: use a kernel built with CONFIG_BPF_SYSCALL")
+    if err in (errno.EPERM, errno.EACCES):
+        raise CapabilityError(
+            f"the kernel refuses bpf() to gotrace ({os.strerror(err)}): run it as root on the host, not in a "
+            "container or user namespace without CAP_BPF and CAP_PERFMON, with bpf() allowed by its seccomp profile"
+        )
+    raise CapabilityError(f"the kernel refuses to create a BPF map ({os.strerror(err)}): gotrace needs Linux 5.15+ with BPF")
 
 
 def check_bcc() -> None:
