@@ -41,11 +41,21 @@ def traced_functions(plan: LatencyPlan):
             for i, p in enumerate(plan.traced)]
 
 
+def report_names(plan: LatencyPlan) -> list[str]:
+    """The name of each traced function in reports: its Go name, made unique with `@0x<entry vaddr>` when
+    several traced functions share it (pclntab of Go 1.18-1.19 names every instantiation of a generic
+    function `pkg.F[...]`), so each report row can be told apart and matched to `gotrace funcs`."""
+    names = [p.function.name for p in plan.traced]
+    shared = {name for name in names if names.count(name) > 1}
+    return [f"{p.function.name}@{p.function.entry_vaddr:#x}" if p.function.name in shared else p.function.name
+            for p in plan.traced]
+
+
 def function_reports(plan: LatencyPlan, counts: dict) -> list[FunctionReport]:
     """Reports per traced function from the tracer's counts (func_id -> FunctionCounts)."""
     out = []
-    for func_id, probes in enumerate(plan.traced):
+    for func_id, name in enumerate(report_names(plan)):
         c = counts.get(func_id)
         histogram = LatencyHistogram(dict(c.buckets) if c else {})
-        out.append(FunctionReport(probes.function.name, histogram, c.unmatched if c else 0))
+        out.append(FunctionReport(name, histogram, c.unmatched if c else 0))
     return out
