@@ -230,7 +230,8 @@ def untraced_run(binary: str, *flags: str) -> ServiceOutput:
 
 # -- what gotrace prints -------------------------------------------------------------------------
 
-_TITLE = re.compile(r"^(\S+)  (?:(\d+) calls?|no calls)(?:, (\d+) unmatched \(.*\))?$")
+# Go names may hold single spaces: sync.OnceValue[go.shape.interface { Error() string }].func1
+_TITLE = re.compile(r"^(\S.*?)  (?:(\d+) calls?|no calls)(?:, (\d+) unmatched \(.*\))?$")
 
 
 def parse_text_reports(stdout: str) -> list[dict[str, tuple[int, int]]]:
