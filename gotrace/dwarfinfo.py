@@ -35,8 +35,10 @@ DW_AT_go_embedded_field = 0x2903
 # Go 1.23 names them ~p0, ~p1, ... (checked with 1.19, 1.21, 1.23-1.27).
 FIRST_GO_WITH_ALL_PARAMS = (1, 23)
 
+# Section headers with absurd offsets or sizes make pyelftools seek to a negative
+# position (OSError EINVAL) or ask for more bytes than fit (OverflowError, MemoryError).
 _DAMAGED = (DWARFError, ELFError, ConstructError, zlib.error, ValueError, KeyError, IndexError,
-            AssertionError)
+            AssertionError, OverflowError, MemoryError, OSError)
 
 
 def _damaged(exc: Exception) -> BinaryError:
