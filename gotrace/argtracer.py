@@ -4,22 +4,20 @@ The BPF side (probes/args.bpf.c, layouts in probes/gotrace.h "args") reads
 what the plans say at entry and at `ret`, pairs the two by goroutine as
 latency does, and sends one record per completed call. This module knows
 nothing of Go values: records come out as `CallRecord`s of raw bytes, which
-gotrace.values decodes. Attaching reuses the link machinery of
-gotrace.tracer (uprobe_multi links, or perf-event links on older kernels).
+gotrace.values decodes. Attaching (uprobe_multi links, or perf-event links on
+older kernels) is gotrace.uprobes' job.
 """
 
 from __future__ import annotations
 
 import ctypes
-import errno
 import os
 import struct
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from gotrace import probes_header
+from gotrace import probes_header, uprobes
 from gotrace.errors import CapabilityError, UsageError
-from gotrace.tracer import _BPF_TRACE_UPROBE_MULTI, _Syscalls, _close_quietly, file_offsets
 
 SOURCE_PATH = probes_header.PROBES_DIR / "args.bpf.c"
 
@@ -152,7 +150,7 @@ class ArgsTracer:
             "GT_CFG_TARGET_TGID": self.pid or 0,
         }
         self._bpf = None
-        self._fds: list[int] = []
+        self._uprobes: uprobes.UprobeSet | None = None  # closing it detaches
         self.on_call = on_call
         self.attach_mode = "auto"
 
@@ -178,30 +176,26 @@ class ArgsTracer:
         from gotrace import kernelenv
 
         kernelenv.check_can_trace()
-        self._pmu_type = kernelenv.uprobe_pmu_type()
         # A function whose entry instruction is a `ret` gets one probe doing both captures.
         also_return = _const("GT_ARGS_COOKIE_ALSO_RETURN")
-        entry_offsets = file_offsets(self.binary_path, [fn.entry_vaddr for fn in self.functions])
-        self._entry_sites = [(offset, fn.func_id | (also_return if fn.entry_vaddr in fn.return_vaddrs else 0))
-                             for offset, fn in zip(entry_offsets, self.functions)]
+        entry_offsets = uprobes.file_offsets(self.binary_path, [fn.entry_vaddr for fn in self.functions])
+        entry_sites = [(offset, fn.func_id | (also_return if fn.entry_vaddr in fn.return_vaddrs else 0))
+                       for offset, fn in zip(entry_offsets, self.functions)]
         returns = [(v, fn.func_id) for fn in self.functions for v in fn.return_vaddrs if v != fn.entry_vaddr]
-        return_offsets = file_offsets(self.binary_path, [v for v, _ in returns])
-        self._return_sites = [(offset, func_id) for offset, (_, func_id) in zip(return_offsets, returns)]
-        self._sys = _Syscalls()
+        return_offsets = uprobes.file_offsets(self.binary_path, [v for v, _ in returns])
+        return_sites = [(offset, func_id) for offset, (_, func_id) in zip(return_offsets, returns)]
         self._bpf = self._compile()
         try:
             self._load_maps()
             self._bpf[b"gt_args_events"].open_ring_buffer(self._deliver)
-            if self.attach_mode in ("auto", "uprobe_multi"):
-                try:
-                    self._attach_uprobe_multi()
-                    self.attach_mode = "uprobe_multi"
-                    return
-                except OSError as exc:
-                    if self.attach_mode == "uprobe_multi":
-                        raise self._attach_error(exc) from None
-            self._attach_perf_links()
-            self.attach_mode = "perf_link"
+            self._uprobes = uprobes.attach_sites(
+                self.binary_path,
+                ((b"gt_args_entry", entry_sites), (b"gt_args_return", return_sites)),
+                pid=self.pid,
+                load_program=uprobes.bcc_loader(self._bpf),
+                mode=self.attach_mode,
+            )
+            self.attach_mode = self._uprobes.mode
         except BaseException:
             self.close()
             raise
@@ -225,59 +219,11 @@ class ArgsTracer:
         cfg = self._bpf[b"gt_args_cfg"]
         cfg[ctypes.c_int(_const("GT_ACFG_MAX_RATE"))] = ctypes.c_uint64(self.max_rate)
 
-    def _load(self, name: bytes, attach_type: int) -> int:
-        stale = self._bpf.funcs.pop(name, None)
-        if stale is not None:
-            os.close(stale.fd)
-        try:
-            return self._bpf.load_func(name, self._bpf.KPROBE, attach_type=attach_type).fd
-        except Exception as exc:  # bcc raises bare Exception
-            raise CapabilityError(f"the kernel refused the BPF program ({exc}): gotrace needs Linux 5.15+ with BPF") from None
-
-    def _programs(self):
-        return ((b"gt_args_entry", self._entry_sites), (b"gt_args_return", self._return_sites))
-
-
-    def _attach_uprobe_multi(self) -> None:
-        path = os.fsencode(self.binary_path)
-        for prog, sites in self._programs():
-            prog_fd = self._load(prog, _BPF_TRACE_UPROBE_MULTI)
-            if not sites:
-                continue
-            offsets, cookies = zip(*sites)
-            self._fds.append(self._sys.link_create_uprobe_multi(prog_fd, path, offsets, cookies, self.pid or 0))
-
-    def _attach_perf_links(self) -> None:
-        for fd in self._fds:
-            _close_quietly(fd)
-        self._fds = []
-        path = os.fsencode(self.binary_path)
-        pid = -1 if self.pid is None else self.pid
-        for prog, sites in self._programs():
-            prog_fd = self._load(prog, -1)
-            for file_offset, func_id in sites:
-                try:
-                    perf_fd = self._sys.perf_uprobe_open(self._pmu_type, path, file_offset, pid)
-                except OSError as exc:
-                    raise self._attach_error(exc) from None
-                self._fds.append(perf_fd)
-                try:
-                    self._fds.append(self._sys.link_create_perf(prog_fd, perf_fd, func_id))
-                except OSError:
-                    raise CapabilityError("cannot link the BPF program to a uprobe: gotrace needs Linux 5.15+ (BPF cookies)") from None
-
-    def _attach_error(self, exc: OSError) -> Exception:
-        if exc.errno == errno.ESRCH:
-            return UsageError(f"no process with pid {self.pid}")
-        if exc.errno in (errno.EPERM, errno.EACCES):
-            return CapabilityError("the kernel refused to create a uprobe: run as root (sudo)")
-        return CapabilityError(f"cannot attach a uprobe to {self.binary_path}: {os.strerror(exc.errno)}")
-
     def close(self) -> None:
         """Detach every probe and free the BPF programs and maps. Safe to call twice."""
-        fds, self._fds = self._fds, []
-        for fd in reversed(fds):
-            _close_quietly(fd)
+        attached, self._uprobes = self._uprobes, None
+        if attached is not None:
+            attached.close()
         bpf, self._bpf = self._bpf, None
         if bpf is not None:
             bpf.cleanup()

@@ -5,48 +5,25 @@ pairs each call's entry and `ret` by goroutine and aggregates latencies into
 log-linear buckets in the kernel; this module only configures, attaches and
 reads it.
 
-Attaching does not go through bcc's attach_uprobe: bcc 0.26 cannot give a
-uprobe a BPF cookie, and the cookie (the function id) is how the two programs
-learn which function a hit belongs to, correctly for PIE binaries and for
-every process running the binary, whose runtime addresses differ. Two ways,
-both by file offset, neither touching tracefs, both undone by closing file
-descriptors (so nothing is left behind even if this process dies):
-
-* Linux 6.6+: one uprobe_multi BPF link per program (BPF_LINK_CREATE with
-  BPF_TRACE_UPROBE_MULTI), all sites and cookies in one system call.
-* Linux 5.15-6.5: one perf event of the kernel's `uprobe` PMU per site, each
-  linked with BPF_LINK_CREATE(BPF_PERF_EVENT) carrying the cookie. Each close
-  waits for an RCU grace period, so they are closed from many threads at once.
+Attaching (uprobe_multi links, or perf-event links on older kernels, each site
+with its function id as BPF cookie) is gotrace.uprobes' job.
 """
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
-import errno
 import os
-import struct
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from gotrace import probes_header
+from gotrace import probes_header, uprobes
+from gotrace.bpfsys import Syscalls
 from gotrace.errors import CapabilityError, UsageError
 
 SOURCE_PATH = probes_header.PROBES_DIR / "latency.bpf.c"
 
 _ARCH_IDS = {"amd64": "GT_ARCH_AMD64", "arm64": "GT_ARCH_ARM64"}
-
-# Linux ABI numbers (uapi/linux/bpf.h, perf_event.h, asm/unistd.h).
-_SYS_PERF_EVENT_OPEN = {"x86_64": 298, "aarch64": 241}
-_SYS_BPF = {"x86_64": 321, "aarch64": 280}
-_PERF_FLAG_FD_CLOEXEC = 1 << 3
-_PERF_ATTR_SIZE = 112  # PERF_ATTR_SIZE_VER5
-_BPF_MAP_LOOKUP_BATCH = 24
-_BPF_LINK_CREATE = 28
-_BPF_PERF_EVENT = 41  # enum bpf_attach_type
-_BPF_TRACE_UPROBE_MULTI = 48  # enum bpf_attach_type, Linux 6.6+
-_CLOSE_THREADS = 64
 
 _STAT_NAMES = {
     "GT_STAT_NO_GOROUTINE": "no_goroutine",
@@ -78,128 +55,6 @@ class FunctionCounts:
 
 def _const(name: str) -> int:
     return probes_header.constant(name)
-
-
-def file_offsets(binary_path: str, vaddrs: Sequence[int]) -> list[int]:
-    """The file offset of each ELF vaddr (uprobes are placed by file offset, also for PIE)."""
-    from gotrace.elffile import ElfImage
-
-    image = ElfImage(binary_path)
-    try:
-        return [image.vaddr_to_file_offset(vaddr) for vaddr in vaddrs]
-    finally:
-        image.close()
-
-
-class _Syscalls:
-    """The two raw system calls bcc 0.26 does not wrap the way we need: perf_event_open and bpf()."""
-
-    def __init__(self) -> None:
-        machine = os.uname().machine
-        if machine not in _SYS_BPF:
-            raise CapabilityError(f"gotrace supports x86_64 and aarch64 machines, not {machine}")
-        self._libc = ctypes.CDLL(None, use_errno=True)
-        self._libc.syscall.restype = ctypes.c_long
-        self._nr_perf = _SYS_PERF_EVENT_OPEN[machine]
-        self._nr_bpf = _SYS_BPF[machine]
-
-    def perf_uprobe_open(self, pmu_type: int, path: bytes, file_offset: int, pid: int) -> int:
-        """A perf event for a uprobe at `file_offset` of `path`; pid -1 means every process."""
-        path_buf = ctypes.create_string_buffer(path)
-        attr = bytearray(_PERF_ATTR_SIZE)
-        struct.pack_into("<IIQQ", attr, 0, pmu_type, _PERF_ATTR_SIZE, 0, 1)  # type, size, config, sample_period
-        struct.pack_into("<I", attr, 48, 1)  # wakeup_events
-        struct.pack_into("<QQ", attr, 56, ctypes.addressof(path_buf), file_offset)  # config1=uprobe_path, config2=probe_offset
-        attr_buf = ctypes.create_string_buffer(bytes(attr), _PERF_ATTR_SIZE)
-        # perf_event_open refuses pid == cpu == -1; uprobe events do not filter by cpu.
-        cpu = 0 if pid == -1 else -1
-        fd = self._libc.syscall(self._nr_perf, attr_buf, pid, cpu, -1, _PERF_FLAG_FD_CLOEXEC)
-        if fd < 0:
-            raise OSError(ctypes.get_errno(), "perf_event_open(uprobe)")
-        return fd
-
-    def link_create_perf(self, prog_fd: int, perf_fd: int, cookie: int) -> int:
-        """BPF_LINK_CREATE: runs prog_fd on the perf event, with bpf_get_attach_cookie() == cookie."""
-        attr = ctypes.create_string_buffer(struct.pack("<IIIIQ", prog_fd, perf_fd, _BPF_PERF_EVENT, 0, cookie), 64)
-        fd = self._libc.syscall(self._nr_bpf, _BPF_LINK_CREATE, attr, 64)
-        if fd < 0:
-            raise OSError(ctypes.get_errno(), "bpf(BPF_LINK_CREATE)")
-        return fd
-
-    def link_create_uprobe_multi(
-        self, prog_fd: int, path: bytes, file_offsets: Sequence[int], cookies: Sequence[int], pid: int
-    ) -> int:
-        """BPF_LINK_CREATE(BPF_TRACE_UPROBE_MULTI): prog_fd at every offset of path, each with its cookie; pid 0: all."""
-        count = len(file_offsets)
-        path_buf = ctypes.create_string_buffer(path)
-        offsets_buf = (ctypes.c_uint64 * count)(*file_offsets)
-        cookies_buf = (ctypes.c_uint64 * count)(*cookies)
-        attr = ctypes.create_string_buffer(
-            struct.pack(
-                "<IIIIQQQQIII",
-                prog_fd,
-                0,  # target_fd
-                _BPF_TRACE_UPROBE_MULTI,
-                0,  # flags
-                ctypes.addressof(path_buf),
-                ctypes.addressof(offsets_buf),
-                0,  # ref_ctr_offsets
-                ctypes.addressof(cookies_buf),
-                count,
-                0,  # uprobe_multi.flags: entry probes (never BPF_F_UPROBE_MULTI_RETURN)
-                pid,
-            ),
-            128,
-        )
-        fd = self._libc.syscall(self._nr_bpf, _BPF_LINK_CREATE, attr, 128)
-        if fd < 0:
-            raise OSError(ctypes.get_errno(), "bpf(BPF_LINK_CREATE uprobe_multi)")
-        return fd
-
-    def map_lookup_batch(self, map_fd: int, key_size: int, value_size: int, max_entries: int) -> tuple[bytes, bytes, int]:
-        """Every (key, value) of a map with BPF_MAP_LOOKUP_BATCH: (keys, values, count) as raw bytes."""
-        chunk = min(max_entries, 16384)
-        keys = ctypes.create_string_buffer(key_size * chunk)
-        values = ctypes.create_string_buffer(value_size * chunk)
-        in_batch = ctypes.c_uint64(0)
-        out_batch = ctypes.c_uint64(0)
-        key_parts: list[bytes] = []
-        value_parts: list[bytes] = []
-        total = 0
-        first = True
-        while True:
-            attr = ctypes.create_string_buffer(
-                struct.pack(
-                    "<QQQQIIQQ",
-                    0 if first else ctypes.addressof(in_batch),
-                    ctypes.addressof(out_batch),
-                    ctypes.addressof(keys),
-                    ctypes.addressof(values),
-                    chunk,  # count (in: room, out: filled)
-                    map_fd,
-                    0,  # elem_flags
-                    0,  # flags
-                ),
-                64,
-            )
-            ret = self._libc.syscall(self._nr_bpf, _BPF_MAP_LOOKUP_BATCH, attr, 64)
-            err = ctypes.get_errno() if ret < 0 else 0
-            if ret < 0 and err != errno.ENOENT:
-                raise OSError(err, "bpf(BPF_MAP_LOOKUP_BATCH)")
-            count = struct.unpack_from("<I", attr.raw, 32)[0]
-            key_parts.append(keys.raw[: key_size * count])
-            value_parts.append(values.raw[: value_size * count])
-            total += count
-            if err == errno.ENOENT:  # no more elements
-                break
-            in_batch.value = out_batch.value
-            first = False
-        return b"".join(key_parts), b"".join(value_parts), total
-
-
-def _close_quietly(fd: int) -> None:
-    with contextlib.suppress(OSError):
-        os.close(fd)
 
 
 def _validated_int(label: str, value: object, low: int, high: int) -> int:
@@ -255,7 +110,7 @@ class LatencyTracer:
             "GT_CFG_HIST_ENTRIES": self._hist_entries,
         }
         self._bpf = None
-        self._fds: list[int] = []  # link and perf event fds; closing them detaches
+        self._uprobes: uprobes.UprobeSet | None = None  # closing it detaches
         self._hist_base: dict[int, int] = {}  # (bucket << 32 | func_id) -> cumulative count at last reset
         self._fc_base: list[int] = [0] * (self._nfuncs * _const("GT_FC_N"))
         self._gen = 0
@@ -287,13 +142,12 @@ class LatencyTracer:
 
         started = time.perf_counter()
         kernelenv.check_can_trace()
-        self._pmu_type = kernelenv.uprobe_pmu_type()
-        entry_offsets = file_offsets(self.binary_path, [fn.entry_vaddr for fn in self.functions])
-        return_offsets = file_offsets(self.binary_path, [site for fn in self.functions for site in fn.return_vaddrs])
-        self._entry_sites = list(zip(entry_offsets, (fn.func_id for fn in self.functions)))
+        entry_offsets = uprobes.file_offsets(self.binary_path, [fn.entry_vaddr for fn in self.functions])
+        return_offsets = uprobes.file_offsets(self.binary_path, [site for fn in self.functions for site in fn.return_vaddrs])
+        entry_sites = list(zip(entry_offsets, (fn.func_id for fn in self.functions)))
         return_ids = [fn.func_id for fn in self.functions for _ in fn.return_vaddrs]
-        self._return_sites = list(zip(return_offsets, return_ids))
-        self._sys = _Syscalls()
+        return_sites = list(zip(return_offsets, return_ids))
+        self._sys = Syscalls()
         compile_started = time.perf_counter()
         self.timings_s["prepare"] = compile_started - started
         self._bpf = self._compile()
@@ -303,71 +157,20 @@ class LatencyTracer:
             from bcc.utils import get_possible_cpus
 
             self._ncpus = len(get_possible_cpus())
-            if self.attach_mode in ("auto", "uprobe_multi"):
-                try:
-                    self._attach_uprobe_multi()
-                    self.attach_mode = "uprobe_multi"
-                    return
-                except OSError as exc:
-                    if self.attach_mode == "uprobe_multi":
-                        raise self._attach_error(exc, None) from None
-                    # An older kernel; the per-site path below reports any real problem precisely.
-            self._attach_perf_links()
-            self.attach_mode = "perf_link"
+            self._uprobes = uprobes.attach_sites(
+                self.binary_path,
+                ((b"gt_entry", entry_sites), (b"gt_return", return_sites)),
+                pid=self.pid,
+                load_program=uprobes.bcc_loader(self._bpf),
+                mode=self.attach_mode,
+                site_name=lambda func_id: self.functions[func_id].name,
+            )
+            self.attach_mode = self._uprobes.mode
         except BaseException:
             self.close()
             raise
         finally:
             self.timings_s["attach"] = time.perf_counter() - attach_started
-
-    def _load(self, name: bytes, attach_type: int):
-        """Load (or reload with another expected attach type) one program of the compiled module."""
-        stale = self._bpf.funcs.pop(name, None)
-        if stale is not None:
-            os.close(stale.fd)
-        try:
-            return self._bpf.load_func(name, self._bpf.KPROBE, attach_type=attach_type).fd
-        except Exception as exc:  # bcc raises bare Exception
-            raise CapabilityError(f"the kernel refused the BPF program ({exc}): gotrace needs Linux 5.15+ with BPF") from None
-
-    def _attach_uprobe_multi(self) -> None:
-        pid = self.pid or 0
-        path = os.fsencode(self.binary_path)
-        for prog, sites in ((b"gt_entry", self._entry_sites), (b"gt_return", self._return_sites)):
-            prog_fd = self._load(prog, _BPF_TRACE_UPROBE_MULTI)
-            offsets, cookies = zip(*sites)
-            self._fds.append(self._sys.link_create_uprobe_multi(prog_fd, path, offsets, cookies, pid))
-
-    def _attach_perf_links(self) -> None:
-        for fd in self._fds:
-            os.close(fd)
-        self._fds = []
-        path = os.fsencode(self.binary_path)
-        pid = -1 if self.pid is None else self.pid
-        for prog, sites in ((b"gt_entry", self._entry_sites), (b"gt_return", self._return_sites)):
-            prog_fd = self._load(prog, -1)
-            for file_offset, func_id in sites:
-                try:
-                    perf_fd = self._sys.perf_uprobe_open(self._pmu_type, path, file_offset, pid)
-                except OSError as exc:
-                    raise self._attach_error(exc, (func_id, file_offset)) from None
-                self._fds.append(perf_fd)
-                try:
-                    self._fds.append(self._sys.link_create_perf(prog_fd, perf_fd, func_id))
-                except OSError as exc:
-                    raise CapabilityError(
-                        f"cannot link the BPF program to a uprobe ({os.strerror(exc.errno)}): gotrace needs Linux 5.15+ (BPF cookies)"
-                    ) from None
-
-    def _attach_error(self, exc: OSError, site: tuple[int, int] | None) -> Exception:
-        if exc.errno == errno.ESRCH:
-            return UsageError(f"no process with pid {self.pid}")
-        if exc.errno in (errno.EPERM, errno.EACCES):
-            return CapabilityError("the kernel refused to create a uprobe: run as root (sudo)")
-        where = self.binary_path
-        if site is not None:
-            where = f"{self.functions[site[0]].name} at file offset {site[1]:#x} of {self.binary_path}"
-        return CapabilityError(f"cannot attach a uprobe to {where}: {os.strerror(exc.errno)}")
 
     def _compile(self):  # -> bcc.BPF
         import bcc
@@ -382,19 +185,9 @@ class LatencyTracer:
 
     def close(self) -> None:
         """Detach every probe and free the BPF programs and maps. Safe to call twice."""
-        fds, self._fds = self._fds, []
-        if len(fds) > 8:
-            # Each perf-event uprobe release waits for a grace period: overlap them.
-            from concurrent.futures import ThreadPoolExecutor
-
-            links, perf_events = fds[1::2], fds[0::2]  # perf_link mode appends (perf, link) pairs
-            with ThreadPoolExecutor(_CLOSE_THREADS) as pool:
-                list(pool.map(_close_quietly, links))
-            with ThreadPoolExecutor(_CLOSE_THREADS) as pool:
-                list(pool.map(_close_quietly, perf_events))
-        else:
-            for fd in reversed(fds):
-                _close_quietly(fd)
+        attached, self._uprobes = self._uprobes, None
+        if attached is not None:
+            attached.close()
         bpf, self._bpf = self._bpf, None
         if bpf is not None:
             # Nothing was attached through bcc, so its cleanup touches no tracefs.

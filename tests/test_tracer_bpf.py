@@ -261,12 +261,12 @@ def test_thousand_functions_attach_fast_count_exactly_and_detach_clean(many_func
 
 @pytest.mark.bpf
 def test_kernel_without_uprobe_multi_falls_back_to_perf_links(many_functions_binary, monkeypatch):
-    from gotrace import tracer as tracer_module
+    from gotrace import bpfsys
 
     def no_uprobe_multi(*args, **kwargs):
         raise OSError(errno.EINVAL, "bpf(BPF_LINK_CREATE uprobe_multi)")
 
-    monkeypatch.setattr(tracer_module._Syscalls, "link_create_uprobe_multi", no_uprobe_multi)
+    monkeypatch.setattr(bpfsys.Syscalls, "link_create_uprobe_multi", no_uprobe_multi)
     functions = traced_functions(many_functions_binary, ["main.f0", "main.f999"])
     with LatencyTracer(str(many_functions_binary), functions, pid=None, goid_offset=goid_offset(many_functions_binary)) as tracer:
         assert tracer.attach_mode == "perf_link"
