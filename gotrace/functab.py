@@ -100,9 +100,26 @@ class FunctionTable:
                 index.setdefault(name, []).append(i)
         return index
 
+    def name(self, index: int) -> str:
+        """Function `index`'s name, decoding only that one while the whole list is not needed."""
+        if self.source == "symtab" or "names" in self.__dict__:
+            return self.names[index]
+        return self.pclntab.name(index)
+
     def indices_named(self, name: str) -> list[int]:
         """Indices of functions whose exact or normalized name is `name`."""
-        return self._index_by_name.get(name, [])
+        if "_index_by_name" in self.__dict__ or self.source == "symtab" or "[" in name:
+            return self._index_by_name.get(name, [])
+        # Without decoding all names: the name-table offsets holding `name`, or a
+        # string that normalize_name turns into it (no `[` in `name`, so no generics).
+        pclntab = self.pclntab
+        wanted = set(pclntab.string_offsets(name))
+        for part in ("\u00b7", ABI0_SUFFIX, "]"):
+            wanted.update(offset for offset, text in pclntab.strings_containing(part)
+                          if "[" not in text and normalize_name(text) == name)
+        if not wanted:
+            return []
+        return [i for i, offset in enumerate(pclntab.name_table_offsets) if offset in wanted]
 
     def size(self, index: int) -> int:
         if self.source == "symtab":
@@ -112,7 +129,7 @@ class FunctionTable:
         return self.entries[index + 1] - self.entries[index]
 
     def is_asm(self, index: int) -> bool:
-        if self.names[index].endswith(ABI0_SUFFIX):
+        if self.name(index).endswith(ABI0_SUFFIX):
             return True
         pcln = self.pclntab
         pos = pcln.pcln_off + pcln._funcoffs[index] + _FLAG_OFFSET[pcln.go_layout]
@@ -121,7 +138,7 @@ class FunctionTable:
         return bool(pcln.data[pos] & FUNCFLAG_ASM)
 
     def function(self, index: int) -> GoFunction:
-        return GoFunction(index, self.names[index], self.entries[index], self.size(index), self.is_asm(index))
+        return GoFunction(index, self.name(index), self.entries[index], self.size(index), self.is_asm(index))
 
     def function_at(self, vaddr: int) -> GoFunction | None:
         """The function whose code contains `vaddr`."""

@@ -84,7 +84,10 @@ class GoBinary:
         chosen: set[int] = set()
         for text in patterns:
             pattern = compile_pattern(text)
-            found = match_indices(pattern, table.names, table.normalized_names, table.indices_named)
+            if pattern.is_glob:
+                found = match_indices(pattern, table.names, table.normalized_names, table.indices_named)
+            else:  # an exact name needs no decoding of every name
+                found = sorted(set(table.indices_named(pattern.text)))
             if not found:
                 inlined = not pattern.is_glob and self.pclntab.has_name_string(text)
                 raise no_match_error(text, self.display_path, table.names, inlined)

@@ -97,6 +97,7 @@ class Pclntab:
             self.go_layout = "1.16"
             self.nfunc = self._word(0)
             self.funcname_off = self._word(2)
+            self._funcname_end = self._word(3)  # cuOffset: the name table ends where the CU table starts
             self.pcln_off = self._word(6)
             self.text_start = 0  # entries are absolute pointers in this layout
             functab = self.data[self.pcln_off:self.pcln_off + (self.nfunc + 1) * 16]
@@ -111,6 +112,7 @@ class Pclntab:
             self.nfunc = self._word(0)
             self.text_start = self._word(2)
             self.funcname_off = self._word(3)
+            self._funcname_end = self._word(4)
             self.pcln_off = self._word(7)
             functab = self.data[self.pcln_off:self.pcln_off + (self.nfunc + 1) * 8]
             if len(functab) != (self.nfunc + 1) * 8:
@@ -124,6 +126,8 @@ class Pclntab:
             self._funcoffs = pairs[1::2]
         if self.nfunc == 0 or self.funcname_off >= len(self.data):
             raise ValueError("empty or inconsistent function table")
+        if not self.funcname_off < self._funcname_end <= len(self.data):
+            self._funcname_end = len(self.data)
 
     def _text_from_moduledata(self) -> int:
         """textStart is 0 from Go 1.26: take `moduledata.text` (whose first word
@@ -164,7 +168,10 @@ class Pclntab:
         return self.funcname_off + name_off
 
     def name(self, index: int) -> str:
-        start = self.name_offset(index)
+        try:
+            start = self.name_offset(index) - self.funcname_off
+        except struct.error:
+            raise BinaryError(f"{self.elf.path}: corrupt or truncated Go function table (pclntab)") from None
         end = self._names_blob.find(b"\0", start)
         if start < 0 or end < 0:
             raise BinaryError(f"{self.elf.path}: corrupt function name in the Go function table")
@@ -177,11 +184,10 @@ class Pclntab:
             find = blob.find
             data = self.data
             base = self.pcln_off + (8 if self.go_layout == "1.16" else 4)
-            funcname_off = self.funcname_off
             unpack = struct.Struct("<i").unpack_from
             out = []
             for funcoff in self._funcoffs[:self.nfunc]:
-                start = funcname_off + unpack(data, base + funcoff)[0]
+                start = unpack(data, base + funcoff)[0]
                 out.append(blob[start:find(b"\0", start)].decode("utf-8", "replace"))
             return out
         except struct.error:
@@ -189,10 +195,45 @@ class Pclntab:
 
     @functools.cached_property
     def _names_blob(self) -> bytes:
-        return bytes(self.data)
+        """The function name table (funcnametab) alone: names are offsets into it."""
+        return bytes(self.data[self.funcname_off:self._funcname_end])
+
+    @functools.cached_property
+    def name_table_offsets(self) -> array:
+        """Each function's name as an offset into the name table, in entry order, without decoding names."""
+        try:
+            base = self.pcln_off + (8 if self.go_layout == "1.16" else 4)
+            unpack = struct.Struct("<i").unpack_from
+            data = self.data
+            return array("q", (unpack(data, base + funcoff)[0] for funcoff in self._funcoffs[:self.nfunc]))
+        except struct.error:
+            raise BinaryError(f"{self.elf.path}: corrupt or truncated Go function table (pclntab)") from None
+
+    def string_offsets(self, name: str) -> list[int]:
+        """Name-table offsets at which `name` is stored as a whole string."""
+        blob, want = self._names_blob, name.encode()
+        found = [0] if blob.startswith(want + b"\0") else []
+        needle = b"\0" + want + b"\0"
+        pos = blob.find(needle)
+        while pos >= 0:
+            found.append(pos + 1)
+            pos = blob.find(needle, pos + 1)
+        return found
+
+    def strings_containing(self, part: str) -> list[tuple[int, str]]:
+        """(name-table offset, string) of every whole string that contains `part`."""
+        blob, want = self._names_blob, part.encode()
+        out = []
+        pos = blob.find(want)
+        while pos >= 0:
+            start = blob.rfind(b"\0", 0, pos) + 1
+            end = blob.find(b"\0", pos)
+            end = len(blob) if end < 0 else end
+            out.append((start, blob[start:end].decode("utf-8", "replace")))
+            pos = blob.find(want, end)
+        return out
 
     def has_name_string(self, name: str) -> bool:
         """True when `name` appears as a whole string among pclntab's names: the
         inline trees name functions that were inlined and have no entry of their own."""
-        blob = self._names_blob
-        return blob.find(b"\0" + name.encode() + b"\0", self.funcname_off - 1) >= 0
+        return bool(self.string_offsets(name))
