@@ -1,0 +1,583 @@
+"""Benchmarks gotrace against its targets: per-call overhead, start-up, attach scale, memory.
+
+Run as root through scripts/bench (the project venv). Every figure is taken
+in this one run on this machine and reported as a ratio (to the kernel's
+floor, or to the target), since raw times on a shared VM say little alone.
+
+* Overhead: testdata/hotloop calls main.hot in a tight loop and times itself.
+  Rounds alternate untraced / empty bcc uprobes at the same sites (the floor)
+  / `gotrace latency -p` / bpftrace (when installed), and the median of each
+  is compared, so drift of a busy machine hits all alike.
+* Start-up: wall time from invoking `gotrace latency -p PID FUNC` on a running
+  caddy (about 50 MB, stripped) to its "Tracing ..." line, which it prints
+  once the probes are attached; GOTRACE_TIMINGS=1 gives the phases.
+* Scale: 10, 100, 1000 caddy functions attached and detached through the
+  library (gotrace.latency.plan_latency's pieces, LatencyTracer), each in a
+  fresh worker process so its peak RSS is its own.
+* Memory: peak RSS (ru_maxrss from wait4) of every gotrace process above.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import resource
+import select
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+GOTRACE = [str(REPO / ".venv" / "bin" / "gotrace")]
+PYTHON = str(REPO / ".venv" / "bin" / "python")
+CADDY_DEFAULT = Path("/var/cache/gotrace/caddy/bin/caddy")
+HOTLOOP_FUNC = "main.hot"
+STARTUP_FUNC = "net/http.(*conn).serve"
+SCALE_PATTERN = "net/http.*"
+SCALE_SIZES = (10, 100, 1000)
+ATTACHED_TIMEOUT_S = 120.0
+
+TARGET_OVERHEAD_RATIO = 1.05
+TARGET_STARTUP_S = 1.0
+TARGET_ATTACH_1000_S = 5.0
+TARGET_PEAK_RSS_MB = 150.0
+
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "tests"))
+
+
+class BenchError(RuntimeError):
+    """A benchmark could not run; the message says why."""
+
+
+# -- small helpers -----------------------------------------------------------------------
+
+def load_average() -> str:
+    return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+
+
+def wait_rusage(proc: subprocess.Popen, timeout_s: float = 60.0) -> tuple[int, float]:
+    """Reap `proc` with wait4: (exit status, its peak RSS in MB)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+        if pid:
+            proc.returncode = os.waitstatus_to_exitcode(status)
+            return proc.returncode, usage.ru_maxrss / 1024
+        if time.monotonic() > deadline:
+            proc.kill()
+            deadline = time.monotonic() + 10
+        time.sleep(0.01)
+
+
+def read_line_until(stream, pattern: re.Pattern, timeout_s: float, seen: list[str]) -> str | None:
+    """Lines of `stream` (kept in `seen`) until one matches `pattern`; None at EOF or timeout."""
+    deadline = time.monotonic() + timeout_s
+    fd = stream.fileno()
+    buf = b""
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([fd], [], [], 0.05)
+        if not ready:
+            continue
+        chunk = os.read(fd, 65536)
+        if not chunk:
+            return None
+        buf += chunk
+        while b"\n" in buf:
+            line, buf = buf.split(b"\n", 1)
+            text = line.decode(errors="replace")
+            seen.append(text)
+            if pattern.search(text):
+                return text
+    return None
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values) if values else float("nan")
+
+
+def verdict(value: float, target: float) -> str:
+    return f"{value / target:.2f} of target  {'OK' if value <= target else 'MISSED'}"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def gotrace_commit() -> str:
+    out = subprocess.run(["git", "-C", str(REPO), "log", "-1", "--format=%h %s"], capture_output=True, text=True)
+    return out.stdout.strip()[:72] or "unknown"
+
+
+# -- the traced programs ----------------------------------------------------------------------
+
+def caddy_path() -> Path:
+    """caddy as scripts/thirdparty installs it (when present), else its usual cache path."""
+    thirdparty = REPO / "scripts" / "thirdparty"
+    if os.access(thirdparty, os.X_OK):
+        out = subprocess.run([str(thirdparty)], capture_output=True, text=True, timeout=900)
+        lines = [line.strip() for line in out.stdout.splitlines() if line.strip()]
+        for line in reversed(lines):
+            if line.endswith("caddy") and Path(line).is_file():
+                return Path(line)
+    if CADDY_DEFAULT.is_file():
+        return CADDY_DEFAULT
+    raise BenchError(f"no caddy binary: run scripts/thirdparty (or scripts/test) to install it at {CADDY_DEFAULT}")
+
+
+class Caddy:
+    """A caddy file server on 127.0.0.1, idle, to attach to by pid."""
+
+    def __init__(self, binary: Path):
+        self.binary = binary
+        self._dir = tempfile.TemporaryDirectory(prefix="gotrace-bench-caddy-")
+        env = dict(os.environ, XDG_DATA_HOME=self._dir.name, XDG_CONFIG_HOME=self._dir.name, HOME=self._dir.name)
+        port = free_port()
+        self.proc = subprocess.Popen(
+            [str(binary), "file-server", "--listen", f"127.0.0.1:{port}", "--root", self._dir.name],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+        seen: list[str] = []
+        if read_line_until(self.proc.stderr, re.compile(r"serving static files|server running"), 30, seen) is None:
+            self.close()
+            raise BenchError(f"caddy did not start: {' | '.join(seen[-3:])}")
+        self.pid = self.proc.pid
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc.stderr.close()
+        self._dir.cleanup()
+
+
+class Hotloop:
+    """testdata/hotloop running, waiting for call counts on stdin."""
+
+    def __init__(self, binary: Path):
+        self.proc = subprocess.Popen([str(binary)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1)
+        if self.proc.stdout.readline().strip() != "ready":
+            raise BenchError("testdata/hotloop did not start")
+        self.pid = self.proc.pid
+
+    def run(self, calls: int) -> float:
+        """Nanoseconds per call of `calls` calls of main.hot."""
+        self.proc.stdin.write(f"{calls}\n")
+        self.proc.stdin.flush()
+        line = self.proc.stdout.readline()
+        m = re.match(r"ns=(\d+) calls=(\d+)", line)
+        if not m:
+            raise BenchError(f"testdata/hotloop answered {line!r}")
+        return int(m.group(1)) / calls
+
+    def close(self) -> None:
+        self.proc.stdin.close()
+        self.proc.wait(10)
+        self.proc.stdout.close()
+
+
+# -- overhead ---------------------------------------------------------------------------------
+
+EMPTY_PROGRAM = "int gt_bench_empty(void *ctx) { return 0; }"
+
+
+class FloorProbes:
+    """Empty BPF programs attached with bcc's attach_uprobe at the given sites (the kernel's floor)."""
+
+    def __init__(self, binary: Path, vaddrs: list[int]):
+        from gotrace import kernelenv
+
+        kernelenv.check_can_trace(need_tracefs=True)
+        import bcc
+
+        self.binary = str(binary)
+        self.vaddrs = vaddrs
+        self.bpf = bcc.BPF(text=EMPTY_PROGRAM)
+
+    def attach(self, pid: int) -> None:
+        for vaddr in self.vaddrs:
+            self.bpf.attach_uprobe(name=self.binary, addr=vaddr, fn_name="gt_bench_empty", pid=pid)
+        self.pid = pid
+
+    def detach(self) -> None:
+        for vaddr in self.vaddrs:
+            self.bpf.detach_uprobe(name=self.binary, addr=vaddr, pid=self.pid)
+
+    def close(self) -> None:
+        self.bpf.cleanup()
+
+
+def gotrace_latency(pid: int, func: str, env_extra: dict[str, str] | None = None) -> "GotraceRun":
+    env = dict(os.environ, **(env_extra or {}))
+    started = time.perf_counter()
+    proc = subprocess.Popen([*GOTRACE, "latency", "-p", str(pid), func, "--json"],
+                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, cwd=REPO)
+    seen: list[str] = []
+    header = read_line_until(proc.stderr, re.compile(r"^Tracing "), ATTACHED_TIMEOUT_S, seen)
+    attached_s = time.perf_counter() - started
+    if header is None:
+        proc.kill()
+        wait_rusage(proc)
+        raise BenchError(f"gotrace latency -p {pid} {func} did not attach: {' | '.join(seen[-3:]) or 'no output'}")
+    return GotraceRun(proc, attached_s, seen)
+
+
+@dataclass
+class GotraceRun:
+    proc: subprocess.Popen
+    attached_s: float          # from invocation to the "Tracing" line
+    stderr_lines: list[str]
+
+    def timings(self) -> dict[str, float]:
+        for line in self.stderr_lines:
+            if line.startswith("gotrace: timings "):
+                return {k[:-2]: float(v) for k, v in (item.split("=") for item in line.split()[2:])}
+        return {}
+
+    def stop(self) -> tuple[list[dict], float]:
+        """SIGINT, then the JSON reports and the peak RSS (MB)."""
+        self.proc.send_signal(signal.SIGINT)
+        out = self.proc.stdout.read()
+        self.proc.stderr.read()
+        status, rss_mb = wait_rusage(self.proc)
+        if status != 0:
+            raise BenchError(f"gotrace latency exited with status {status}")
+        self.proc.stdout.close()
+        self.proc.stderr.close()
+        return [json.loads(line) for line in out.splitlines() if line.strip()], rss_mb
+
+
+BPFTRACE_PROGRAM = """
+uprobe:{path}:{entry} /pid == {pid} && reg("r14") != 0/ {{
+  @start[*(uint64 *)(reg("r14") + {goid}), *(uint64 *)(reg("r14") + 8) - reg("sp")] = nsecs;
+}}
+{returns} /pid == {pid} && reg("r14") != 0/ {{
+  $k1 = *(uint64 *)(reg("r14") + {goid});
+  $k2 = *(uint64 *)(reg("r14") + 8) - reg("sp");
+  $t = @start[$k1, $k2];
+  if ($t != 0) {{ @latency_ns = hist(nsecs - $t); delete(@start[$k1, $k2]); }}
+}}
+"""
+
+
+class Bpftrace:
+    """bpftrace doing the same goroutine-keyed timing at the same sites (symbol+offset probes)."""
+
+    def __init__(self, binary: Path, func: str, entry_off: int, return_offs: list[int], goid_offset: int):
+        self.exe = shutil.which("bpftrace")
+        self.binary, self.func = str(binary), func
+        self.entry_off, self.return_offs, self.goid_offset = entry_off, return_offs, goid_offset
+        self.proc: subprocess.Popen | None = None
+
+    def program(self, pid: int) -> str:
+        site = lambda off: f"{self.func}+{off}" if off else self.func  # noqa: E731
+        returns = ",\n".join(f"uprobe:{self.binary}:{site(off)}" for off in self.return_offs)
+        return BPFTRACE_PROGRAM.format(path=self.binary, entry=site(self.entry_off), returns=returns,
+                                       pid=pid, goid=self.goid_offset)
+
+    def attach(self, pid: int) -> None:
+        self.proc = subprocess.Popen([self.exe, "-e", self.program(pid)], stdin=subprocess.DEVNULL,
+                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        seen: list[str] = []
+        if read_line_until(self.proc.stdout, re.compile(r"^Attaching"), ATTACHED_TIMEOUT_S, seen) is None:
+            self.proc.kill()
+            self.proc.wait()
+            raise BenchError(f"bpftrace did not attach: {' | '.join(seen[-3:])}")
+        time.sleep(0.2)  # "Attaching N probes..." comes before the last probe is in place
+
+    def detach(self) -> str:
+        self.proc.send_signal(signal.SIGINT)
+        out = self.proc.stdout.read().decode(errors="replace")
+        self.proc.wait(30)
+        self.proc.stdout.close()
+        return out
+
+
+def bench_overhead(args) -> dict:
+    import gobuild
+    from gotrace.gobinary import GoBinary
+
+    binary = gobuild.build("hotloop", gobuild.SYSTEM_GO_VERSION)
+    with GoBinary.open(binary) as gobin:
+        (fn,) = gobin.match([HOTLOOP_FUNC])
+        probes = gobin.probe_sites(fn)
+        goid_offset = gobin.runtime_offsets.goid
+        go_version = gobin.go_version
+    vaddrs = [probes.sites.entry_vaddr, *probes.sites.return_vaddrs]
+    floor = FloorProbes(binary, vaddrs)
+    bpftrace = None
+    if shutil.which("bpftrace") and not args.no_bpftrace:
+        bpftrace = Bpftrace(binary, HOTLOOP_FUNC, probes.sites.entry_vaddr - fn.entry_vaddr,
+                            [v - fn.entry_vaddr for v in probes.sites.return_vaddrs], goid_offset)
+    per_call: dict[str, list[float]] = {"untraced": [], "floor": [], "gotrace": []}
+    if bpftrace:
+        per_call["bpftrace"] = []
+    counted: list[tuple[int, int]] = []
+    rss: list[float] = []
+    notes: list[str] = []
+    hot = Hotloop(binary)
+    try:
+        hot.run(args.calls)  # warm up
+        for _ in range(args.rounds):
+            per_call["untraced"].append(hot.run(args.calls))
+            floor.attach(hot.pid)
+            try:
+                per_call["floor"].append(hot.run(args.calls))
+            finally:
+                floor.detach()
+            run = gotrace_latency(hot.pid, HOTLOOP_FUNC)
+            try:
+                per_call["gotrace"].append(hot.run(args.calls))
+            finally:
+                reports, rss_mb = run.stop()
+            rss.append(rss_mb)
+            count = sum(f["count"] for r in reports for f in r["functions"] if f["name"] == HOTLOOP_FUNC)
+            counted.append((count, args.calls))
+            if bpftrace:
+                try:
+                    bpftrace.attach(hot.pid)
+                    try:
+                        per_call["bpftrace"].append(hot.run(args.calls))
+                    finally:
+                        bpftrace.detach()
+                except BenchError as exc:
+                    notes.append(str(exc))
+                    per_call.pop("bpftrace")
+                    bpftrace = None
+    finally:
+        hot.close()
+        floor.close()
+    return {"binary": str(binary), "go_version": go_version, "sites": len(vaddrs), "per_call_ns": per_call,
+            "counted": counted, "rss_mb": rss, "notes": notes}
+
+
+def print_overhead(args, r: dict) -> dict:
+    med = {name: median(v) for name, v in r["per_call_ns"].items()}
+    base = med["untraced"]
+    floor_cost = med["floor"] - base
+    print(f"== Overhead per traced call: testdata/hotloop {HOTLOOP_FUNC} ({r['go_version']}, {r['sites']} probe sites: "
+          f"entry + {r['sites'] - 1} ret), {args.calls} calls x {args.rounds} rounds, interleaved, median ==")
+    print(f"  {'mode':34s} {'per call':>12s} {'added by tracing':>17s} {'ratio to floor':>15s}")
+    labels = {"untraced": "untraced", "floor": "floor: empty uprobes via bcc", "gotrace": "gotrace latency -p",
+              "bpftrace": "bpftrace, same keyed timing"}
+    for name, value in med.items():
+        added = value - base
+        ratio = "" if name == "untraced" else f"{added / floor_cost:.3f}"
+        print(f"  {labels[name]:34s} {value / 1000:9.3f} us {added / 1000:14.3f} us {ratio:>15s}")
+    ratio = (med["gotrace"] - base) / floor_cost
+    print(f"  gotrace/floor = {ratio:.3f}   target <= {TARGET_OVERHEAD_RATIO}: {'OK' if ratio <= TARGET_OVERHEAD_RATIO else 'MISSED'}")
+    if "bpftrace" in med:
+        print(f"  gotrace/bpftrace = {(med['gotrace'] - base) / (med['bpftrace'] - base):.3f}")
+    elif not r["notes"]:
+        print("  bpftrace: not installed, not compared")
+    for note in r["notes"]:
+        print(f"  bpftrace: {note}")
+    for name, values in r["per_call_ns"].items():
+        print(f"  rounds {name:9s} " + " ".join(f"{v / 1000:.3f}" for v in values) + " us")
+    ok = all(c == want for c, want in r["counted"])
+    print(f"  gotrace counted {', '.join(str(c) for c, _ in r['counted'])} calls of {args.calls} per round "
+          f"({'all' if ok else 'NOT all'} calls seen)")
+    print()
+    return {"overhead_ratio": ratio}
+
+
+# -- start-up ---------------------------------------------------------------------------------
+
+PHASES = (("imports", "imports inside the latency command"), ("elf_analysis", "ELF analysis: pclntab, match, sites, offsets"),
+          ("prepare", "BPF prepare: checks, file offsets"), ("bpf_compile", "BPF compile (bcc/clang)"),
+          ("attach", "attach (uprobe_multi links)"))
+
+
+def bench_startup(args, caddy: Caddy) -> dict:
+    runs = []
+    for _ in range(args.startup_runs):
+        run = gotrace_latency(caddy.pid, STARTUP_FUNC, {"GOTRACE_TIMINGS": "1"})
+        timings = run.timings()
+        _, rss_mb = run.stop()
+        runs.append({"total_s": run.attached_s, "rss_mb": rss_mb, **timings})
+    return {"runs": runs}
+
+
+def print_startup(args, caddy: Caddy, r: dict, go_version: str) -> dict:
+    runs = r["runs"]
+    total = median([x["total_s"] for x in runs])
+    size_mb = caddy.binary.stat().st_size / 1e6
+    print(f"== Start-up: gotrace latency -p PID '{STARTUP_FUNC}' on {caddy.binary} "
+          f"({size_mb:.1f} MB, stripped, {go_version}), {len(runs)} runs, median ==")
+    known = 0.0
+    for key, label in PHASES:
+        value = median([x.get(key, float('nan')) for x in runs])
+        known += value
+        print(f"  {label:46s} {value:7.3f} s  {value / total:6.1%}")
+    rest = total - known
+    print(f"  {'python start-up, click, exit of the clock':46s} {rest:7.3f} s  {rest / total:6.1%}")
+    print(f"  {'total: invocation to probes attached':46s} {total:7.3f} s   target <= {TARGET_STARTUP_S} s: "
+          f"{verdict(total, TARGET_STARTUP_S)}")
+    print("  runs: " + " ".join(f"{x['total_s']:.3f}" for x in runs) + " s")
+    print()
+    return {"startup_s": total}
+
+
+# -- scale ------------------------------------------------------------------------------------
+
+def scale_worker(binary: str, pid: int, n: int) -> None:
+    """One scale measurement in this process: prints one JSON line."""
+    t0 = time.perf_counter()
+    from gotrace.gobinary import GoBinary
+    from gotrace.latency import LatencyPlan, traced_functions
+    from gotrace.tracer import LatencyTracer
+
+    with GoBinary.open(binary) as gobin:
+        traced = []
+        for fn in gobin.match([SCALE_PATTERN]):
+            probes = gobin.probe_sites(fn)
+            if probes.traceable:
+                traced.append(probes)
+                if len(traced) == n:
+                    break
+        if len(traced) < n:
+            raise BenchError(f"only {len(traced)} traceable functions match {SCALE_PATTERN}")
+        plan = LatencyPlan(traced, [])
+        offsets = gobin.runtime_offsets
+        t1 = time.perf_counter()
+        tracer = LatencyTracer(gobin.path, traced_functions(plan), pid=pid, goid_offset=offsets.goid,
+                               stack_hi_offset=offsets.stack_hi, arch=gobin.arch)
+        tracer.attach()
+        t2 = time.perf_counter()
+        tracer.read(reset=True)
+        t3 = time.perf_counter()
+        tracer.close()
+        t4 = time.perf_counter()
+    print(json.dumps({"functions": n, "sites": plan.n_sites, "analysis_s": t1 - t0, "attach_total_s": t2 - t1,
+                      "read_s": t3 - t2, "detach_s": t4 - t3, "mode": tracer.attach_mode, **tracer.timings_s,
+                      "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+
+
+def bench_scale(args, caddy: Caddy) -> dict:
+    results = []
+    for n in SCALE_SIZES:
+        runs = []
+        for _ in range(args.scale_runs):
+            proc = subprocess.Popen([PYTHON, __file__, "--scale-worker", str(caddy.binary), str(caddy.pid), str(n)],
+                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
+            out, err = proc.communicate(timeout=600)
+            if proc.returncode != 0:
+                raise BenchError(f"scale worker for {n} functions failed: {err.strip().splitlines()[-1:]}")
+            runs.append(json.loads(out.strip().splitlines()[-1]))
+        results.append(runs)
+    return {"results": results}
+
+
+def print_scale(args, r: dict) -> dict:
+    print(f"== Scale: attach and detach N functions of caddy matching '{SCALE_PATTERN}' (library, own process "
+          f"each), {args.scale_runs} run(s), median ==")
+    cols = [("analysis_s", "analysis"), ("prepare", "prepare"), ("bpf_compile", "compile"), ("attach", "link"),
+            ("attach_total_s", "attach"), ("detach_s", "detach"), ("rss_mb", "peak RSS")]
+    print(f"  {'funcs':>5s} {'sites':>5s} " + " ".join(f"{label:>9s}" for _, label in cols) + "  (s; RSS MB)")
+    out = {}
+    for runs in r["results"]:
+        n = runs[0]["functions"]
+        row = {key: median([x[key] for x in runs]) for key, _ in cols}
+        print(f"  {n:5d} {runs[0]['sites']:5d} " + " ".join(f"{row[key]:9.3f}" if key != "rss_mb" else f"{row[key]:9.1f}"
+                                                          for key, _ in cols))
+        out[n] = row
+    mode = r["results"][-1][0]["mode"]
+    print(f"  (attach = prepare + compile + link, mode {mode}; analysis = match + disassembly + runtime offsets)")
+    a = out[max(out)]["attach_total_s"]
+    print(f"  attach {max(out)} functions: {a:.3f} s   target <= {TARGET_ATTACH_1000_S} s: {verdict(a, TARGET_ATTACH_1000_S)}")
+    print()
+    return {"attach_1000_s": a, "scale_rss_mb": max(row["rss_mb"] for row in out.values())}
+
+
+# -- main -------------------------------------------------------------------------------------
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="scripts/bench", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true",
+                        help="one short round of everything (a smoke test, not figures to quote)")
+    parser.add_argument("--rounds", type=int, help="overhead rounds (default 7; --quick 1)")
+    parser.add_argument("--calls", type=int, help="calls of main.hot per overhead run (default 20000; --quick 2000)")
+    parser.add_argument("--startup-runs", type=int, help="start-up runs (default 7; --quick 1)")
+    parser.add_argument("--scale-runs", type=int, help="runs per scale size (default 3; --quick 1)")
+    parser.add_argument("--no-bpftrace", action="store_true", help="leave bpftrace out even when installed")
+    parser.add_argument("--scale-worker", nargs=3, metavar=("BINARY", "PID", "N"), help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.scale_worker:
+        binary, pid, n = args.scale_worker
+        scale_worker(binary, int(pid), int(n))
+        return 0
+    defaults = dict(rounds=1, calls=2000, startup_runs=1, scale_runs=1) if args.quick else \
+        dict(rounds=7, calls=20000, startup_runs=7, scale_runs=3)
+    for key, value in defaults.items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    if os.geteuid() != 0:
+        print("scripts/bench: needs root (BPF): run it with sudo", file=sys.stderr)
+        return 3
+    try:
+        return run_all(args)
+    except BenchError as exc:
+        print(f"scripts/bench: {exc}", file=sys.stderr)
+        return 1
+
+
+def run_all(args) -> int:
+    from gotrace.gobinary import GoBinary
+
+    print(f"gotrace benchmark  {time.strftime('%Y-%m-%d %H:%M')}  commit {gotrace_commit()}")
+    print(f"machine: Linux {os.uname().release}, {os.cpu_count()} CPUs; load average at start {load_average()}"
+          + ("  (--quick: a smoke run, not figures to quote)" if args.quick else ""))
+    print()
+    summary: dict[str, float] = {}
+    rss: list[float] = []
+    r = bench_overhead(args)
+    summary.update(print_overhead(args, r))
+    rss += r["rss_mb"]
+    binary = caddy_path()
+    with GoBinary.open(binary) as gobin:
+        go_version = gobin.go_version
+    caddy = Caddy(binary)
+    try:
+        r = bench_startup(args, caddy)
+        summary.update(print_startup(args, caddy, r, go_version))
+        startup_rss = [x["rss_mb"] for x in r["runs"]]
+        rss += startup_rss
+        r = bench_scale(args, caddy)
+        s = print_scale(args, r)
+        summary["attach_1000_s"] = s["attach_1000_s"]
+        rss.append(s["scale_rss_mb"])
+    finally:
+        caddy.close()
+    peak = max(rss)
+    print("== Memory: peak RSS of gotrace ==")
+    print(f"  gotrace latency on caddy, one function (CLI): {median(startup_rss):.1f} MB median, {max(startup_rss):.1f} MB max")
+    print(f"  1000 functions of caddy (library worker):     {s['scale_rss_mb']:.1f} MB")
+    print(f"  highest of all runs: {peak:.1f} MB   target <= {TARGET_PEAK_RSS_MB:.0f} MB: {verdict(peak, TARGET_PEAK_RSS_MB)}")
+    print()
+    print("== Targets ==")
+    rows = [("overhead gotrace/floor", summary["overhead_ratio"], TARGET_OVERHEAD_RATIO, ""),
+            ("start-up, 1 function on caddy", summary["startup_s"], TARGET_STARTUP_S, " s"),
+            ("attach 1000 functions", summary["attach_1000_s"], TARGET_ATTACH_1000_S, " s"),
+            ("peak RSS", peak, TARGET_PEAK_RSS_MB, " MB")]
+    for label, value, target, unit in rows:
+        print(f"  {label:32s} {value:8.3f}{unit:3s} target {target}{unit:3s} {verdict(value, target)}")
+    print(f"load average at end {load_average()}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
