@@ -307,6 +307,21 @@ def test_funcs_pid_gone_before_start():
     assert str(pid) in one_line(proc)
 
 
+def test_pid_of_a_zombie():
+    """A process that has exited but is not reaped yet: /proc/PID is there, its executable is not."""
+    child = subprocess.Popen(["true"])
+    deadline = time.monotonic() + 10
+    while Path(f"/proc/{child.pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z":
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    try:
+        proc = run(latency_cmd("-p", str(child.pid), "main.work", "-d", "1"), env=clean_env())
+    finally:
+        child.wait()
+    assert proc.returncode == 2, proc.stderr
+    assert str(child.pid) in one_line(proc)
+
+
 def test_pid_not_a_go_program():
     sleeper = subprocess.Popen(["sleep", "60"])
     try:
