@@ -11,17 +11,15 @@ older kernels) is gotrace.uprobes' job.
 from __future__ import annotations
 
 import ctypes
-import os
 import struct
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from gotrace import probes_header, uprobes
-from gotrace.errors import CapabilityError, UsageError
+from gotrace import bpfprog, probes_header, uprobes
+from gotrace.errors import UsageError
 
 SOURCE_PATH = probes_header.PROBES_DIR / "args.bpf.c"
 
-_ARCH_IDS = {"amd64": "GT_ARCH_AMD64", "arm64": "GT_ARCH_ARM64"}
 
 STAT_NAMES = {
     "GT_ASTAT_NO_GOROUTINE": "no_goroutine",
@@ -98,11 +96,6 @@ def pack_plan(ops: Sequence[Sequence[int]]) -> bytes:
     return _PLAN_HEADER.pack(len(ops), 0) + body
 
 
-def _validated_int(label: str, value: object, low: int, high: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-        raise UsageError(f"{label} must be an integer in {low}..{high}, not {value!r}")
-    return value
-
 
 class ArgsTracer:
     """Arguments and results of each completed call of the given functions of one Go binary.
@@ -125,8 +118,7 @@ class ArgsTracer:
         max_rate: int = 0,
         on_call: Callable[[CallRecord], None] | None = None,
     ) -> None:
-        if arch not in _ARCH_IDS:
-            raise UsageError(f"unsupported architecture {arch!r}: gotrace traces amd64 and arm64 binaries")
+        arch_id = bpfprog.arch_constant(arch)
         if not functions:
             raise UsageError("no functions to trace")
         if len(functions) > _const("GT_MAX_FUNCS"):
@@ -139,13 +131,13 @@ class ArgsTracer:
                 raise UsageError(f"{fn.name} has no return instruction to probe: its calls never complete")
         self.binary_path = str(binary_path)
         self.functions = tuple(functions)
-        self.pid = None if pid is None else _validated_int("pid", pid, 1, 2**22)
-        self.max_rate = _validated_int("max_rate", max_rate, 0, 10**9)
+        self.pid = None if pid is None else bpfprog.validated_int("pid", pid, 1, 2**22)
+        self.max_rate = bpfprog.validated_int("max_rate", max_rate, 0, 10**9)
         self._plans = [pack_plan(ops) for fn in self.functions for ops in (fn.entry_ops, fn.return_ops)]
         self._cflags = {
-            "GT_CFG_ARCH": _const(_ARCH_IDS[arch]),
-            "GT_CFG_GOID_OFFSET": _validated_int("goid_offset", goid_offset, 0, 4096),
-            "GT_CFG_STACK_HI_OFFSET": _validated_int("stack_hi_offset", stack_hi_offset, 0, 4096),
+            "GT_CFG_ARCH": arch_id,
+            "GT_CFG_GOID_OFFSET": bpfprog.validated_int("goid_offset", goid_offset, 0, 4096),
+            "GT_CFG_STACK_HI_OFFSET": bpfprog.validated_int("stack_hi_offset", stack_hi_offset, 0, 4096),
             "GT_CFG_NFUNCS": len(self.functions),
             "GT_CFG_TARGET_TGID": self.pid or 0,
         }
@@ -163,9 +155,7 @@ class ArgsTracer:
 
     def bpf_source(self) -> str:
         """The C text as compiled: the -D configuration as #defines, then probes/args.bpf.c."""
-        lines = ["/* configuration passed to the compiler as -D flags */"]
-        lines += [f"#define {name} {value}" for name, value in self._cflags.items()]
-        return "\n".join(lines) + "\n\n" + SOURCE_PATH.read_text()
+        return bpfprog.source_text(SOURCE_PATH, self._cflags)
 
     # -- life cycle -----------------------------------------------------
 
@@ -200,16 +190,8 @@ class ArgsTracer:
             self.close()
             raise
 
-    def _compile(self):
-        import bcc
-
-        cflags = [f"-I{probes_header.PROBES_DIR}"] + [f"-D{k}={v}" for k, v in self._cflags.items()]
-        try:
-            return bcc.BPF(src_file=os.fsencode(SOURCE_PATH), cflags=cflags)
-        except Exception as exc:  # bcc raises bare Exception; clang's messages went to stderr
-            raise CapabilityError(
-                f"bcc could not compile the BPF program ({exc}): check the kernel headers (run scripts/kernel-headers)"
-            ) from None
+    def _compile(self):  # -> bcc.BPF
+        return bpfprog.compile_program(SOURCE_PATH, self._cflags)
 
     def _load_maps(self) -> None:
         plans = self._bpf[b"gt_arg_plans"]

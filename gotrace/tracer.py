@@ -12,18 +12,16 @@ with its function id as BPF cookie) is gotrace.uprobes' job.
 from __future__ import annotations
 
 import ctypes
-import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from gotrace import probes_header, uprobes
+from gotrace import bpfprog, probes_header, uprobes
 from gotrace.bpfsys import Syscalls
-from gotrace.errors import CapabilityError, UsageError
+from gotrace.errors import UsageError
 
 SOURCE_PATH = probes_header.PROBES_DIR / "latency.bpf.c"
 
-_ARCH_IDS = {"amd64": "GT_ARCH_AMD64", "arm64": "GT_ARCH_ARM64"}
 
 _STAT_NAMES = {
     "GT_STAT_NO_GOROUTINE": "no_goroutine",
@@ -57,11 +55,6 @@ def _const(name: str) -> int:
     return probes_header.constant(name)
 
 
-def _validated_int(label: str, value: object, low: int, high: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-        raise UsageError(f"{label} must be an integer in {low}..{high}, not {value!r}")
-    return value
-
 
 class LatencyTracer:
     """Per-goroutine latency histograms of the given functions of one Go binary.
@@ -80,8 +73,7 @@ class LatencyTracer:
         stack_hi_offset: int = 8,
         arch: str = "amd64",
     ) -> None:
-        if arch not in _ARCH_IDS:
-            raise UsageError(f"unsupported architecture {arch!r}: gotrace traces amd64 and arm64 binaries")
+        arch_id = bpfprog.arch_constant(arch)
         max_funcs = _const("GT_MAX_FUNCS")
         if not functions:
             raise UsageError("no functions to trace")
@@ -94,7 +86,7 @@ class LatencyTracer:
                 raise UsageError(f"{fn.name} has no return instruction to probe: it cannot be traced for latency")
         self.binary_path = str(binary_path)
         self.functions = tuple(functions)
-        self.pid = None if pid is None else _validated_int("pid", pid, 1, 2**22)
+        self.pid = None if pid is None else bpfprog.validated_int("pid", pid, 1, 2**22)
         self.arch = arch
         self._nfuncs = len(self.functions)
         self._hist_entries = min(
@@ -102,9 +94,9 @@ class LatencyTracer:
             max(_const("GT_HIST_MIN_ENTRIES"), self._nfuncs * _const("GT_HIST_ENTRIES_PER_FUNC")),
         )
         self._cflags = {
-            "GT_CFG_ARCH": _const(_ARCH_IDS[arch]),
-            "GT_CFG_GOID_OFFSET": _validated_int("goid_offset", goid_offset, 0, 4096),
-            "GT_CFG_STACK_HI_OFFSET": _validated_int("stack_hi_offset", stack_hi_offset, 0, 4096),
+            "GT_CFG_ARCH": arch_id,
+            "GT_CFG_GOID_OFFSET": bpfprog.validated_int("goid_offset", goid_offset, 0, 4096),
+            "GT_CFG_STACK_HI_OFFSET": bpfprog.validated_int("stack_hi_offset", stack_hi_offset, 0, 4096),
             "GT_CFG_NFUNCS": self._nfuncs,
             "GT_CFG_TARGET_TGID": self.pid or 0,
             "GT_CFG_HIST_ENTRIES": self._hist_entries,
@@ -130,9 +122,7 @@ class LatencyTracer:
 
     def bpf_source(self) -> str:
         """The C text as compiled: the -D configuration as #defines, then probes/latency.bpf.c."""
-        lines = ["/* configuration passed to the compiler as -D flags */"]
-        lines += [f"#define {name} {value}" for name, value in self._cflags.items()]
-        return "\n".join(lines) + "\n\n" + SOURCE_PATH.read_text()
+        return bpfprog.source_text(SOURCE_PATH, self._cflags)
 
     def attach(self) -> None:
         """Compile the BPF program and attach it at every entry and return site."""
@@ -173,15 +163,7 @@ class LatencyTracer:
             self.timings_s["attach"] = time.perf_counter() - attach_started
 
     def _compile(self):  # -> bcc.BPF
-        import bcc
-
-        cflags = [f"-I{probes_header.PROBES_DIR}"] + [f"-D{name}={value}" for name, value in self._cflags.items()]
-        try:
-            return bcc.BPF(src_file=os.fsencode(SOURCE_PATH), cflags=cflags)
-        except Exception as exc:  # bcc raises bare Exception; clang's messages went to stderr
-            raise CapabilityError(
-                f"bcc could not compile the BPF program ({exc}): check the kernel headers (run scripts/kernel-headers)"
-            ) from None
+        return bpfprog.compile_program(SOURCE_PATH, self._cflags)
 
     def close(self) -> None:
         """Detach every probe and free the BPF programs and maps. Safe to call twice."""
