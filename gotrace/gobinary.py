@@ -115,8 +115,11 @@ class GoBinary:
     @functools.cached_property
     def runtime_offsets(self):
         """Offsets of g.goid and g.stack.hi: DWARF when present, else the version table."""
-        from gotrace.dwarfinfo import DwarfInfo
         from gotrace.runtime_offsets import runtime_offsets
+
+        if self.elf.get_section(".debug_info") is None and self.elf.get_section(".zdebug_info") is None:
+            return runtime_offsets(self.build.version_tuple, None)  # stripped: no need to load a DWARF reader
+        from gotrace.dwarfinfo import DwarfInfo
 
         try:
             dwarf = DwarfInfo.open(self.path)
