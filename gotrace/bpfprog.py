@@ -64,7 +64,10 @@ def _first_diagnostic(text: str) -> str:
 
 def compile_program(source_path: Path, config: dict[str, int]):
     """A compiled bcc.BPF of `source_path` with `config` as -D constants."""
-    import bcc
+    try:
+        import bcc
+    except ImportError as exc:
+        raise CapabilityError(f"bcc's Python module cannot be imported ({exc}): reinstall python3-bpfcc") from None
 
     cflags = [f"-I{probes_header.PROBES_DIR}"] + [f"-D{name}={value}" for name, value in config.items()]
     with _captured_stderr() as diagnostics:

@@ -1,4 +1,4 @@
-"""Raw Linux system calls that bcc 0.26 does not wrap the way gotrace needs: perf_event_open for uprobes, BPF_LINK_CREATE and BPF_MAP_LOOKUP_BATCH.
+"""Raw Linux system calls for BPF without bcc: perf_event_open for uprobes, bpf() to create maps, load programs, create links and read and write map elements.
 
 Each call returns a file descriptor or raw bytes, or raises OSError with the
 kernel's errno; turning that into a message a user can act on is the caller's
@@ -15,13 +15,43 @@ from collections.abc import Sequence
 
 from gotrace.errors import CapabilityError
 
+POSSIBLE_CPUS = "/sys/devices/system/cpu/possible"
+
+
+def possible_cpus(path: str = POSSIBLE_CPUS) -> int:
+    """How many CPUs the kernel may ever bring up: a per-CPU map holds one value slot for each."""
+    with open(path) as file:
+        text = file.read().strip()
+    count = 0
+    for part in text.split(","):
+        low, _, high = part.partition("-")
+        count += int(high or low) - int(low) + 1
+    return count
+
+
+def percpu_value_size(value_size: int, ncpus: int) -> int:
+    """Bytes of one element of a per-CPU map as user space reads it: each CPU's value padded to 8 bytes."""
+    return (value_size + 7) // 8 * 8 * ncpus
+
+
+def _name_bytes(name: bytes) -> bytes:
+    return name[: _BPF_OBJ_NAME_LEN - 1].ljust(_BPF_OBJ_NAME_LEN, b"\0")
+
 # Linux ABI numbers (uapi/linux/bpf.h, perf_event.h, asm/unistd.h).
 _SYS_PERF_EVENT_OPEN = {"x86_64": 298, "aarch64": 241}
 _SYS_BPF = {"x86_64": 321, "aarch64": 280}
 _PERF_FLAG_FD_CLOEXEC = 1 << 3
 _PERF_ATTR_SIZE = 112  # PERF_ATTR_SIZE_VER5
+_BPF_MAP_CREATE = 0
+_BPF_MAP_LOOKUP_ELEM = 1
+_BPF_MAP_UPDATE_ELEM = 2
+_BPF_PROG_LOAD = 5
+_BPF_OBJ_GET_INFO_BY_FD = 15
 _BPF_MAP_LOOKUP_BATCH = 24
 _BPF_LINK_CREATE = 28
+_BPF_OBJ_NAME_LEN = 16
+_MAP_INFO_SIZE = 40  # struct bpf_map_info up to and including name[16]
+BPF_PROG_TYPE_KPROBE = 2  # enum bpf_prog_type; uprobe programs are kprobe-type
 BPF_PERF_EVENT = 41  # enum bpf_attach_type
 BPF_TRACE_UPROBE_MULTI = 48  # enum bpf_attach_type, Linux 6.6+
 
@@ -37,6 +67,83 @@ class Syscalls:
         self._libc.syscall.restype = ctypes.c_long
         self._nr_perf = _SYS_PERF_EVENT_OPEN[machine]
         self._nr_bpf = _SYS_BPF[machine]
+
+    def _bpf(self, command: int, attr: bytes, size: int, what: str) -> int:
+        buf = ctypes.create_string_buffer(attr, size)
+        ret = self._libc.syscall(self._nr_bpf, command, buf, size)
+        if ret < 0:
+            raise OSError(ctypes.get_errno(), f"bpf({what})")
+        return ret
+
+    def map_create(self, map_type: int, key_size: int, value_size: int, max_entries: int, flags: int, name: bytes) -> int:
+        """BPF_MAP_CREATE: the fd of a new map (name: at most 15 bytes are kept)."""
+        attr = struct.pack("<IIIIIII16s", map_type, key_size, value_size, max_entries, flags, 0, 0, _name_bytes(name))
+        return self._bpf(_BPF_MAP_CREATE, attr, 72, "BPF_MAP_CREATE")
+
+    def map_info(self, map_fd: int) -> tuple[int, int, int, int, int, bytes]:
+        """BPF_OBJ_GET_INFO_BY_FD of a map: (type, key_size, value_size, max_entries, flags, name)."""
+        info = ctypes.create_string_buffer(_MAP_INFO_SIZE)
+        attr = struct.pack("<IIQ", map_fd, _MAP_INFO_SIZE, ctypes.addressof(info))
+        self._bpf(_BPF_OBJ_GET_INFO_BY_FD, attr, 16, "BPF_OBJ_GET_INFO_BY_FD")
+        map_type, _id, key_size, value_size, max_entries, flags, name = struct.unpack_from("<IIIIII16s", info.raw)
+        return map_type, key_size, value_size, max_entries, flags, name.rstrip(b"\0")
+
+    def prog_load(self, prog_type: int, insns: bytes, license: bytes, name: bytes, expected_attach_type: int) -> int:
+        """BPF_PROG_LOAD: the fd of the verified program; on refusal, OSError whose strerror ends with the verifier's last line."""
+        insns_buf = ctypes.create_string_buffer(insns, len(insns))
+        license_buf = ctypes.create_string_buffer(license)
+
+        def load(log_level: int, log_buf) -> int:
+            attr = struct.pack(
+                "<IIQQIIQII16sII",
+                prog_type,
+                len(insns) // 8,
+                ctypes.addressof(insns_buf),
+                ctypes.addressof(license_buf),
+                log_level,
+                len(log_buf) if log_buf is not None else 0,
+                ctypes.addressof(log_buf) if log_buf is not None else 0,
+                0,  # kern_version: unchecked for kprobe programs since Linux 5.0
+                0,  # prog_flags
+                _name_bytes(name),
+                0,  # prog_ifindex
+                expected_attach_type,
+            )
+            return self._bpf(_BPF_PROG_LOAD, attr, 128, "BPF_PROG_LOAD")
+
+        try:
+            return load(0, None)
+        except OSError as exc:
+            if exc.errno != errno.EACCES and exc.errno != errno.EINVAL:
+                raise
+            first = exc
+        log = ctypes.create_string_buffer(1 << 20)  # again with the verifier's log, to say why
+        try:
+            return load(1, log)
+        except OSError:
+            pass
+        lines = [line for line in log.value.decode("utf-8", "replace").splitlines() if line.strip()]
+        raise OSError(first.errno, f"{os.strerror(first.errno)}: {lines[-1] if lines else 'no verifier log'}")
+
+    def map_lookup_elem(self, map_fd: int, key: bytes, value_size: int) -> bytes | None:
+        """BPF_MAP_LOOKUP_ELEM: the value under key (value_size bytes; per-CPU maps: see percpu_value_size), None if absent."""
+        key_buf = ctypes.create_string_buffer(key, len(key))
+        value_buf = ctypes.create_string_buffer(value_size)
+        attr = struct.pack("<IIQQQ", map_fd, 0, ctypes.addressof(key_buf), ctypes.addressof(value_buf), 0)
+        try:
+            self._bpf(_BPF_MAP_LOOKUP_ELEM, attr, 32, "BPF_MAP_LOOKUP_ELEM")
+        except OSError as exc:
+            if exc.errno == errno.ENOENT:
+                return None
+            raise
+        return value_buf.raw
+
+    def map_update_elem(self, map_fd: int, key: bytes, value: bytes) -> None:
+        """BPF_MAP_UPDATE_ELEM (BPF_ANY): key's value becomes value."""
+        key_buf = ctypes.create_string_buffer(key, len(key))
+        value_buf = ctypes.create_string_buffer(value, len(value))
+        attr = struct.pack("<IIQQQ", map_fd, 0, ctypes.addressof(key_buf), ctypes.addressof(value_buf), 0)
+        self._bpf(_BPF_MAP_UPDATE_ELEM, attr, 32, "BPF_MAP_UPDATE_ELEM")
 
     def perf_uprobe_open(self, pmu_type: int, path: bytes, file_offset: int, pid: int) -> int:
         """A perf event for a uprobe at `file_offset` of `path`; pid -1 means every process."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import importlib.util
 import os
 import struct
 import subprocess
@@ -76,13 +77,15 @@ def check_bpf_syscall() -> None:
 
 
 def check_bcc() -> None:
-    """Raise CapabilityError when bcc's Python module cannot be imported."""
+    """Raise CapabilityError when bcc's Python module is not installed (looked up, not imported: a cached program never needs it)."""
     try:
-        import bcc  # noqa: F401
-    except ImportError:
+        found = importlib.util.find_spec("bcc") is not None
+    except (ImportError, ValueError):
+        found = False
+    if not found:
         raise CapabilityError(
             "bcc's Python module is missing: apt-get install python3-bpfcc (a virtualenv needs --system-site-packages)"
-        ) from None
+        )
 
 
 def uprobe_pmu_type() -> int:
