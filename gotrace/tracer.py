@@ -3,7 +3,9 @@
 The BPF side (probes/latency.bpf.c, constants and layouts in probes/gotrace.h)
 pairs each call's entry and `ret` by goroutine and aggregates latencies into
 log-linear buckets in the kernel; this module only configures, attaches and
-reads it.
+reads it. The compiled program comes from gotrace.bpfcache (compiled with bcc
+only when no earlier run left it there); maps are read through raw bpf()
+calls on their fds, whichever way the program was obtained.
 
 Attaching (uprobe_multi links, or perf-event links on older kernels, each site
 with its function id as BPF cookie) is gotrace.uprobes' job.
@@ -11,16 +13,21 @@ with its function id as BPF cookie) is gotrace.uprobes' job.
 
 from __future__ import annotations
 
-import ctypes
+import struct
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from gotrace import bpfprog, probes_header, uprobes
-from gotrace.bpfsys import Syscalls
+from gotrace.bpfsys import Syscalls, percpu_value_size, possible_cpus
 from gotrace.errors import UsageError
 
+if TYPE_CHECKING:
+    from gotrace import bpfcache
+
 SOURCE_PATH = probes_header.PROBES_DIR / "latency.bpf.c"
+_PROGRAMS = (b"gt_entry", b"gt_return")
 
 
 _STAT_NAMES = {
@@ -101,7 +108,7 @@ class LatencyTracer:
             "GT_CFG_TARGET_TGID": self.pid or 0,
             "GT_CFG_HIST_ENTRIES": self._hist_entries,
         }
-        self._bpf = None
+        self._loaded: bpfcache.LoadedImage | None = None  # maps and programs in the kernel
         self._uprobes: uprobes.UprobeSet | None = None  # closing it detaches
         self._hist_base: dict[int, int] = {}  # (bucket << 32 | func_id) -> cumulative count at last reset
         self._fc_base: list[int] = [0] * (self._nfuncs * _const("GT_FC_N"))
@@ -110,6 +117,8 @@ class LatencyTracer:
         self.timings_s: dict[str, float] = {}
         # "auto": uprobe_multi links when the kernel has them, else one perf-event link per site.
         self.attach_mode = "auto"
+        # Whether attach() found the compiled program in gotrace.bpfcache (and never imported bcc).
+        self.bpf_cache_hit: bool | None = None
 
     # -- life cycle -----------------------------------------------------
 
@@ -125,33 +134,33 @@ class LatencyTracer:
         return bpfprog.source_text(SOURCE_PATH, self._cflags)
 
     def attach(self) -> None:
-        """Compile the BPF program and attach it at every entry and return site."""
-        if self._bpf is not None:
+        """Load the BPF program (from gotrace.bpfcache, else compiled) and attach it at every entry and return site."""
+        if self._loaded is not None:
             return
-        from gotrace import kernelenv
+        from gotrace import bpfcache, kernelenv
 
         started = time.perf_counter()
         kernelenv.check_can_trace()
+        headers_dir = kernelenv.use_kernel_headers()
         entry_offsets = uprobes.file_offsets(self.binary_path, [fn.entry_vaddr for fn in self.functions])
         return_offsets = uprobes.file_offsets(self.binary_path, [site for fn in self.functions for site in fn.return_vaddrs])
         entry_sites = list(zip(entry_offsets, (fn.func_id for fn in self.functions)))
         return_ids = [fn.func_id for fn in self.functions for _ in fn.return_vaddrs]
         return_sites = list(zip(return_offsets, return_ids))
         self._sys = Syscalls()
+        self._ncpus = possible_cpus()
         compile_started = time.perf_counter()
         self.timings_s["prepare"] = compile_started - started
-        self._bpf = self._compile()
+        image, self.bpf_cache_hit = bpfcache.compiled(SOURCE_PATH, self._cflags, _PROGRAMS, headers_dir)
         attach_started = time.perf_counter()
         self.timings_s["bpf_compile"] = attach_started - compile_started
         try:
-            from bcc.utils import get_possible_cpus
-
-            self._ncpus = len(get_possible_cpus())
+            self._loaded = image.instantiate(self._sys)
             self._uprobes = uprobes.attach_sites(
                 self.binary_path,
                 ((b"gt_entry", entry_sites), (b"gt_return", return_sites)),
                 pid=self.pid,
-                load_program=uprobes.bcc_loader(self._bpf),
+                load_program=self._loaded.load_program,
                 mode=self.attach_mode,
                 site_name=lambda func_id: self.functions[func_id].name,
             )
@@ -162,30 +171,27 @@ class LatencyTracer:
         finally:
             self.timings_s["attach"] = time.perf_counter() - attach_started
 
-    def _compile(self):  # -> bcc.BPF
-        return bpfprog.compile_program(SOURCE_PATH, self._cflags)
-
     def close(self) -> None:
         """Detach every probe and free the BPF programs and maps. Safe to call twice."""
         attached, self._uprobes = self._uprobes, None
         if attached is not None:
             attached.close()
-        bpf, self._bpf = self._bpf, None
-        if bpf is not None:
-            # Nothing was attached through bcc, so its cleanup touches no tracefs.
-            bpf.cleanup()
+        loaded, self._loaded = self._loaded, None
+        if loaded is not None:
+            loaded.close()
 
     # -- reading --------------------------------------------------------
 
-    def _require_attached(self):
-        if self._bpf is None:
+    def _require_attached(self) -> bpfcache.LoadedImage:
+        if self._loaded is None:
             raise RuntimeError("LatencyTracer.attach() was not called (or close() was)")
-        return self._bpf
+        return self._loaded
 
-    def _percpu_sums(self, table, key_size: int, value_size: int, max_entries: int) -> tuple[bytes, list[int]]:
+    def _percpu_sums(self, map_name: str, key_size: int, value_size: int, max_entries: int) -> tuple[bytes, list[int]]:
         """Keys (raw) and per-key sums over all CPUs of a per-CPU map of u64 values."""
         ncpus = self._ncpus
-        keys, values, count = self._sys.map_lookup_batch(table.map_fd, key_size, value_size * ncpus, max_entries)
+        map_fd = self._require_attached().map_fd(map_name)
+        keys, values, count = self._sys.map_lookup_batch(map_fd, key_size, percpu_value_size(value_size, ncpus), max_entries)
         flat = memoryview(values).cast("Q")
         if ncpus == 1:
             return keys, flat.tolist()
@@ -197,15 +203,14 @@ class LatencyTracer:
         The kernel's counters are cumulative; a reset moves this tracer's baseline
         and starts a new report generation, so no call is lost between reads.
         """
-        bpf = self._require_attached()
+        loaded = self._require_attached()
         if reset:
             # New generation first: returns of calls entered from now on count toward the next report.
             self._gen += 1
-            gen_table = bpf[b"gt_gen"]
-            gen_table[ctypes.c_int(0)] = ctypes.c_uint32(self._gen & 0xFFFFFFFF)
+            self._sys.map_update_elem(loaded.map_fd("gt_gen"), struct.pack("<I", 0), struct.pack("<I", self._gen & 0xFFFFFFFF))
         fc_n = _const("GT_FC_N")
-        _, fc_sums = self._percpu_sums(bpf[b"gt_func_counts"], 4, 8, self._nfuncs * fc_n)
-        hist_keys, hist_sums = self._percpu_sums(bpf[b"gt_hist"], 8, 8, self._hist_entries)
+        _, fc_sums = self._percpu_sums("gt_func_counts", 4, 8, self._nfuncs * fc_n)
+        hist_keys, hist_sums = self._percpu_sums("gt_hist", 8, 8, self._hist_entries)
         result = {fn.func_id: FunctionCounts(buckets={}, unmatched=0) for fn in self.functions}
         hist_now: dict[int, int] = {}
         for packed, total in zip(memoryview(hist_keys).cast("Q"), hist_sums):
@@ -232,9 +237,6 @@ class LatencyTracer:
         LRU evictions of start times are not visible to BPF; an evicted call
         shows as a return without entry (and as unmatched for its function).
         """
-        bpf = self._require_attached()
-        table = bpf[b"gt_stats"]
-        totals = {}
-        for const_name, name in _STAT_NAMES.items():
-            totals[name] = int(sum(table[ctypes.c_int(_const(const_name))]))
-        return totals
+        keys, sums = self._percpu_sums("gt_stats", 4, 8, _const("GT_STAT_N"))
+        by_index = dict(zip(memoryview(keys).cast("I"), sums))
+        return {name: by_index.get(_const(const_name), 0) for const_name, name in _STAT_NAMES.items()}

@@ -1,0 +1,220 @@
+"""gotrace.bpfcache: a run whose BPF program was compiled before loads it with bpf() alone, never importing bcc, and counts exactly as a compiling run.
+
+Live tests trace testdata/latencytruth, which counts its own calls, in fresh
+processes (a process that once imported bcc cannot show that a hit does not)
+with a cache directory of their own. Damaged entries and changed -D constants
+must mean compiling again, never an error or a wrong program.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import gobuild
+from gotrace import bpfcache, bpfsys, probes_header
+from gotrace.bpfcache import MapSpec, ProgramImage
+from gotrace.tracer import LatencyTracer, TracedFunction
+from test_tracer_bpf import TRUTH_FUNCTIONS, finish_truth, goid_offset, start_truth, traced_functions
+
+# Runs in a fresh Python: attach, run latencytruth, print what a user and this test check.
+TRACE_ONCE = r"""
+import json, subprocess, sys
+from gotrace import bpfcache
+from gotrace.tracer import LatencyTracer, TracedFunction
+spec = json.loads(sys.argv[1])
+bpfcache.CACHE_DIR = bpfcache.Path(spec["cache_dir"])
+functions = [TracedFunction(i, name, entry, tuple(rets)) for i, (name, entry, rets) in enumerate(spec["functions"])]
+with LatencyTracer(spec["binary"], functions, pid=None, goid_offset=spec["goid_offset"]) as tracer:
+    bcc_after_attach = "bcc" in sys.modules
+    truth = subprocess.run([spec["binary"]], input=b"go\n", capture_output=True, check=True, timeout=120).stdout
+    counts = tracer.read(reset=False)
+print(json.dumps({
+    "hit": tracer.bpf_cache_hit,
+    "bcc_imported": bcc_after_attach or "bcc" in sys.modules,
+    "mode": tracer.attach_mode,
+    "truth": {name: f["count"] for name, f in json.loads(truth)["functions"].items()},
+    "counts": {fn.name: sum(counts[fn.func_id].buckets.values()) for fn in functions},
+    "unmatched": {fn.name: counts[fn.func_id].unmatched for fn in functions},
+}))
+"""
+
+
+def trace_once(binary: Path, functions: list[TracedFunction], cache_dir: Path) -> dict:
+    spec = {
+        "binary": str(binary),
+        "cache_dir": str(cache_dir),
+        "goid_offset": goid_offset(binary),
+        "functions": [(fn.name, fn.entry_vaddr, list(fn.return_vaddrs)) for fn in functions],
+    }
+    proc = subprocess.run([sys.executable, "-c", TRACE_ONCE, json.dumps(spec)], cwd=gobuild.REPO_ROOT,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout)
+
+
+def assert_exact(result: dict) -> None:
+    assert result["counts"]
+    for name, got in result["counts"].items():
+        want = result["truth"][name]
+        assert got == want, f"{name}: traced {got} calls, program made {want}"
+
+
+def cache_entries(cache_dir: Path) -> list[Path]:
+    return sorted(p for p in cache_dir.iterdir() if not p.name.startswith("."))
+
+
+@pytest.mark.bpf
+def test_second_run_loads_from_the_cache_without_bcc_and_counts_the_same(tmp_path):
+    binary = gobuild.build("latencytruth", "1.23.9", "default")
+    functions = traced_functions(binary, TRUTH_FUNCTIONS)
+    first = trace_once(binary, functions, tmp_path)
+    assert first["hit"] is False and first["bcc_imported"] is True
+    assert len(cache_entries(tmp_path)) == 1
+    second = trace_once(binary, functions, tmp_path)
+    assert second["hit"] is True
+    assert second["bcc_imported"] is False
+    assert second["mode"] == first["mode"] == "uprobe_multi"
+    assert_exact(first)
+    assert_exact(second)
+    assert second["counts"] == first["counts"] == second["truth"]
+    assert second["unmatched"] == first["unmatched"]
+    assert second["unmatched"]["main.mayPanic"] == 200
+    assert len(cache_entries(tmp_path)) == 1
+
+
+@pytest.mark.bpf
+@pytest.mark.parametrize("damage", ["garbage", "truncated", "flipped_byte", "empty"])
+def test_damaged_entry_is_compiled_again(tmp_path, damage):
+    binary = gobuild.build("latencytruth", "1.23.9", "default")
+    functions = traced_functions(binary, ["main.work", "main.recurse"])
+    assert trace_once(binary, functions, tmp_path)["hit"] is False
+    (entry,) = cache_entries(tmp_path)
+    good = entry.read_bytes()
+    if damage == "garbage":
+        entry.write_bytes(b"\x7fELF not a cache entry")
+    elif damage == "truncated":
+        entry.write_bytes(good[: len(good) // 2])
+    elif damage == "flipped_byte":  # still valid JSON: only the checksum can tell
+        body_at = good.index(b"gt_entry") + 20
+        while not chr(good[body_at]).isalnum():
+            body_at += 1
+        entry.write_bytes(good[:body_at] + bytes([good[body_at] ^ 0x01]) + good[body_at + 1:])
+    else:
+        entry.write_bytes(b"")
+    result = trace_once(binary, functions, tmp_path)
+    assert result["hit"] is False
+    assert_exact(result)
+    assert entry.read_bytes() == good  # rewritten whole
+    assert trace_once(binary, functions, tmp_path)["hit"] is True
+
+
+@pytest.mark.bpf
+def test_unwritable_cache_directory_still_traces(tmp_path):
+    binary = gobuild.build("latencytruth", "1.23.9", "default")
+    functions = traced_functions(binary, ["main.work"])
+    blocker = tmp_path / "not-a-directory"
+    blocker.write_bytes(b"")
+    result = trace_once(binary, functions, blocker / "bpf")
+    assert result["hit"] is False
+    assert_exact(result)
+
+
+@pytest.mark.bpf
+def test_other_constants_are_another_entry(tmp_path, monkeypatch):
+    """A program compiled for one goid offset or number of functions is never loaded for another."""
+    monkeypatch.setattr(bpfcache, "CACHE_DIR", tmp_path)
+    binary = gobuild.build("latencytruth", "1.23.9", "default")
+    two = traced_functions(binary, ["main.work", "main.recurse"])
+    goid = goid_offset(binary)
+    proc = start_truth(binary)
+    variants = [(two, goid), (two[:1], goid), (two, goid + 8), (two, goid)]
+    hits = []
+    try:
+        for functions, offset in variants:
+            with LatencyTracer(str(binary), functions, pid=proc.pid, goid_offset=offset) as tracer:
+                hits.append(tracer.bpf_cache_hit)
+    finally:
+        finish_truth(proc)
+    assert hits == [False, False, False, True]
+    assert len(cache_entries(tmp_path)) == 3
+
+
+def test_key_depends_on_every_constant_not_their_order(tmp_path):
+    source = tmp_path / "p.bpf.c"
+    source.write_text("int f(void *ctx) { return 0; }\n")
+    headers = tmp_path / "headers"
+    config = {"GT_CFG_GOID_OFFSET": 152, "GT_CFG_NFUNCS": 3}
+    key = bpfcache.cache_key([source], config, headers)
+    assert bpfcache.cache_key([source], dict(reversed(config.items())), headers) == key
+    assert bpfcache.cache_key([source], {**config, "GT_CFG_GOID_OFFSET": 160}, headers) != key
+    assert bpfcache.cache_key([source], {**config, "GT_CFG_NFUNCS": 4}, headers) != key
+    assert bpfcache.cache_key([source], config, tmp_path / "other-headers") != key
+    source.write_text("int f(void *ctx) { return 1; }\n")
+    assert bpfcache.cache_key([source], config, headers) != key
+
+
+# -- the entry format, without a kernel ------------------------------------------------
+
+
+def ld_map(dst: int, imm: int) -> bytes:
+    """ld_imm64 dst, map reference imm (two instruction slots)."""
+    return struct.pack("<BBhi", 0x18, (1 << 4) | dst, 0, imm) + struct.pack("<BBhi", 0, 0, 0, 0)
+
+
+EXIT = struct.pack("<BBhi", 0x95, 0, 0, 0)
+IMAGE = ProgramImage("GPL", (MapSpec("gt_gen", 2, 4, 4, 1, 0), MapSpec("gt_hist", 5, 8, 8, 64, 1)),
+                     {"gt_entry": ld_map(1, 1) + ld_map(2, 0) + EXIT})
+
+
+def test_image_round_trips_and_stores_atomically(tmp_path):
+    assert bpfcache.store("k", IMAGE, tmp_path)
+    assert bpfcache.load("k", tmp_path) == IMAGE
+    assert [p.name for p in tmp_path.iterdir()] == ["k"]  # no temporary file left
+    assert bpfcache.load("missing", tmp_path) is None
+
+
+def test_entry_referencing_a_map_it_does_not_describe_is_a_miss(tmp_path):
+    bad = ProgramImage("GPL", IMAGE.maps[:1], IMAGE.programs)  # references map 1 of 1
+    bpfcache.store("k", bad, tmp_path)
+    assert bpfcache.load("k", tmp_path) is None
+
+
+def test_map_fds_are_patched_into_map_references_only():
+    patched = bpfcache._with_map_imms(IMAGE.programs["gt_entry"], [41, 42].__getitem__)
+    assert [imm for _, imm in bpfcache._map_references(patched)] == [42, 41]
+    assert patched[32:] == EXIT
+
+
+@pytest.mark.parametrize("text,count", [("0\n", 1), ("0-1\n", 2), ("0-3,8-11\n", 8), ("0,2,4-5\n", 4)])
+def test_possible_cpus_counts_ranges(tmp_path, text, count):
+    path = tmp_path / "possible"
+    path.write_text(text)
+    assert bpfsys.possible_cpus(str(path)) == count
+
+
+@pytest.mark.bpf
+def test_percpu_layout_and_generation_round_trip_through_raw_map_fds(tmp_path, monkeypatch):
+    """Reset writes the generation the BPF side reads; a per-CPU element holds an 8-byte slot per possible CPU."""
+    monkeypatch.setattr(bpfcache, "CACHE_DIR", tmp_path)
+    binary = gobuild.build("latencytruth", "1.23.9", "default")
+    functions = traced_functions(binary, ["main.work"])
+    proc = start_truth(binary)
+    with LatencyTracer(str(binary), functions, pid=proc.pid, goid_offset=goid_offset(binary)) as tracer:
+        truth = finish_truth(proc)
+        syscalls = bpfsys.Syscalls()
+        tracer.read(reset=True)
+        tracer.read(reset=True)
+        gen = syscalls.map_lookup_elem(tracer._loaded.map_fd("gt_gen"), struct.pack("<I", 0), 4)
+        assert struct.unpack("<I", gen) == (2,)
+        ncpus = bpfsys.possible_cpus()
+        entries_index = probes_header.constant("GT_FC_ENTRIES")  # of func_id 0
+        raw = syscalls.map_lookup_elem(tracer._loaded.map_fd("gt_func_counts"), struct.pack("<I", entries_index),
+                                       bpfsys.percpu_value_size(8, ncpus))
+        per_cpu = struct.unpack(f"<{ncpus}Q", raw)
+        assert sum(per_cpu) == truth["main.work"]["count"]
