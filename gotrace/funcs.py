@@ -11,6 +11,7 @@ from gotrace.gobinary import FunctionProbes, GoBinary
 class FuncListing:
     binary: str
     go_version: str
+    module_path: str | None
     arch: str
     total_functions: int
     patterns: tuple[str, ...]
@@ -18,7 +19,8 @@ class FuncListing:
 
     def to_json(self) -> dict:
         """The contract's object; `returns` are offsets from the entry. Extra keys:
-        `entry_site` (offset of the post-prologue entry probe) and `file_offset`."""
+        `module` (the main module's path), and per function `entry_site` (offset
+        of the post-prologue entry probe) and `file_offset`."""
         functions = []
         for probes, file_offset in self.entries:
             fn, sites = probes.function, probes.sites
@@ -33,11 +35,12 @@ class FuncListing:
                 "file_offset": file_offset,
             })
         return {"binary": self.binary, "go_version": self.go_version, "arch": self.arch,
-                "functions": functions}
+                "module": self.module_path, "functions": functions}
 
 
 def describe_functions(gobin: GoBinary, patterns: list[str]) -> FuncListing:
     functions = gobin.match(patterns) if patterns else gobin.all_functions()
     entries = [(gobin.probe_sites(fn), gobin.file_offset(fn.entry_vaddr)) for fn in functions]
-    return FuncListing(gobin.display_path, gobin.go_version, gobin.arch, len(gobin.functions),
+    return FuncListing(gobin.display_path, gobin.go_version, gobin.build.module_path, gobin.arch,
+                       len(gobin.functions),
                        tuple(patterns), entries)

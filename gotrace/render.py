@@ -12,7 +12,8 @@ def render_funcs_text(listing: FuncListing, *, show_all: bool) -> str:
     rows = listing.entries if show_all else [e for e in listing.entries if e[0].traceable]
     hidden = len(listing.entries) - len(rows)
     what = f"{len(listing.entries)} match {' '.join(listing.patterns)}" if listing.patterns else "all listed"
-    header = (f"{listing.binary}: {listing.go_version} {listing.arch}, "
+    module = f" module {listing.module_path}," if listing.module_path else ""
+    header = (f"{listing.binary}: {listing.go_version} {listing.arch},{module} "
               f"{listing.total_functions} functions, {what}")
     if hidden:
         header += f" ({hidden} not traceable hidden; --all shows them)"

@@ -29,6 +29,7 @@ VERSION = gobuild.TOOLCHAINS[-1]
 REPO = Path(__file__).resolve().parent.parent
 
 CONTRACT_TOP_KEYS = {"binary", "go_version", "arch", "functions"}
+EXTRA_TOP_KEYS = {"module"}  # gotrace extension: the main module path from .go.buildinfo
 CONTRACT_FUNCTION_KEYS = {"name", "entry", "size", "returns", "traceable", "reason"}
 # Extra keys gotrace adds (the contract allows additions): offset of the
 # post-prologue entry probe from the entry, and the file offset of the entry.
@@ -124,7 +125,8 @@ def test_json_schema_of_every_function(binary):
     assert code == 0 and err == ""
     assert out.count("\n") == 1  # one JSON object on one line
     doc = json.loads(out)
-    assert set(doc) == CONTRACT_TOP_KEYS
+    assert set(doc) == CONTRACT_TOP_KEYS | EXTRA_TOP_KEYS
+    assert doc["module"] == "example.com/service"  # testdata/service/go.mod
     assert doc["binary"] == str(binary)
     assert doc["go_version"] == f"go{VERSION}"
     assert doc["arch"] == "amd64"
@@ -191,7 +193,7 @@ def test_text_output_of_a_pattern(binary):
     lines = out.splitlines()
     expected = funcs_json(binary, "main.*")["functions"]
     total = len(all_functions(binary))
-    assert lines[0] == f"{binary}: go{VERSION} amd64, {total} functions, {len(expected)} match main.*"
+    assert lines[0] == f"{binary}: go{VERSION} amd64, module example.com/service, {total} functions, {len(expected)} match main.*"
     assert lines[1].split() == ["ENTRY", "SIZE", "RETS", "FUNCTION"]
     # With a pattern, untraceable matches are listed too, with their reason.
     rows = parse_rows(lines[2:])
@@ -207,14 +209,14 @@ def test_text_output_hides_untraceable_unless_all(binary):
     code, out, err = run_gotrace("funcs", str(binary))
     assert code == 0 and err == ""
     lines = out.splitlines()
-    assert lines[0] == (f"{binary}: go{VERSION} amd64, {len(functions)} functions, all listed "
+    assert lines[0] == (f"{binary}: go{VERSION} amd64, module example.com/service, {len(functions)} functions, all listed "
                         f"({hidden} not traceable hidden; --all shows them)")
     assert parse_rows(lines[2:]) == json_rows(traceable)
 
     code, out, err = run_gotrace("funcs", str(binary), "--all")
     assert code == 0 and err == ""
     lines = out.splitlines()
-    assert lines[0] == f"{binary}: go{VERSION} amd64, {len(functions)} functions, all listed"
+    assert lines[0] == f"{binary}: go{VERSION} amd64, module example.com/service, {len(functions)} functions, all listed"
     assert parse_rows(lines[2:]) == json_rows(functions)
 
 
