@@ -109,7 +109,7 @@ def test_function_table_without_symbols(caddy):
     code, out, err = run_gotrace("funcs", str(caddy), SERVE)
     assert code == 0, err
     header = out.splitlines()[0]
-    m = re.fullmatch(rf"{re.escape(str(caddy))}: {CADDY_GO_VERSION} amd64, (\d+) functions, 1 match .+", header)
+    m = re.fullmatch(rf"{re.escape(str(caddy))}: {CADDY_GO_VERSION} amd64, module caddy, (\d+) functions, 1 match .+", header)
     assert m, header
     assert int(m.group(1)) > 50_000
     with GoBinary.open(caddy) as gobin:
