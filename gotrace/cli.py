@@ -190,6 +190,7 @@ def latency_cmd(args, pid, command, duration, as_json, interval, unit, print_bpf
             try:
                 with make_tracer() as tracer:
                     target.release()
+                    _warn_slow_detach(tracer.attach_mode, plan.n_sites)
                     if os.environ.get("GOTRACE_TIMINGS") == "1":
                         _echo_timings({"imports": imported - started, "elf_analysis": analysed - imported,
                                        **tracer.timings_s})
@@ -235,6 +236,20 @@ def _exit_note(target) -> str:
 def _echo_timings(phases_s: dict[str, float]) -> None:
     """GOTRACE_TIMINGS=1: one stderr line with the seconds each start-up phase took (for scripts/bench)."""
     click.echo("gotrace: timings " + " ".join(f"{name}_s={value:.4f}" for name, value in phases_s.items()), err=True)
+
+
+# Measured on Linux 6.1-6.5 style per-site perf links: each removal waits for the kernel.
+PERF_LINK_DETACH_S_PER_SITE = 0.087
+SLOW_DETACH_WARN_SITES = 200
+
+
+def _warn_slow_detach(attach_mode: str, n_sites: int) -> None:
+    """On kernels without uprobe_multi (before 6.6) every site detaches on its own, slowly."""
+    if attach_mode == "perf_link" and n_sites >= SLOW_DETACH_WARN_SITES:
+        seconds = n_sites * PERF_LINK_DETACH_S_PER_SITE
+        click.echo(f"gotrace: this kernel has no uprobe_multi links (Linux 6.6+): detaching {n_sites} probe "
+                   f"sites will take about {seconds:.0f} s after tracing stops; trace fewer functions to "
+                   f"shorten it", err=True)
 
 
 def _tracing_target(args: tuple[str, ...], pid: int | None, command: str | None):
