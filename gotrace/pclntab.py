@@ -29,8 +29,8 @@ _MAGIC_BYTES = tuple(struct.pack("<I", m) for m in KNOWN_MAGICS)
 # moduledata (runtime/symtab.go) on 64-bit: pcHeader pointer, six slices
 # (funcnametab, cutab, filetab, pctab, pclntable, ftab), findfunctab, minpc,
 # maxpc, text, etext. Word indices:
-_MODULEDATA_MINPC_WORD = 20
-_MODULEDATA_TEXT_WORD = 22
+MODULEDATA_MINPC_WORD = 20
+MODULEDATA_TEXT_WORD = 22
 _MODULEDATA_SECTIONS = (".go.module", ".noptrdata", ".data", ".data.rel.ro")
 
 
@@ -39,6 +39,29 @@ def _valid_header(blob: bytes | memoryview, pos: int) -> bool:
         return False
     magic, pad1, pad2, min_lc, ptr_size = struct.unpack_from("<IBBBB", blob, pos)
     return magic in KNOWN_MAGICS and pad1 == 0 and pad2 == 0 and min_lc in (1, 2, 4) and ptr_size == 8
+
+
+def iter_moduledata(elf: ElfImage, pclntab_vaddr: int):
+    """vaddrs of the `moduledata` structs of this pcHeader: 8-aligned words that
+    point at it and whose `minpc` and `text` fields agree (and are not zero)."""
+    want = struct.pack("<Q", pclntab_vaddr)
+    for name in _MODULEDATA_SECTIONS:
+        section = elf.get_section(name)
+        if section is None or not section.size or section.type == 8:
+            continue
+        blob = bytes(elf.section_bytes(section))
+        pos = blob.find(want)
+        while pos >= 0:
+            if pos % 8 == 0 and pos + 8 * (MODULEDATA_TEXT_WORD + 1) <= len(blob):
+                base = section.vaddr + pos
+                try:
+                    text = elf.read_pointer(base + 8 * MODULEDATA_TEXT_WORD)
+                    minpc = elf.read_pointer(base + 8 * MODULEDATA_MINPC_WORD)
+                except BinaryError:  # a section outside the loaded segments: not moduledata
+                    text = minpc = 0
+                if text and text == minpc:
+                    yield base
+            pos = blob.find(want, pos + 1)
 
 
 class Pclntab:
@@ -132,26 +155,12 @@ class Pclntab:
     def _text_from_moduledata(self) -> int:
         """textStart is 0 from Go 1.26: take `moduledata.text` (whose first word
         points at this pcHeader), else the `runtime.text` symbol."""
-        want = struct.pack("<Q", self.vaddr)
-        elf = self.elf
-        for name in _MODULEDATA_SECTIONS:
-            section = elf.get_section(name)
-            if section is None or not section.size or section.type == 8:
-                continue
-            blob = bytes(elf.section_bytes(section))
-            pos = blob.find(want)
-            while pos >= 0:
-                if pos % 8 == 0 and pos + 8 * (_MODULEDATA_TEXT_WORD + 1) <= len(blob):
-                    vaddr = section.vaddr + pos
-                    text = elf.read_pointer(vaddr + 8 * _MODULEDATA_TEXT_WORD)
-                    minpc = elf.read_pointer(vaddr + 8 * _MODULEDATA_MINPC_WORD)
-                    if text and text == minpc:
-                        return text
-                pos = blob.find(want, pos + 1)
-        text = elf.symbol_vaddr("runtime.text")
+        for base in iter_moduledata(self.elf, self.vaddr):
+            return self.elf.read_pointer(base + 8 * MODULEDATA_TEXT_WORD)
+        text = self.elf.symbol_vaddr("runtime.text")
         if text:
             return text
-        raise BinaryError(f"{elf.path}: cannot find the text base of the Go function table (moduledata missing)")
+        raise BinaryError(f"{self.elf.path}: cannot find the text base of the Go function table (moduledata missing)")
 
     # -- functions ---------------------------------------------------------------
 

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 
 from gotrace.argplan import BYTES, IFACE_DATA, ITAB_TYPE, FunctionPlan, SidePlan, ValuePlan
 from gotrace.gotypes import FLOAT_KINDS, INTEGER_KINDS, SIGNED_KINDS, GoType, Kind
+from gotrace.pclntab import MODULEDATA_TEXT_WORD, iter_moduledata
 
 # Error types whose message is the string at the start of what they point to.
 KNOWN_ERROR_TYPES = frozenset({"*errors.errorString", "*fmt.wrapError", "*fmt.wrapErrors"})
@@ -30,8 +31,6 @@ _TFLAG_EXTRA_STAR = 2
 _KIND_MASK = 0x1F
 # moduledata word index of `types`: after text(22), etext, noptrdata..enoptrbss (8 words),
 # [covctrs, ecovctrs from Go 1.20], end, gcdata, gcbss (checked against DWARF, Go 1.19-1.27).
-_MODULEDATA_TEXT_WORD = 22
-_MODULEDATA_MINPC_WORD = 20
 
 
 # -- decoded values -------------------------------------------------------------
@@ -129,30 +128,17 @@ class RuntimeTypes:
 
     def _find_types(self, pclntab_vaddr: int, version) -> int | None:
         elf = self.elf
-        words_after_text = 13 if tuple(version[:2]) < (1, 20) else 15
-        want = struct.pack("<Q", pclntab_vaddr)
-        for name in (".go.module", ".noptrdata", ".data", ".data.rel.ro"):
-            section = elf.get_section(name)
-            if section is None or not section.size or section.type == 8:
+        types_word = MODULEDATA_TEXT_WORD + (13 if tuple(version[:2]) < (1, 20) else 15)
+        for base in iter_moduledata(elf, pclntab_vaddr):
+            try:
+                types = elf.read_pointer(base + 8 * types_word)
+                # etypes follows types directly up to Go 1.26, one word later from 1.27
+                ends = [elf.read_pointer(base + 8 * (types_word + k)) for k in (1, 2)]
+                elf.read_vaddr(types, 1)
+            except Exception:
                 continue
-            blob = bytes(elf.section_bytes(section))
-            pos = blob.find(want)
-            while pos >= 0:
-                if pos % 8 == 0:
-                    base = section.vaddr + pos
-                    try:
-                        text = elf.read_pointer(base + 8 * _MODULEDATA_TEXT_WORD)
-                        minpc = elf.read_pointer(base + 8 * _MODULEDATA_MINPC_WORD)
-                        types = elf.read_pointer(base + 8 * (_MODULEDATA_TEXT_WORD + words_after_text))
-                        # etypes follows types directly up to Go 1.26, one word later from 1.27
-                        ends = [elf.read_pointer(base + 8 * (_MODULEDATA_TEXT_WORD + words_after_text + k))
-                                for k in (1, 2)]
-                        elf.read_vaddr(types, 1)
-                    except Exception:
-                        types, ends, text, minpc = 0, [], 0, 0
-                    if text and text == minpc and types and any(end > types for end in ends):
-                        return types
-                pos = blob.find(want, pos + 1)
+            if types and any(end > types for end in ends):
+                return types
         return elf.symbol_vaddr("runtime.types")
 
     def describe(self, type_vaddr: int) -> tuple[str, int] | None:
