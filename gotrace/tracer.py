@@ -105,7 +105,6 @@ class LatencyTracer:
             "GT_CFG_GOID_OFFSET": bpfprog.validated_int("goid_offset", goid_offset, 0, 4096),
             "GT_CFG_STACK_HI_OFFSET": bpfprog.validated_int("stack_hi_offset", stack_hi_offset, 0, 4096),
             "GT_CFG_NFUNCS": self._nfuncs,
-            "GT_CFG_TARGET_TGID": self.pid or 0,
             "GT_CFG_HIST_ENTRIES": self._hist_entries,
         }
         self._loaded: bpfcache.LoadedImage | None = None  # maps and programs in the kernel
@@ -156,6 +155,8 @@ class LatencyTracer:
         self.timings_s["bpf_compile"] = attach_started - compile_started
         try:
             self._loaded = image.instantiate(self._sys)
+            self._sys.map_update_elem(self._loaded.map_fd("gt_target"), struct.pack("<I", 0),
+                                      struct.pack("<I", self.pid or 0))
             self._uprobes = uprobes.attach_sites(
                 self.binary_path,
                 ((b"gt_entry", entry_sites), (b"gt_return", return_sites)),

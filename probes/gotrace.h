@@ -26,7 +26,9 @@
  * Compile-time configuration, given by user space as -D flags (numbers only,
  * validated before use): GT_CFG_ARCH (one of GT_ARCH_*), GT_CFG_GOID_OFFSET and
  * GT_CFG_STACK_HI_OFFSET (byte offsets in runtime.g), GT_CFG_NFUNCS (functions
- * traced), GT_CFG_TARGET_TGID (0: every process running the binary).
+ * traced). The process to trace is not compiled in, so that a compiled program
+ * cached by gotrace.bpfcache serves every pid: user space writes it to
+ * gt_target[0] after loading (0: every process running the binary).
  * The uprobe's BPF cookie is the traced function's id, 0..GT_CFG_NFUNCS-1.
  */
 #define GT_ARCH_AMD64 1

@@ -16,7 +16,7 @@
 
 #if !defined(GT_CFG_ARCH) || !defined(GT_CFG_GOID_OFFSET) || \
     !defined(GT_CFG_STACK_HI_OFFSET) || !defined(GT_CFG_NFUNCS) || \
-    !defined(GT_CFG_TARGET_TGID) || !defined(GT_CFG_HIST_ENTRIES)
+    !defined(GT_CFG_HIST_ENTRIES)
 #error "gotrace: GT_CFG_* constants must be given by the loader"
 #endif
 
@@ -38,6 +38,7 @@ BPF_F_TABLE("percpu_hash", struct gt_hist_key, __u64, gt_hist, GT_CFG_HIST_ENTRI
 BPF_PERCPU_ARRAY(gt_func_counts, __u64, GT_CFG_NFUNCS * GT_FC_N);
 BPF_PERCPU_ARRAY(gt_stats, __u64, GT_STAT_N);
 BPF_ARRAY(gt_gen, __u32, 1);
+BPF_ARRAY(gt_target, __u32, 1); /* tgid to trace, 0 for all; written by user space */
 
 static __always_inline void gt_count(int stat)
 {
@@ -61,8 +62,10 @@ static __always_inline int gt_make_key(struct pt_regs *ctx, struct gt_start_key 
     __u64 stack_hi = 0;
     __u64 goid = 0;
     __u64 tgid = bpf_get_current_pid_tgid() >> 32;
+    int zero = 0;
+    __u32 *target = gt_target.lookup(&zero);
 
-    if (GT_CFG_TARGET_TGID != 0 && tgid != GT_CFG_TARGET_TGID)
+    if (target && *target != 0 && tgid != *target)
         return 0;
     if (g == 0) {
         gt_count(GT_STAT_NO_GOROUTINE);

@@ -218,3 +218,29 @@ def test_percpu_layout_and_generation_round_trip_through_raw_map_fds(tmp_path, m
                                        bpfsys.percpu_value_size(8, ncpus))
         per_cpu = struct.unpack(f"<{ncpus}Q", raw)
         assert sum(per_cpu) == truth["main.work"]["count"]
+
+
+@pytest.mark.bpf
+def test_one_cached_program_serves_every_pid_and_still_traces_only_that_pid(tmp_path, monkeypatch):
+    """`-p PID` must not compile again for each new process, nor count another process's calls."""
+    monkeypatch.setattr(bpfcache, "CACHE_DIR", tmp_path)
+    binary = gobuild.build("latencytruth", "1.23.9", "default")
+    functions = traced_functions(binary, ["main.work"])
+    goid = goid_offset(binary)
+    hits, counts = [], []
+    for _ in range(2):
+        traced, other = start_truth(binary), start_truth(binary)
+        try:
+            with LatencyTracer(str(binary), functions, pid=traced.pid, goid_offset=goid) as tracer:
+                hits.append(tracer.bpf_cache_hit)
+                other_truth = finish_truth(other)
+                traced_truth = finish_truth(traced)
+                counts.append(sum(tracer.read(reset=False)[0].buckets.values()))
+        finally:
+            for proc in (traced, other):
+                if proc.poll() is None:
+                    proc.kill()
+        assert other_truth["main.work"]["count"] > 0  # the other process really called it too
+        assert counts[-1] == traced_truth["main.work"]["count"]
+    assert hits == [False, True]
+    assert len(cache_entries(tmp_path)) == 1
