@@ -197,7 +197,7 @@ def store(key: str, image: ProgramImage, cache_dir: Path | None = None) -> bool:
 def compiled(source_path: Path, config: dict[str, int], program_names: Iterable[bytes],
              headers_dir: Path, cache_dir: Path | None = None) -> tuple[ProgramImage, bool]:
     """(image, cache hit) of source_path with config: from the cache, else compiled with bcc and stored."""
-    key = cache_key((source_path, probes_header.PROBES_DIR / "gotrace.h"), config, headers_dir)
+    key = cache_key(sorted(probes_header.PROBES_DIR.glob("*.[ch]")), config, headers_dir)
     image = load(key, cache_dir)
     if image is not None and set(image.programs) == {name.decode() for name in program_names}:
         return image, True

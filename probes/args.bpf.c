@@ -22,16 +22,6 @@
 #error "gotrace: GT_CFG_* constants must be given by the loader"
 #endif
 
-#if GT_CFG_ARCH == GT_ARCH_AMD64
-#define GT_G_REG(ctx) ((ctx)->r14)
-#define GT_SP_REG(ctx) ((ctx)->sp)
-#elif GT_CFG_ARCH == GT_ARCH_ARM64
-#define GT_G_REG(ctx) ((ctx)->regs[28])
-#define GT_SP_REG(ctx) ((ctx)->sp)
-#else
-#error "gotrace: unsupported GT_CFG_ARCH"
-#endif
-
 BPF_ARRAY(gt_arg_plans, struct gt_arg_plan, GT_CFG_NFUNCS * 2);
 BPF_TABLE("lru_hash", struct gt_start_key, struct gt_args_pending, gt_args_pending, GT_ARGS_PENDING);
 BPF_PERCPU_ARRAY(gt_args_entry_scratch, struct gt_args_pending, 1);
@@ -49,28 +39,16 @@ static __always_inline void gt_count(int stat)
         __sync_fetch_and_add(slot, 1);
 }
 
+/* Fills key for the current hit; 0 when it is not to be captured (counted). */
 static __always_inline int gt_make_key(struct pt_regs *ctx, struct gt_start_key *key)
 {
-    __u64 g = GT_G_REG(ctx);
-    __u64 stack_hi = 0;
-    __u64 goid = 0;
-    __u64 tgid = bpf_get_current_pid_tgid() >> 32;
+    int status = gt_goroutine_key(ctx, GT_CFG_TARGET_TGID, key);
 
-    if (GT_CFG_TARGET_TGID != 0 && tgid != GT_CFG_TARGET_TGID)
-        return 0;
-    if (g == 0) {
+    if (status == GT_KEY_NO_GOROUTINE)
         gt_count(GT_ASTAT_NO_GOROUTINE);
-        return 0;
-    }
-    if (bpf_probe_read_user(&goid, sizeof(goid), (void *)(g + GT_CFG_GOID_OFFSET)) != 0 ||
-        bpf_probe_read_user(&stack_hi, sizeof(stack_hi), (void *)(g + GT_CFG_STACK_HI_OFFSET)) != 0) {
+    else if (status == GT_KEY_READ_FAULT)
         gt_count(GT_ASTAT_READ_FAULT);
-        return 0;
-    }
-    key->goid = goid;
-    key->tgid = (__u32)tgid;
-    key->depth = (__u32)(stack_hi - GT_SP_REG(ctx));
-    return 1;
+    return status == GT_KEY_OK;
 }
 
 /* The argument registers in ABI order (gotrace.abi: RAX RBX RCX RDI RSI R8 R9 R10 R11 / R0-R15). */

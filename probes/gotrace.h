@@ -200,4 +200,51 @@ struct gt_args_rate {
     __u64 count;
 };
 
+/* ---- BPF programs only: the goroutine a probe hit runs on ----
+ * Compiled where the loader gives GT_CFG_ARCH (never in user-space builds of
+ * this header). Keys pair an entry with its return: (tgid, goid,
+ * g.stack.hi - SP); g is in R14 on amd64 and R28 on arm64 in every Go
+ * (ABIInternal) function. At the post-prologue entry site and at a `ret`, SP
+ * points at the same return address.
+ */
+#ifdef GT_CFG_ARCH
+#if GT_CFG_ARCH == GT_ARCH_AMD64
+#define GT_G_REG(ctx) ((ctx)->r14)
+#define GT_SP_REG(ctx) ((ctx)->sp)
+#elif GT_CFG_ARCH == GT_ARCH_ARM64
+#define GT_G_REG(ctx) ((ctx)->regs[28])
+#define GT_SP_REG(ctx) ((ctx)->sp)
+#else
+#error "gotrace: unsupported GT_CFG_ARCH"
+#endif
+
+enum gt_key_status {
+    GT_KEY_OK = 1,
+    GT_KEY_OTHER_PROCESS = 0,  /* not the traced process */
+    GT_KEY_NO_GOROUTINE = -1,  /* g register was 0 (assembly, cgo callback) */
+    GT_KEY_READ_FAULT = -2,    /* g.goid or g.stack.hi could not be read */
+};
+
+/* Fills *key for the current hit; target_tgid 0 accepts every process. */
+static __always_inline int gt_goroutine_key(struct pt_regs *ctx, __u32 target_tgid, struct gt_start_key *key)
+{
+    __u64 g = GT_G_REG(ctx);
+    __u64 stack_hi = 0;
+    __u64 goid = 0;
+    __u64 tgid = bpf_get_current_pid_tgid() >> 32;
+
+    if (target_tgid != 0 && tgid != target_tgid)
+        return GT_KEY_OTHER_PROCESS;
+    if (g == 0)
+        return GT_KEY_NO_GOROUTINE;
+    if (bpf_probe_read_user(&goid, sizeof(goid), (void *)(g + GT_CFG_GOID_OFFSET)) != 0 ||
+        bpf_probe_read_user(&stack_hi, sizeof(stack_hi), (void *)(g + GT_CFG_STACK_HI_OFFSET)) != 0)
+        return GT_KEY_READ_FAULT;
+    key->goid = goid;
+    key->tgid = (__u32)tgid;
+    key->depth = (__u32)(stack_hi - GT_SP_REG(ctx));
+    return GT_KEY_OK;
+}
+#endif /* GT_CFG_ARCH */
+
 #endif /* GOTRACE_H */

@@ -20,16 +20,6 @@
 #error "gotrace: GT_CFG_* constants must be given by the loader"
 #endif
 
-#if GT_CFG_ARCH == GT_ARCH_AMD64
-#define GT_G_REG(ctx) ((ctx)->r14)
-#define GT_SP_REG(ctx) ((ctx)->sp)
-#elif GT_CFG_ARCH == GT_ARCH_ARM64
-#define GT_G_REG(ctx) ((ctx)->regs[28])
-#define GT_SP_REG(ctx) ((ctx)->sp)
-#else
-#error "gotrace: unsupported GT_CFG_ARCH"
-#endif
-
 BPF_TABLE("lru_hash", struct gt_start_key, struct gt_start_val, gt_starts, GT_START_ENTRIES);
 /* Cumulative counts; user space reports differences between reads. No
  * preallocation: an element freed by user space is never reused under a
@@ -55,31 +45,18 @@ static __always_inline void gt_func_count(__u32 func_id, __u32 which)
         __sync_fetch_and_add(slot, 1);
 }
 
-/* Fills key from the goroutine register and SP; 0 when there is no goroutine. */
+/* Fills key for the current hit; 0 when it is not to be timed (counted). */
 static __always_inline int gt_make_key(struct pt_regs *ctx, struct gt_start_key *key)
 {
-    __u64 g = GT_G_REG(ctx);
-    __u64 stack_hi = 0;
-    __u64 goid = 0;
-    __u64 tgid = bpf_get_current_pid_tgid() >> 32;
     int zero = 0;
     __u32 *target = gt_target.lookup(&zero);
+    int status = gt_goroutine_key(ctx, target ? *target : 0, key);
 
-    if (target && *target != 0 && tgid != *target)
-        return 0;
-    if (g == 0) {
+    if (status == GT_KEY_NO_GOROUTINE)
         gt_count(GT_STAT_NO_GOROUTINE);
-        return 0;
-    }
-    if (bpf_probe_read_user(&goid, sizeof(goid), (void *)(g + GT_CFG_GOID_OFFSET)) != 0 ||
-        bpf_probe_read_user(&stack_hi, sizeof(stack_hi), (void *)(g + GT_CFG_STACK_HI_OFFSET)) != 0) {
+    else if (status == GT_KEY_READ_FAULT)
         gt_count(GT_STAT_READ_FAULT);
-        return 0;
-    }
-    key->goid = goid;
-    key->tgid = (__u32)tgid;
-    key->depth = (__u32)(stack_hi - GT_SP_REG(ctx));
-    return 1;
+    return status == GT_KEY_OK;
 }
 
 static __always_inline __u32 gt_current_gen(void)
