@@ -165,7 +165,7 @@ def latency_cmd(args, pid, command, duration, as_json, interval, unit, print_bpf
     started = time.perf_counter()
     from gotrace.latency import function_reports, plan_latency, traced_functions
     from gotrace.report import header_line, latency_report_json, render_latency_text
-    from gotrace.session import StopFlag, run_loop
+    from gotrace.session import attached, run_loop
     from gotrace.tracer import LatencyTracer
 
     imported = time.perf_counter()
@@ -185,39 +185,33 @@ def latency_cmd(args, pid, command, duration, as_json, interval, unit, print_bpf
         for skipped in plan.skipped:
             click.echo(f"gotrace: skipping {skipped.function.name}: {skipped.reason}", err=True)
 
-        with StopFlag() as stop:
-            target.start_gated()
-            try:
-                with make_tracer() as tracer:
-                    target.release()
-                    _warn_slow_detach(tracer.attach_mode, plan.n_sites)
-                    if os.environ.get("GOTRACE_TIMINGS") == "1":
-                        _echo_timings({"imports": imported - started, "elf_analysis": analysed - imported,
-                                       **tracer.timings_s})
-                    click.echo(header_line(len(plan.traced), plan.n_sites, target.pid, gobin.go_version,
-                                           target.display), err=True)
-                    target_json = {"binary": target.display, "pid": target.pid, "go_version": gobin.go_version}
-                    last = [time.monotonic()]
+        with attached(target, make_tracer) as (tracer, stop):
+            _warn_slow_detach(tracer.attach_mode, plan.n_sites)
+            if os.environ.get("GOTRACE_TIMINGS") == "1":
+                _echo_timings({"imports": imported - started, "elf_analysis": analysed - imported,
+                               **tracer.timings_s})
+            click.echo(header_line(len(plan.traced), plan.n_sites, target.pid, gobin.go_version,
+                                   target.display), err=True)
+            target_json = {"binary": target.display, "pid": target.pid, "go_version": gobin.go_version}
+            last = [time.monotonic()]
 
-                    def emit() -> None:
-                        now = time.monotonic()
-                        reports = function_reports(plan, tracer.read(reset=True))
-                        if as_json:
-                            click.echo(json.dumps(latency_report_json(target_json, now - last[0], reports)))
-                        else:
-                            if interval is not None:
-                                stamp = time.strftime("%H:%M:%S")
-                                click.echo(f"--- {stamp}  last {now - last[0]:.1f}s ---")
-                            click.echo(render_latency_text(reports, unit=unit), nl=False)
-                        sys.stdout.flush()
-                        last[0] = now
+            def emit() -> None:
+                now = time.monotonic()
+                reports = function_reports(plan, tracer.read(reset=True))
+                if as_json:
+                    click.echo(json.dumps(latency_report_json(target_json, now - last[0], reports)))
+                else:
+                    if interval is not None:
+                        stamp = time.strftime("%H:%M:%S")
+                        click.echo(f"--- {stamp}  last {now - last[0]:.1f}s ---")
+                    click.echo(render_latency_text(reports, unit=unit), nl=False)
+                sys.stdout.flush()
+                last[0] = now
 
-                    ended = run_loop(target, stop, duration_s=duration, interval_s=interval, on_interval=emit)
-                    emit()
-                    if ended == "target-exit" and target.exit_status is not None:
-                        click.echo(f"gotrace: {_exit_note(target)}", err=True)
-            finally:
-                target.abandon()
+            ended = run_loop(target, stop, duration_s=duration, interval_s=interval, on_interval=emit)
+            emit()
+            if ended == "target-exit" and target.exit_status is not None:
+                click.echo(f"gotrace: {_exit_note(target)}", err=True)
 
 
 def _exit_note(target) -> str:
@@ -321,7 +315,7 @@ def args_cmd(args, pid, command, duration, as_json, max_events, str_len, sigs, m
     from gotrace.argplan import args_functions, plan_args
     from gotrace.argtracer import ArgsTracer
     from gotrace.report import header_line
-    from gotrace.session import StopFlag, run_loop
+    from gotrace.session import attached, run_loop
     from gotrace.values import RuntimeTypes, call_json, decode_call, format_call
 
     target, patterns = _tracing_target(args, pid, command)
@@ -363,26 +357,20 @@ def args_cmd(args, pid, command, duration, as_json, max_events, str_len, sigs, m
             out.write(line + "\n")
             state["printed"] += 1
 
-        with StopFlag() as stop:
-            target.start_gated()
-            try:
-                with make_tracer() as tracer:
-                    target.release()
-                    click.echo(header_line(len(plan.traced), plan.n_sites, target.pid, gobin.go_version,
-                                           target.display), err=True)
+        with attached(target, make_tracer) as (tracer, stop):
+            click.echo(header_line(len(plan.traced), plan.n_sites, target.pid, gobin.go_version,
+                                   target.display), err=True)
 
-                    def poll() -> None:
-                        tracer.poll(20)
-                        out.flush()
+            def poll() -> None:
+                tracer.poll(20)
+                out.flush()
 
-                    run_loop(target, _StopOrLimit(stop, limit_reached), duration_s=duration, interval_s=0.02,
-                             on_interval=poll)
-                    tracer.drain()
-                    out.flush()
-                    click.echo(_args_summary(state["printed"], state["undecodable"], tracer.stats(), max_rate,
-                                             limit_reached()), err=True)
-            finally:
-                target.abandon()
+            run_loop(target, _StopOrLimit(stop, limit_reached), duration_s=duration, interval_s=0.02,
+                     on_interval=poll)
+            tracer.drain()
+            out.flush()
+            click.echo(_args_summary(state["printed"], state["undecodable"], tracer.stats(), max_rate,
+                                     limit_reached()), err=True)
 
 
 def _args_summary(printed: int, undecodable: int, stats: dict, max_rate: int, limited: bool) -> str:

@@ -9,6 +9,7 @@ when gotrace itself is told to stop before the child ends.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shlex
 import signal
@@ -150,3 +151,19 @@ def run_loop(target: Target, stop: StopFlag, *, duration_s: float | None, interv
         if next_report is not None:
             wake = min(wake, max(0.0, next_report - now))
         time.sleep(wake)
+
+
+@contextlib.contextmanager
+def attached(target: Target, make_tracer):
+    """The traced session's frame: SIGINT/SIGTERM become a StopFlag, a `-c`
+    command is started held before exec, the tracer attaches, the command is
+    released; on the way out the tracer detaches and a command that never ran
+    is removed. Yields (tracer, stop)."""
+    with StopFlag() as stop:
+        target.start_gated()
+        try:
+            with make_tracer() as tracer:
+                target.release()
+                yield tracer, stop
+        finally:
+            target.abandon()
