@@ -10,6 +10,13 @@ bcc's installation and FORMAT_VERSION. Entries are written atomically
 entry that is missing, unreadable, damaged or of another format is a miss,
 never an error: the caller compiles again and stores a fresh one.
 
+A miss compiles in a short-lived child process (this module run by the same
+Python with the caller's sys.path and environment, BCC_KERNEL_SOURCE
+included): it imports bcc, runs clang, stores the entry and hands the image
+back on its stdout, then exits, so bcc's and clang's memory (about 130 MB)
+never stays with the tracer. Its stderr (clang's diagnostics) is kept; its
+GotraceErrors come back as the same one-line exceptions.
+
 ProgramImage.instantiate() creates the maps and returns a LoadedImage, which
 loads programs on demand (a gotrace.uprobes ProgramLoader) and holds the map
 fds that user space reads and writes.
@@ -24,15 +31,18 @@ import hashlib
 import importlib.util
 import json
 import os
+import signal
 import struct
+import subprocess
+import sys
 import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from gotrace import probes_header
+from gotrace import errors, probes_header
 from gotrace.bpfsys import BPF_PROG_TYPE_KPROBE, Syscalls
-from gotrace.errors import CapabilityError
+from gotrace.errors import CapabilityError, GotraceError
 
 CACHE_DIR = Path("/var/cache/gotrace/bpf")
 FORMAT_VERSION = 1
@@ -194,22 +204,123 @@ def store(key: str, image: ProgramImage, cache_dir: Path | None = None) -> bool:
     return True
 
 
+@dataclass(frozen=True)
+class Compiled:
+    """What compiled() found or made."""
+
+    image: ProgramImage
+    cache_hit: bool
+    compiler_peak_rss_kb: int | None  # VmHWM of the child that compiled it on a miss; None on a hit
+
+
 def compiled(source_path: Path, config: dict[str, int], program_names: Iterable[bytes],
-             headers_dir: Path, cache_dir: Path | None = None) -> tuple[ProgramImage, bool]:
-    """(image, cache hit) of source_path with config: from the cache, else compiled with bcc and stored."""
+             headers_dir: Path, cache_dir: Path | None = None) -> Compiled:
+    """source_path with config: from the cache, else compiled with bcc in a child process (which stores it)."""
+    program_names = list(program_names)
+    cache_dir = cache_dir or CACHE_DIR
     key = cache_key(sorted(probes_header.PROBES_DIR.glob("*.[ch]")), config, headers_dir)
     image = load(key, cache_dir)
     if image is not None and set(image.programs) == {name.decode() for name in program_names}:
-        return image, True
-    from gotrace import bpfprog
+        return Compiled(image, True, None)
+    image, peak_rss_kb = compile_in_child(source_path, config, program_names, key, cache_dir)
+    return Compiled(image, False, peak_rss_kb)
 
-    bpf = bpfprog.compile_program(source_path, config)
+
+# -- the compiling child --------------------------------------------------
+
+# Run by `python -I -c`: the caller's sys.path first (so the child imports the same gotrace and bcc), then the child.
+_CHILD_BOOTSTRAP = (
+    "import json, sys; spec = json.loads(sys.argv[1]); sys.path[:] = spec['sys_path']; "
+    "from gotrace import bpfcache; bpfcache._child_main(spec)"
+)
+
+
+def _compiler_command(spec: dict) -> list[str]:
+    return [sys.executable, "-I", "-c", _CHILD_BOOTSTRAP, json.dumps(spec)]
+
+
+def compile_in_child(source_path: Path, config: dict[str, int], program_names: Iterable[bytes], key: str,
+                     cache_dir: Path) -> tuple[ProgramImage, int | None]:
+    """(image, the child's peak RSS in kB) of source_path compiled with bcc by a child process that stores it under key.
+
+    The child's GotraceError is raised here as the same exception; a child
+    that dies without answering is a CapabilityError saying how it ended.
+    """
+    spec = {
+        "sys_path": sys.path,
+        "source_path": str(source_path),
+        "config": config,
+        "program_names": [name.decode() for name in program_names],
+        "key": key,
+        "cache_dir": str(cache_dir),
+    }
+    proc = subprocess.run(_compiler_command(spec), stdin=subprocess.DEVNULL, capture_output=True,
+                          env=dict(os.environ))
     try:
-        image = from_bcc(bpf, program_names)
-    finally:
-        bpf.cleanup()
-    store(key, image, cache_dir)
-    return image, False
+        reply = json.loads(proc.stdout)
+    except ValueError:
+        reply = None
+    if proc.returncode != 0 or not isinstance(reply, dict):
+        raise _child_failed(proc.returncode, proc.stderr)
+    peak_rss_kb = reply.get("peak_rss_kb")
+    if "error" in reply:
+        error_class = getattr(errors, str(reply["error"]), None)
+        if not (isinstance(error_class, type) and issubclass(error_class, GotraceError)):
+            error_class = CapabilityError
+        raise error_class(" ".join(str(reply.get("message", "")).split()))
+    try:
+        return ProgramImage.from_bytes(reply["image"].encode()), peak_rss_kb
+    except (ValueError, KeyError, TypeError, AttributeError):
+        raise CapabilityError("the BPF compiler process answered with a damaged program: run gotrace again") from None
+
+
+def _child_failed(returncode: int, stderr: bytes) -> CapabilityError:
+    if returncode < 0:
+        try:
+            name = signal.Signals(-returncode).name
+        except ValueError:
+            name = f"signal {-returncode}"
+        return CapabilityError(
+            f"the BPF compiler process (bcc, clang) was killed by {name} before it finished (out of memory?): "
+            "free some memory and run gotrace again")
+    lines = stderr.decode("utf-8", "replace").strip().splitlines()
+    detail = " ".join(lines[-1].split())[:200] if lines else "no message"
+    return CapabilityError(f"the BPF compiler process (bcc, clang) failed with exit status {returncode} ({detail}): "
+                           "check bcc's installation (python3-bpfcc)")
+
+
+def _child_main(spec: dict) -> None:
+    """The compiling child: compile, store, answer with one JSON object on the stdout it was started with."""
+    answer = os.fdopen(os.dup(1), "w")
+    os.dup2(2, 1)  # anything bcc or clang prints goes to stderr, which the parent keeps
+    reply: dict[str, object]
+    try:
+        from gotrace import bpfprog
+
+        program_names = [name.encode() for name in spec["program_names"]]
+        bpf = bpfprog.compile_program(Path(spec["source_path"]), spec["config"])
+        try:
+            image = from_bcc(bpf, program_names)
+        finally:
+            bpf.cleanup()
+        store(spec["key"], image, Path(spec["cache_dir"]))
+        reply = {"image": image.to_bytes().decode()}
+    except GotraceError as exc:
+        reply = {"error": type(exc).__name__, "message": str(exc)}
+    reply["peak_rss_kb"] = _own_peak_rss_kb()
+    answer.write(json.dumps(reply))
+    answer.close()
+
+
+def _own_peak_rss_kb() -> int | None:
+    """This process's VmHWM (its own peak, unlike ru_maxrss, which can carry its parent's from before exec)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
 
 
 # -- an image in the kernel -----------------------------------------------

@@ -3,9 +3,10 @@
 The BPF side (probes/latency.bpf.c, constants and layouts in probes/gotrace.h)
 pairs each call's entry and `ret` by goroutine and aggregates latencies into
 log-linear buckets in the kernel; this module only configures, attaches and
-reads it. The compiled program comes from gotrace.bpfcache (compiled with bcc
-only when no earlier run left it there); maps are read through raw bpf()
-calls on their fds, whichever way the program was obtained.
+reads it. The compiled program comes from gotrace.bpfcache (compiled with bcc,
+in a short-lived child process, only when no earlier run left it there); this
+process never imports bcc, and reads the maps through raw bpf() calls on their
+fds.
 
 Attaching (uprobe_multi links, or perf-event links on older kernels, each site
 with its function id as BPF cookie) is gotrace.uprobes' job.
@@ -118,6 +119,8 @@ class LatencyTracer:
         self.attach_mode = "auto"
         # Whether attach() found the compiled program in gotrace.bpfcache (and never imported bcc).
         self.bpf_cache_hit: bool | None = None
+        # On a miss, the peak RSS (kB, VmHWM) of the short-lived child process that compiled it; None on a hit.
+        self.bpf_compiler_peak_rss_kb: int | None = None
 
     # -- life cycle -----------------------------------------------------
 
@@ -150,7 +153,9 @@ class LatencyTracer:
         self._ncpus = possible_cpus()
         compile_started = time.perf_counter()
         self.timings_s["prepare"] = compile_started - started
-        image, self.bpf_cache_hit = bpfcache.compiled(SOURCE_PATH, self._cflags, _PROGRAMS, headers_dir)
+        found = bpfcache.compiled(SOURCE_PATH, self._cflags, _PROGRAMS, headers_dir)
+        image, self.bpf_cache_hit = found.image, found.cache_hit
+        self.bpf_compiler_peak_rss_kb = found.compiler_peak_rss_kb
         attach_started = time.perf_counter()
         self.timings_s["bpf_compile"] = attach_started - compile_started
         try:

@@ -1,7 +1,7 @@
-"""gotrace.bpfcache: a run whose BPF program was compiled before loads it with bpf() alone, never importing bcc, and counts exactly as a compiling run.
+"""gotrace.bpfcache: the tracer's process never imports bcc (a miss compiles in a child process, a hit loads with bpf() alone), and counts exactly either way.
 
 Live tests trace testdata/latencytruth, which counts its own calls, in fresh
-processes (a process that once imported bcc cannot show that a hit does not)
+processes (a process that once imported bcc cannot show that it does not)
 with a cache directory of their own. Damaged entries and changed -D constants
 must mean compiling again, never an error or a wrong program.
 """
@@ -17,9 +17,10 @@ from pathlib import Path
 import pytest
 
 import gobuild
-from gotrace import bpfcache, bpfsys, probes_header
+from gotrace import bpfcache, bpfsys, kernelenv, probes_header
 from gotrace.bpfcache import MapSpec, ProgramImage
-from gotrace.tracer import LatencyTracer, TracedFunction
+from gotrace.errors import CapabilityError, UsageError
+from gotrace.tracer import SOURCE_PATH, LatencyTracer, TracedFunction
 from test_tracer_bpf import TRUTH_FUNCTIONS, finish_truth, goid_offset, start_truth, traced_functions
 
 # Runs in a fresh Python: attach, run latencytruth, print what a user and this test check.
@@ -36,6 +37,8 @@ with LatencyTracer(spec["binary"], functions, pid=None, goid_offset=spec["goid_o
     counts = tracer.read(reset=False)
 print(json.dumps({
     "hit": tracer.bpf_cache_hit,
+    "compiler_peak_rss_kb": tracer.bpf_compiler_peak_rss_kb,
+    "compile_s": tracer.timings_s["bpf_compile"],
     "bcc_imported": bcc_after_attach or "bcc" in sys.modules,
     "mode": tracer.attach_mode,
     "truth": {name: f["count"] for name, f in json.loads(truth)["functions"].items()},
@@ -70,15 +73,19 @@ def cache_entries(cache_dir: Path) -> list[Path]:
 
 
 @pytest.mark.bpf
-def test_second_run_loads_from_the_cache_without_bcc_and_counts_the_same(tmp_path):
+def test_neither_a_miss_nor_a_hit_imports_bcc_in_the_tracer_and_both_count_the_same(tmp_path):
     binary = gobuild.build("latencytruth", "1.23.9", "default")
     functions = traced_functions(binary, TRUTH_FUNCTIONS)
     first = trace_once(binary, functions, tmp_path)
-    assert first["hit"] is False and first["bcc_imported"] is True
+    assert first["hit"] is False
+    assert first["bcc_imported"] is False  # bcc and clang ran in the compiling child, which has exited
+    assert first["compiler_peak_rss_kb"] > 50 * 1024  # the child's own VmHWM: it really imported bcc and compiled
+    assert first["compile_s"] > 0.05  # bpf_compile includes the child's run
     assert len(cache_entries(tmp_path)) == 1
     second = trace_once(binary, functions, tmp_path)
     assert second["hit"] is True
     assert second["bcc_imported"] is False
+    assert second["compiler_peak_rss_kb"] is None
     assert second["mode"] == first["mode"]  # uprobe_multi on Linux 6.6+, else perf_link, both ways
     assert_exact(first)
     assert_exact(second)
@@ -122,7 +129,46 @@ def test_unwritable_cache_directory_still_traces(tmp_path):
     blocker.write_bytes(b"")
     result = trace_once(binary, functions, blocker / "bpf")
     assert result["hit"] is False
+    assert result["bcc_imported"] is False  # the child handed the program back on its stdout
     assert_exact(result)
+
+
+@pytest.mark.bpf
+def test_compile_error_in_the_child_is_one_line_with_the_callers_headers(tmp_path, monkeypatch, capfd):
+    """The child sees the caller's BCC_KERNEL_SOURCE; clang's pages of errors become one CapabilityError line."""
+    broken = tmp_path / "broken-headers"
+    (broken / "include").mkdir(parents=True)
+    monkeypatch.setenv("BCC_KERNEL_SOURCE", str(broken))
+    headers_dir = kernelenv.use_kernel_headers()
+    with pytest.raises(CapabilityError) as err:
+        bpfcache.compiled(SOURCE_PATH, {"GT_CFG_ARCH": 1}, [b"gt_entry"], headers_dir, tmp_path / "cache")
+    assert "kernel-headers" in str(err.value)
+    assert "kconfig.h" in str(err.value)  # clang's first diagnostic, about the broken tree
+    assert "\n" not in str(err.value)
+    assert capfd.readouterr() == ("", "")  # nothing of the child's reached the terminal
+    assert not (tmp_path / "cache").exists() or cache_entries(tmp_path / "cache") == []
+
+
+def test_child_killed_by_a_signal_is_one_capability_line(tmp_path, monkeypatch):
+    monkeypatch.setattr(bpfcache, "_compiler_command", lambda spec: ["sh", "-c", "echo clang noise >&2; kill -KILL $$"])
+    with pytest.raises(CapabilityError, match="killed by SIGKILL") as err:
+        bpfcache.compile_in_child(SOURCE_PATH, {}, [b"gt_entry"], "k", tmp_path)
+    assert "\n" not in str(err.value) and err.value.exit_code == 3
+
+
+def test_child_exiting_without_an_answer_says_so_in_one_line(tmp_path, monkeypatch):
+    monkeypatch.setattr(bpfcache, "_compiler_command",
+                        lambda spec: ["sh", "-c", "echo line one >&2; echo 'ImportError: no libbcc' >&2; exit 1"])
+    with pytest.raises(CapabilityError, match=r"exit status 1 \(ImportError: no libbcc\)") as err:
+        bpfcache.compile_in_child(SOURCE_PATH, {}, [b"gt_entry"], "k", tmp_path)
+    assert "\n" not in str(err.value)
+
+
+def test_childs_usage_error_arrives_as_a_usage_error(tmp_path, monkeypatch):
+    answer = json.dumps({"error": "UsageError", "message": "bad constant: fix it", "peak_rss_kb": 1})
+    monkeypatch.setattr(bpfcache, "_compiler_command", lambda spec: ["printf", "%s", answer])
+    with pytest.raises(UsageError, match="^bad constant: fix it$"):
+        bpfcache.compile_in_child(SOURCE_PATH, {}, [b"gt_entry"], "k", tmp_path)
 
 
 @pytest.mark.bpf
