@@ -190,6 +190,9 @@ def latency_cmd(args, pid, command, duration, as_json, interval, unit, print_bpf
             if os.environ.get("GOTRACE_TIMINGS") == "1":
                 _echo_timings({"imports": imported - started, "elf_analysis": analysed - imported,
                                **tracer.timings_s})
+                if tracer.bpf_compiler_peak_rss_kb:
+                    click.echo(f"gotrace: bpf compile child peak RSS {tracer.bpf_compiler_peak_rss_kb / 1024:.1f} MB",
+                               err=True)
             click.echo(header_line(len(plan.traced), plan.n_sites, target.pid, gobin.go_version,
                                    target.display), err=True)
             target_json = {"binary": target.display, "pid": target.pid, "go_version": gobin.go_version}

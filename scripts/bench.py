@@ -343,6 +343,8 @@ def bench_overhead(args) -> dict:
     counted: list[tuple[int, int]] = []
     rss: list[float] = []
     notes: list[str] = []
+    if args.no_bpftrace and shutil.which("bpftrace"):
+        notes.append("not compared (--no-bpftrace)")
     hot = Hotloop(binary)
     try:
         hot.run(args.calls)  # warm up
