@@ -23,8 +23,6 @@ user or script would read it.
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import random
 import re
@@ -36,7 +34,7 @@ from pathlib import Path
 import pytest
 
 import gobuild
-from gotrace.cli import main as gotrace_main
+from clirun import run_gotrace
 from gotrace.functab import normalize_name
 from gotrace.gobinary import GoBinary
 
@@ -47,16 +45,6 @@ PROGRAM = "service"
 # --- running the CLI ----------------------------------------------------------------
 
 
-def run_gotrace(*argv: str) -> tuple[int, str, str]:
-    """(exit status, stdout, stderr) of `gotrace ARGV...`, run in this process."""
-    out, err = io.StringIO(), io.StringIO()
-    code = 0
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            gotrace_main(list(argv))
-        except SystemExit as e:
-            code = e.code if isinstance(e.code, int) else 1
-    return code, out.getvalue(), err.getvalue()
 
 
 def funcs_json(binary: Path, *patterns: str) -> dict:

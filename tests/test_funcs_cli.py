@@ -9,8 +9,6 @@ traceback. The CLI contract is /work/shared/cli-contract.md.
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import re
 import shutil
@@ -23,7 +21,7 @@ from pathlib import Path
 import pytest
 
 import gobuild
-from gotrace.cli import main as gotrace_main
+from clirun import run_gotrace
 
 VERSION = gobuild.TOOLCHAINS[-1]
 REPO = Path(__file__).resolve().parent.parent
@@ -46,16 +44,6 @@ def stripped() -> Path:
     return gobuild.build("service", VERSION, "stripped", "amd64")
 
 
-def run_gotrace(*argv: str) -> tuple[int, str, str]:
-    """(exit status, stdout, stderr) of `gotrace ARGV...`, in this process."""
-    out, err = io.StringIO(), io.StringIO()
-    code = 0
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            gotrace_main(list(argv))
-        except SystemExit as e:
-            code = e.code if isinstance(e.code, int) else 1
-    return code, out.getvalue(), err.getvalue()
 
 
 def run_module(*argv: str, timeout: float = 120) -> subprocess.CompletedProcess:

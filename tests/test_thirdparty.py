@@ -14,8 +14,6 @@ except under CI (env CI set) where that is a failure.
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import os
 import re
@@ -25,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from gotrace.cli import main as gotrace_main
+from clirun import run_gotrace
 from gotrace.gobinary import GoBinary
 
 REPO = Path(__file__).resolve().parent.parent
@@ -48,15 +46,6 @@ def caddy() -> Path:
     return path
 
 
-def run_gotrace(*argv: str) -> tuple[int, str, str]:
-    out, err = io.StringIO(), io.StringIO()
-    code = 0
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            gotrace_main(list(argv))
-        except SystemExit as e:
-            code = e.code if isinstance(e.code, int) else 1
-    return code, out.getvalue(), err.getvalue()
 
 
 def objdump_ret_offsets(binary: Path, entry: int, size: int) -> tuple[int, list[int]]:
