@@ -47,7 +47,7 @@ def pid_binary(pid: int) -> str:
 
 
 def open_target(binary: str | None, pid: int | None):
-    from gotrace.gobinary import GoBinary
+    from gotrace.binary.gobinary import GoBinary
 
     if pid is not None:
         return GoBinary.open(pid_binary(pid), display_path=f"pid {pid} ({_readlink(f'/proc/{pid}/exe')})")
@@ -105,8 +105,8 @@ def funcs_cmd(args: tuple[str, ...], pid: int | None, as_json: bool, show_all: b
       gotrace funcs ./server 'main.*'     # functions of package main
       gotrace funcs -p 4242 '*ServeHTTP' --json
     """
-    from gotrace.funcs import describe_functions
-    from gotrace.render import render_funcs_text
+    from gotrace.commands.funcs import describe_functions
+    from gotrace.output.funcs import render_funcs_text
 
     binary, patterns = _split_target(args, pid)
     with open_target(binary, pid) as gobin:
@@ -163,10 +163,10 @@ def latency_cmd(args, pid, command, duration, as_json, interval, unit, print_bpf
       gotrace latency ./server 'main.*' -i 5 --json
     """
     started = time.perf_counter()
-    from gotrace.latency import function_reports, plan_latency, traced_functions
-    from gotrace.report import header_line, latency_report_json, render_latency_text
-    from gotrace.session import attached, run_loop
-    from gotrace.tracer import LatencyTracer
+    from gotrace.commands.latency import function_reports, plan_latency, traced_functions
+    from gotrace.output.latency import header_line, latency_report_json, render_latency_text
+    from gotrace.trace.session import attached, run_loop
+    from gotrace.trace.latency import LatencyTracer
 
     imported = time.perf_counter()
     target, patterns = _tracing_target(args, pid, command)
@@ -251,7 +251,7 @@ def _warn_slow_detach(attach_mode: str, n_sites: int) -> None:
 
 def _tracing_target(args: tuple[str, ...], pid: int | None, command: str | None):
     """(Target, patterns) from the positional arguments and -p/-c."""
-    from gotrace.session import Target, parse_command
+    from gotrace.trace.session import Target, parse_command
 
     if pid is not None and command is not None:
         raise UsageError("-p and -c exclude each other: trace a running process or start one")
@@ -315,11 +315,11 @@ def args_cmd(args, pid, command, duration, as_json, max_events, str_len, sigs, m
       gotrace args ./stripped 'main.*' --sig 'main.a=func(int) bool' --sig 'main.b=func(s string)'
       gotrace args -c './server -n 100' ./server 'main.*' --json
     """
-    from gotrace.argplan import args_functions, plan_args
-    from gotrace.argtracer import ArgsTracer
-    from gotrace.report import header_line
-    from gotrace.session import attached, run_loop
-    from gotrace.values import RuntimeTypes, call_json, decode_call, format_call
+    from gotrace.capture.plan import args_functions, plan_args
+    from gotrace.trace.args import ArgsTracer
+    from gotrace.output.latency import header_line
+    from gotrace.trace.session import attached, run_loop
+    from gotrace.capture.values import RuntimeTypes, call_json, decode_call, format_call
 
     target, patterns = _tracing_target(args, pid, command)
     with open_target(target.binary_path if pid is None else None, pid) as gobin:

@@ -12,13 +12,13 @@ floor, or to the target), since raw times on a shared VM say little alone.
   caddy (about 50 MB, stripped) to its "Tracing ..." line, which it prints
   once the probes are attached; GOTRACE_TIMINGS=1 gives the phases.
 * Scale: 10, 100, 1000 caddy functions attached and detached through the
-  library (gotrace.latency.plan_latency's pieces, LatencyTracer), each in a
+  library (gotrace.commands.latency.plan_latency's pieces, LatencyTracer), each in a
   fresh worker process so its peak RSS is its own.
 * Memory: peak RSS (VmHWM) of every gotrace process above, of the short-lived
   child that compiles on a cache miss (its own VmHWM, which it reports to the
   tracer), and what bcc alone costs.
 
-gotrace caches the compiled BPF program (gotrace.bpfcache). Start-up and
+gotrace caches the compiled BPF program (gotrace.bpf.cache). Start-up and
 scale are measured both ways: one cold run with the cache emptied first (a
 child process imports bcc and clang compiles), then warm runs that load the cached program. The
 bench empties /var/cache/gotrace/bpf for that; it refills as gotrace runs.
@@ -69,7 +69,7 @@ class BenchError(RuntimeError):
 
 def clear_bpf_cache() -> None:
     """Empty gotrace's compiled-program cache, so that the next run of each configuration compiles (a cold run)."""
-    from gotrace import bpfcache
+    from gotrace.bpf import cache as bpfcache
 
     shutil.rmtree(bpfcache.CACHE_DIR, ignore_errors=True)
 
@@ -207,7 +207,7 @@ class FloorProbes:
     """Empty BPF programs attached with bcc's attach_uprobe at the given sites (the kernel's floor)."""
 
     def __init__(self, binary: Path, vaddrs: list[int]):
-        from gotrace import kernelenv
+        from gotrace.bpf import kernel as kernelenv
 
         kernelenv.check_can_trace(need_tracefs=True)
         import bcc
@@ -323,7 +323,7 @@ class Bpftrace:
 
 def bench_overhead(args) -> dict:
     import gobuild
-    from gotrace.gobinary import GoBinary
+    from gotrace.binary.gobinary import GoBinary
 
     binary = gobuild.build("hotloop", gobuild.SYSTEM_GO_VERSION)
     with GoBinary.open(binary) as gobin:
@@ -463,9 +463,9 @@ def print_startup(args, caddy: Caddy, r: dict, go_version: str) -> dict:
 def scale_worker(binary: str, pid: int, n: int) -> None:
     """One scale measurement in this process: prints one JSON line."""
     t0 = time.perf_counter()
-    from gotrace.gobinary import GoBinary
-    from gotrace.latency import LatencyPlan, traced_functions
-    from gotrace.tracer import LatencyTracer
+    from gotrace.binary.gobinary import GoBinary
+    from gotrace.commands.latency import LatencyPlan, traced_functions
+    from gotrace.trace.latency import LatencyTracer
 
     with GoBinary.open(binary) as gobin:
         traced = []
@@ -499,7 +499,7 @@ def scale_worker(binary: str, pid: int, n: int) -> None:
 
 def bcc_floor_worker() -> None:
     """Peak RSS of Python importing bcc and compiling an empty program: what any in-process bcc tool pays."""
-    from gotrace import kernelenv
+    from gotrace.bpf import kernel as kernelenv
 
     kernelenv.use_kernel_headers()
     import bcc
@@ -607,7 +607,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run_all(args) -> int:
-    from gotrace.gobinary import GoBinary
+    from gotrace.binary.gobinary import GoBinary
 
     print(f"gotrace benchmark  {time.strftime('%Y-%m-%d %H:%M')}  commit {gotrace_commit()}")
     print(f"machine: Linux {os.uname().release}, {os.cpu_count()} CPUs; load average at start {load_average()}"

@@ -85,7 +85,7 @@ def service_matrix() -> dict[tuple[str, str, str], Path]:
 BPF_PROBE_PROGRAM = r"""
 import sys
 try:
-    from gotrace.kernelenv import use_kernel_headers  # points bcc at gotrace's kernel-header tree
+    from gotrace.bpf.kernel import use_kernel_headers  # points bcc at gotrace's kernel-header tree
 except ImportError:
     pass
 else:

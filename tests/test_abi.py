@@ -15,15 +15,15 @@ from elftools.dwarf.dwarf_expr import DWARFExprParser
 from elftools.dwarf.locationlists import BaseAddressEntry, LocationEntry, LocationParser
 
 from dwarf_programs import ABI_CASE_FUNCTIONS, ARCHES, TOOLCHAINS, build_snippet
-from gotrace.abi import AMD64, ArchABI, Location, arg_width, assign
-from gotrace.dwarfinfo import DwarfInfo
-from gotrace.elffile import ElfImage
+from gotrace.capture.abi import AMD64, ArchABI, Location, arg_width, assign
+from gotrace.binary.dwarfinfo import DwarfInfo
+from gotrace.binary.elffile import ElfImage
 from gotrace.errors import BinaryError
-from gotrace.gotypes import (
+from gotrace.binary.gotypes import (
     Kind, Param, Signature, array_of, basic, interface_type, pointer_to, slice_of, string_type,
     struct_of,
 )
-from gotrace.pclntab import Pclntab
+from gotrace.binary.pclntab import Pclntab
 
 INT = basic(Kind.INT)
 UINT8 = basic(Kind.UINT8)

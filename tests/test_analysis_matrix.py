@@ -35,8 +35,8 @@ import pytest
 
 import gobuild
 from clirun import run_gotrace
-from gotrace.functab import normalize_name
-from gotrace.gobinary import GoBinary
+from gotrace.binary.functab import normalize_name
+from gotrace.binary.gobinary import GoBinary
 
 pytestmark = pytest.mark.matrix
 

@@ -16,9 +16,9 @@ import time
 import pytest
 
 import gobuild
-from gotrace.argplan import args_functions, plan_args
-from gotrace.argtracer import ArgsTracer
-from gotrace.gobinary import GoBinary
+from gotrace.capture.plan import args_functions, plan_args
+from gotrace.trace.args import ArgsTracer
+from gotrace.binary.gobinary import GoBinary
 
 pytestmark = pytest.mark.bpf
 
@@ -73,7 +73,7 @@ def test_rate_limit_drops_are_counted_not_silent():
 
 def test_a_reader_that_falls_behind_gets_counts_of_what_it_lost(tmp_path):
     """Nobody reads the ring buffer while the program runs: what did not fit is counted, exactly."""
-    from gotrace.session import Target
+    from gotrace.trace.session import Target
 
     binary = _binary()
     out_path = tmp_path / "bench.json"

@@ -16,15 +16,15 @@ import sys
 import pytest
 
 import gobuild
-from gotrace import probes_header
-from gotrace.abi import AMD64
-from gotrace.argplan import BYTES, plan_function
-from gotrace.argtracer import CallRecord, pack_plan, parse_record
+from gotrace import header as probes_header
+from gotrace.capture.abi import AMD64
+from gotrace.capture.plan import BYTES, plan_function
+from gotrace.trace.args import CallRecord, pack_plan, parse_record
 from gotrace.cli import _args_summary
 from gotrace.errors import UsageError
-from gotrace.gotypes import Kind, Param, Signature, basic, interface_type, slice_of, string_type, struct_of
-from gotrace.sigparse import parse_signature
-from gotrace.values import Interface, Text, call_json, decode_call, format_call, format_value, quote, value_json
+from gotrace.binary.gotypes import Kind, Param, Signature, basic, interface_type, slice_of, string_type, struct_of
+from gotrace.capture.sigparse import parse_signature
+from gotrace.capture.values import Interface, Text, call_json, decode_call, format_call, format_value, quote, value_json
 
 C = probes_header.constant
 
@@ -232,8 +232,8 @@ def test_stripped_binary_without_sig_says_to_give_one():
 @pytest.mark.parametrize("mode", ["default", "pie", "extlink"])
 def test_types_section_found_from_moduledata_alone(version, mode, monkeypatch):
     """Stripped binaries have no runtime.types symbol: moduledata must give the same address."""
-    from gotrace.gobinary import GoBinary
-    from gotrace.values import RuntimeTypes
+    from gotrace.binary.gobinary import GoBinary
+    from gotrace.capture.values import RuntimeTypes
 
     with GoBinary(gobuild.build("argstruth", version, mode)) as gobin:
         symbol = gobin.elf.symbol_vaddr("runtime.types")

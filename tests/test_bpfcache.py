@@ -1,4 +1,4 @@
-"""gotrace.bpfcache: the tracer's process never imports bcc (a miss compiles in a child process, a hit loads with bpf() alone), and counts exactly either way.
+"""gotrace.bpf.cache: the tracer's process never imports bcc (a miss compiles in a child process, a hit loads with bpf() alone), and counts exactly either way.
 
 Live tests trace testdata/latencytruth, which counts its own calls, in fresh
 processes (a process that once imported bcc cannot show that it does not)
@@ -17,17 +17,20 @@ from pathlib import Path
 import pytest
 
 import gobuild
-from gotrace import bpfcache, bpfsys, kernelenv, probes_header
-from gotrace.bpfcache import MapSpec, ProgramImage
+from gotrace.bpf import cache as bpfcache
+from gotrace.bpf import syscalls as bpfsys
+from gotrace.bpf import kernel as kernelenv
+from gotrace import header as probes_header
+from gotrace.bpf.cache import MapSpec, ProgramImage
 from gotrace.errors import CapabilityError, UsageError
-from gotrace.tracer import SOURCE_PATH, LatencyTracer, TracedFunction
+from gotrace.trace.latency import SOURCE_PATH, LatencyTracer, TracedFunction
 from test_tracer_bpf import TRUTH_FUNCTIONS, finish_truth, goid_offset, start_truth, traced_functions
 
 # Runs in a fresh Python: attach, run latencytruth, print what a user and this test check.
 TRACE_ONCE = r"""
 import json, subprocess, sys
-from gotrace import bpfcache
-from gotrace.tracer import LatencyTracer, TracedFunction
+from gotrace.bpf import cache as bpfcache
+from gotrace.trace.latency import LatencyTracer, TracedFunction
 spec = json.loads(sys.argv[1])
 bpfcache.CACHE_DIR = bpfcache.Path(spec["cache_dir"])
 functions = [TracedFunction(i, name, entry, tuple(rets)) for i, (name, entry, rets) in enumerate(spec["functions"])]

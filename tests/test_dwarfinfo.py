@@ -8,9 +8,9 @@ import subprocess
 import pytest
 
 from dwarf_programs import ARCHES, TOOLCHAINS, build_snippet
-from gotrace.dwarfinfo import DwarfInfo, package_of, takes_dictionary
+from gotrace.binary.dwarfinfo import DwarfInfo, package_of, takes_dictionary
 from gotrace.errors import BinaryError
-from gotrace.gotypes import Kind
+from gotrace.binary.gotypes import Kind
 
 
 @pytest.fixture(scope="module")
@@ -71,7 +71,7 @@ def test_damaged_dwarf_is_a_one_line_binary_error_and_offsets_fall_back_to_table
         pytest.skip("objcopy (binutils) not installed")
     from elftools.elf.elffile import ELFFile
 
-    from gotrace.runtime_offsets import RuntimeOffsets, runtime_offsets
+    from gotrace.binary.runtime_offsets import RuntimeOffsets, runtime_offsets
 
     damaged = tmp_path / "minimal"
     subprocess.run(["objcopy", "--decompress-debug-sections",

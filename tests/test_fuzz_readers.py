@@ -42,11 +42,11 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 import gobuild
-from gotrace.dwarfinfo import DwarfInfo
+from gotrace.binary.dwarfinfo import DwarfInfo
 from gotrace.errors import GotraceError
-from gotrace.funcs import describe_functions
-from gotrace.gobinary import GoBinary
-from gotrace.runtime_offsets import runtime_offsets
+from gotrace.commands.funcs import describe_functions
+from gotrace.binary.gobinary import GoBinary
+from gotrace.binary.runtime_offsets import runtime_offsets
 
 HANG_S = 2.0
 """Most CPU seconds one analysis of one damaged file may take (undamaged: 0.02 s, 0.7 s with DWARF)."""

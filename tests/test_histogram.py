@@ -1,4 +1,4 @@
-"""Tests for gotrace.histogram: the bucket scheme of probes/gotrace.h and percentiles from it."""
+"""Tests for gotrace.output.histogram: the bucket scheme of probes/gotrace.h and percentiles from it."""
 
 import math
 import random
@@ -8,8 +8,8 @@ import subprocess
 import pytest
 from hypothesis import given, strategies as st
 
-from gotrace import probes_header
-from gotrace.histogram import (
+from gotrace import header as probes_header
+from gotrace.output.histogram import (
     LatencyHistogram,
     bucket_bounds,
     bucket_index,

@@ -1,4 +1,4 @@
-"""gotrace.kernelenv: each missing capability gives the one-line fix a user needs; scripts/kernel-headers builds a tree bcc can use."""
+"""gotrace.bpf.kernel: each missing capability gives the one-line fix a user needs; scripts/kernel-headers builds a tree bcc can use."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from gotrace import kernelenv
+from gotrace.bpf import kernel as kernelenv
 from gotrace.errors import CapabilityError
 
 REPO = Path(__file__).resolve().parent.parent

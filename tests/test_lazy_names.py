@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from gotrace.elffile import ElfImage
-from gotrace.functab import FunctionTable
-from gotrace.gobinary import GoBinary
-from gotrace.pclntab import Pclntab
+from gotrace.binary.elffile import ElfImage
+from gotrace.binary.functab import FunctionTable
+from gotrace.binary.gobinary import GoBinary
+from gotrace.binary.pclntab import Pclntab
 
 CADDY = Path("/var/cache/gotrace/caddy/bin/caddy")
 

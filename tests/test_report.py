@@ -1,4 +1,4 @@
-"""Tests for gotrace.report: the latency JSON object, the text histogram and duration formatting."""
+"""Tests for gotrace.output.latency: the latency JSON object, the text histogram and duration formatting."""
 
 import json
 import random
@@ -7,8 +7,8 @@ import re
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from gotrace.histogram import LatencyHistogram, bucket_bounds, bucket_index, bucket_midpoint, max_trackable_ns
-from gotrace.report import (
+from gotrace.output.histogram import LatencyHistogram, bucket_bounds, bucket_index, bucket_midpoint, max_trackable_ns
+from gotrace.output.latency import (
     FunctionReport,
     format_duration,
     header_line,

@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 
 from dwarf_programs import ARCHES, TOOLCHAINS, build_snippet, version_tuple
-from gotrace.buildinfo import read_buildinfo
-from gotrace.dwarfinfo import DwarfInfo
-from gotrace.elffile import ElfImage
+from gotrace.binary.buildinfo import read_buildinfo
+from gotrace.binary.dwarfinfo import DwarfInfo
+from gotrace.binary.elffile import ElfImage
 from gotrace.errors import BinaryError
-from gotrace.runtime_offsets import RuntimeOffsets, runtime_offsets, table_goid_offset
+from gotrace.binary.runtime_offsets import RuntimeOffsets, runtime_offsets, table_goid_offset
 
 # What design.md section 4 states, independent of the module's own table.
 EXPECTED_GOID = {17: 152, 18: 152, 19: 152, 20: 152, 21: 152, 22: 152,

@@ -1,4 +1,4 @@
-"""Tests for gotrace.sites: probe sites against hand-encoded bytes and against objdump on real Go binaries.
+"""Tests for gotrace.binary.sites: probe sites against hand-encoded bytes and against objdump on real Go binaries.
 
 The byte fixtures need nothing but capstone. The binary tests build
 tests/fixtures/sites/prog with Go 1.19, 1.23.9 and 1.27.3 for amd64 and arm64
@@ -24,7 +24,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gotrace.errors import BinaryError
-from gotrace.sites import (
+from gotrace.binary.sites import (
     REASON_ABI0,
     REASON_BAD_STUB,
     REASON_EMPTY,

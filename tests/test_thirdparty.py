@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 
 from clirun import run_gotrace
-from gotrace.gobinary import GoBinary
+from gotrace.binary.gobinary import GoBinary
 
 REPO = Path(__file__).resolve().parent.parent
 SCRIPT = REPO / "scripts" / "thirdparty"

@@ -1,4 +1,4 @@
-"""gotrace.tracer against real uprobes: counts and percentiles equal what the traced Go program measured itself.
+"""gotrace.trace.latency against real uprobes: counts and percentiles equal what the traced Go program measured itself.
 
 testdata/latencytruth times each call of its traced functions itself and
 prints its own counts, p50 and p99 as JSON. The tracer must see exactly the
@@ -7,7 +7,7 @@ percentiles within 5% + 50 us (a uprobe pair costs ~33 us on this VM; part of
 it falls inside the traced interval).
 
 The bucket index code of probes/gotrace.h is also compiled for the host and
-compared with gotrace.histogram's formula (no BPF needed for that one).
+compared with gotrace.output.histogram's formula (no BPF needed for that one).
 """
 
 from __future__ import annotations
@@ -27,9 +27,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import gobuild
-from gotrace import histogram, probes_header
-from gotrace.gobinary import GoBinary
-from gotrace.tracer import LatencyTracer, TracedFunction
+from gotrace.output import histogram
+from gotrace import header as probes_header
+from gotrace.binary.gobinary import GoBinary
+from gotrace.trace.latency import LatencyTracer, TracedFunction
 
 TRUTH_FUNCTIONS = [
     "main.work",
@@ -261,7 +262,7 @@ def test_thousand_functions_attach_fast_count_exactly_and_detach_clean(many_func
 
 @pytest.mark.bpf
 def test_kernel_without_uprobe_multi_falls_back_to_perf_links(many_functions_binary, monkeypatch):
-    from gotrace import bpfsys
+    from gotrace.bpf import syscalls as bpfsys
 
     def no_uprobe_multi(*args, **kwargs):
         raise OSError(errno.EINVAL, "bpf(BPF_LINK_CREATE uprobe_multi)")
@@ -277,7 +278,7 @@ def test_kernel_without_uprobe_multi_falls_back_to_perf_links(many_functions_bin
 
 DETACH_WITHOUT_TRACEFS = r"""
 import subprocess, sys
-from gotrace.tracer import LatencyTracer, TracedFunction
+from gotrace.trace.latency import LatencyTracer, TracedFunction
 binary, goid_offset, *sites = sys.argv[1:]
 functions = [TracedFunction(i, f"f{i}", int(entry), tuple(int(r) for r in rets.split(",")))
              for i, (entry, rets) in enumerate(zip(sites[0::2], sites[1::2]))]

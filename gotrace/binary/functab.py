@@ -13,8 +13,8 @@ import functools
 from bisect import bisect_right
 from dataclasses import dataclass
 
-from gotrace.elffile import ElfImage
-from gotrace.pclntab import Pclntab
+from gotrace.binary.elffile import ElfImage
+from gotrace.binary.pclntab import Pclntab
 
 FUNCFLAG_ASM = 4
 ABI0_SUFFIX = ".abi0"

@@ -15,7 +15,7 @@ from __future__ import annotations
 import re
 
 from gotrace.errors import UsageError
-from gotrace.gotypes import (
+from gotrace.binary.gotypes import (
     GoType, Kind, Param, Signature, array_of, basic, chan_of, func_type, interface_type,
     map_of, pointer_to, slice_of, string_type, struct_of,
 )

@@ -4,8 +4,8 @@ The BPF side (probes/args.bpf.c, layouts in probes/gotrace.h "args") reads
 what the plans say at entry and at `ret`, pairs the two by goroutine as
 latency does, and sends one record per completed call. This module knows
 nothing of Go values: records come out as `CallRecord`s of raw bytes, which
-gotrace.values decodes. Attaching (uprobe_multi links, or perf-event links on
-older kernels) is gotrace.uprobes' job.
+gotrace.capture.values decodes. Attaching (uprobe_multi links, or perf-event links on
+older kernels) is gotrace.bpf.uprobes' job.
 """
 
 from __future__ import annotations
@@ -15,7 +15,9 @@ import struct
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from gotrace import bpfprog, probes_header, uprobes
+from gotrace.bpf import compiler as bpfprog
+from gotrace import header as probes_header
+from gotrace.bpf import uprobes
 from gotrace.errors import UsageError
 
 SOURCE_PATH = probes_header.PROBES_DIR / "args.bpf.c"
@@ -163,7 +165,7 @@ class ArgsTracer:
         """Compile, load the plans, attach at every entry and return site, open the ring buffer."""
         if self._bpf is not None:
             return
-        from gotrace import kernelenv
+        from gotrace.bpf import kernel as kernelenv
 
         kernelenv.check_can_trace()
         # A function whose entry instruction is a `ret` gets one probe doing both captures.

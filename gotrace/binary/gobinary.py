@@ -13,13 +13,13 @@ import functools
 import os
 from dataclasses import dataclass
 
-from gotrace.buildinfo import BuildInfo, read_buildinfo
-from gotrace.elffile import ElfImage
+from gotrace.binary.buildinfo import BuildInfo, read_buildinfo
+from gotrace.binary.elffile import ElfImage
 from gotrace.errors import BinaryError
-from gotrace.functab import FunctionTable, GoFunction, read_code
-from gotrace.patterns import compile_pattern, match_indices, no_match_error
-from gotrace.pclntab import Pclntab
-from gotrace.sites import ProbeSites, find_probe_sites
+from gotrace.binary.functab import FunctionTable, GoFunction, read_code
+from gotrace.binary.patterns import compile_pattern, match_indices, no_match_error
+from gotrace.binary.pclntab import Pclntab
+from gotrace.binary.sites import ProbeSites, find_probe_sites
 
 ASM_REASON = "assembly function (no goroutine register guarantee)"
 
@@ -115,11 +115,11 @@ class GoBinary:
     @functools.cached_property
     def runtime_offsets(self):
         """Offsets of g.goid and g.stack.hi: DWARF when present, else the version table."""
-        from gotrace.runtime_offsets import runtime_offsets
+        from gotrace.binary.runtime_offsets import runtime_offsets
 
         if self.elf.get_section(".debug_info") is None and self.elf.get_section(".zdebug_info") is None:
             return runtime_offsets(self.build.version_tuple, None)  # stripped: no need to load a DWARF reader
-        from gotrace.dwarfinfo import DwarfInfo
+        from gotrace.binary.dwarfinfo import DwarfInfo
 
         try:
             dwarf = DwarfInfo.open(self.path)

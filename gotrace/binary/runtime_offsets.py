@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 from gotrace.errors import BinaryError
 
 if TYPE_CHECKING:
-    from gotrace.dwarfinfo import DwarfInfo
+    from gotrace.binary.dwarfinfo import DwarfInfo
 
 # g.stack is g's first member and runtime.stack is {lo, hi uintptr}.
 STACK_HI_OFFSET = 8

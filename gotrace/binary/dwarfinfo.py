@@ -21,7 +21,7 @@ from elftools.construct import ConstructError
 from elftools.elf.elffile import ELFFile
 
 from gotrace.errors import BinaryError
-from gotrace.gotypes import (
+from gotrace.binary.gotypes import (
     PTR_SIZE, Field, GoType, Kind, Param, Signature, basic_align,
 )
 

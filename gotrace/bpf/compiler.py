@@ -14,7 +14,7 @@ import os
 import tempfile
 from pathlib import Path
 
-from gotrace import probes_header
+from gotrace import header as probes_header
 from gotrace.errors import CapabilityError, UsageError
 
 ARCH_CONSTANTS = {"amd64": "GT_ARCH_AMD64", "arm64": "GT_ARCH_ARM64"}

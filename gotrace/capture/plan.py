@@ -22,9 +22,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from gotrace import abi, probes_header
+from gotrace.capture import abi
+from gotrace import header as probes_header
 from gotrace.errors import PatternError, UsageError
-from gotrace.gotypes import FLOAT_KINDS, INTEGER_KINDS, GoType, Kind, Param, Signature
+from gotrace.binary.gotypes import FLOAT_KINDS, INTEGER_KINDS, GoType, Kind, Param, Signature
 
 DEFAULT_STR_LEN = 64
 
@@ -316,8 +317,8 @@ def plan_args(gobin, patterns: list[str], *, sig=None, str_len: int = DEFAULT_ST
     pclntab records for the function: a mismatch is an error for --sig and a
     skip (with the reason) for DWARF.
     """
-    from gotrace.dwarfinfo import DwarfInfo
-    from gotrace.sigparse import parse_signature
+    from gotrace.binary.dwarfinfo import DwarfInfo
+    from gotrace.capture.sigparse import parse_signature
 
     functions = gobin.match(patterns)
     sigs = [sig] if isinstance(sig, str) else list(sig or ())
@@ -364,7 +365,7 @@ def plan_args(gobin, patterns: list[str], *, sig=None, str_len: int = DEFAULT_ST
 
 def args_functions(plan: ArgsPlan):
     """The tracer's view of the plan: ids, sites, packed operations."""
-    from gotrace.argtracer import ArgsFunction
+    from gotrace.trace.args import ArgsFunction
 
     return [ArgsFunction(i, fplan.name, probes.sites.entry_vaddr, probes.sites.return_vaddrs,
                          fplan.entry.packed_ops(), fplan.ret.packed_ops())

@@ -20,7 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from gotrace.errors import BinaryError
-from gotrace.gotypes import (
+from gotrace.binary.gotypes import (
     COMPLEX_KINDS, FLOAT_KINDS, INTEGER_KINDS, POINTER_SHAPED_KINDS, PTR_SIZE,
     GoType, Kind, Param, Signature, align_up, basic,
 )

@@ -1,8 +1,8 @@
-"""Text output of `gotrace funcs` (latency reports live in gotrace.report)."""
+"""Text output of `gotrace funcs` (latency reports live in gotrace.output.latency)."""
 
 from __future__ import annotations
 
-from gotrace.funcs import FuncListing
+from gotrace.commands.funcs import FuncListing
 
 
 def render_funcs_text(listing: FuncListing, *, show_all: bool) -> str:

@@ -18,7 +18,7 @@ never stays with the tracer. Its stderr (clang's diagnostics) is kept; its
 GotraceErrors come back as the same one-line exceptions.
 
 ProgramImage.instantiate() creates the maps and returns a LoadedImage, which
-loads programs on demand (a gotrace.uprobes ProgramLoader) and holds the map
+loads programs on demand (a gotrace.bpf.uprobes ProgramLoader) and holds the map
 fds that user space reads and writes.
 """
 
@@ -40,8 +40,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from gotrace import errors, probes_header
-from gotrace.bpfsys import BPF_PROG_TYPE_KPROBE, Syscalls
+from gotrace import errors
+from gotrace import header as probes_header
+from gotrace.bpf.syscalls import BPF_PROG_TYPE_KPROBE, Syscalls
 from gotrace.errors import CapabilityError, GotraceError
 
 CACHE_DIR = Path("/var/cache/gotrace/bpf")
@@ -231,7 +232,7 @@ def compiled(source_path: Path, config: dict[str, int], program_names: Iterable[
 # Run by `python -I -c`: the caller's sys.path first (so the child imports the same gotrace and bcc), then the child.
 _CHILD_BOOTSTRAP = (
     "import json, sys; spec = json.loads(sys.argv[1]); sys.path[:] = spec['sys_path']; "
-    "from gotrace import bpfcache; bpfcache._child_main(spec)"
+    "from gotrace.bpf import cache; cache._child_main(spec)"
 )
 
 
@@ -295,7 +296,7 @@ def _child_main(spec: dict) -> None:
     os.dup2(2, 1)  # anything bcc or clang prints goes to stderr, which the parent keeps
     reply: dict[str, object]
     try:
-        from gotrace import bpfprog
+        from gotrace.bpf import compiler as bpfprog
 
         program_names = [name.encode() for name in spec["program_names"]]
         bpf = bpfprog.compile_program(Path(spec["source_path"]), spec["config"])
@@ -366,7 +367,7 @@ class LoadedImage:
         raise KeyError(name)
 
     def load_program(self, name: bytes, expected_attach_type: int) -> int:
-        """A gotrace.uprobes ProgramLoader: loads program name as kprobe-type, replacing an earlier load of it.
+        """A gotrace.bpf.uprobes ProgramLoader: loads program name as kprobe-type, replacing an earlier load of it.
 
         expected_attach_type < 0 (uprobes.NO_EXPECTED_ATTACH_TYPE) loads it for perf-event links.
         """

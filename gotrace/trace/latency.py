@@ -3,13 +3,13 @@
 The BPF side (probes/latency.bpf.c, constants and layouts in probes/gotrace.h)
 pairs each call's entry and `ret` by goroutine and aggregates latencies into
 log-linear buckets in the kernel; this module only configures, attaches and
-reads it. The compiled program comes from gotrace.bpfcache (compiled with bcc,
+reads it. The compiled program comes from gotrace.bpf.cache (compiled with bcc,
 in a short-lived child process, only when no earlier run left it there); this
 process never imports bcc, and reads the maps through raw bpf() calls on their
 fds.
 
 Attaching (uprobe_multi links, or perf-event links on older kernels, each site
-with its function id as BPF cookie) is gotrace.uprobes' job.
+with its function id as BPF cookie) is gotrace.bpf.uprobes' job.
 """
 
 from __future__ import annotations
@@ -20,12 +20,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from gotrace import bpfprog, probes_header, uprobes
-from gotrace.bpfsys import Syscalls, percpu_value_size, possible_cpus
+from gotrace.bpf import compiler as bpfprog
+from gotrace import header as probes_header
+from gotrace.bpf import uprobes
+from gotrace.bpf.syscalls import Syscalls, percpu_value_size, possible_cpus
 from gotrace.errors import UsageError
 
 if TYPE_CHECKING:
-    from gotrace import bpfcache
+    from gotrace.bpf import cache as bpfcache
 
 SOURCE_PATH = probes_header.PROBES_DIR / "latency.bpf.c"
 _PROGRAMS = (b"gt_entry", b"gt_return")
@@ -117,7 +119,7 @@ class LatencyTracer:
         self.timings_s: dict[str, float] = {}
         # "auto": uprobe_multi links when the kernel has them, else one perf-event link per site.
         self.attach_mode = "auto"
-        # Whether attach() found the compiled program in gotrace.bpfcache (and never imported bcc).
+        # Whether attach() found the compiled program in gotrace.bpf.cache (and never imported bcc).
         self.bpf_cache_hit: bool | None = None
         # On a miss, the peak RSS (kB, VmHWM) of the short-lived child process that compiled it; None on a hit.
         self.bpf_compiler_peak_rss_kb: int | None = None
@@ -136,10 +138,11 @@ class LatencyTracer:
         return bpfprog.source_text(SOURCE_PATH, self._cflags)
 
     def attach(self) -> None:
-        """Load the BPF program (from gotrace.bpfcache, else compiled) and attach it at every entry and return site."""
+        """Load the BPF program (from gotrace.bpf.cache, else compiled) and attach it at every entry and return site."""
         if self._loaded is not None:
             return
-        from gotrace import bpfcache, kernelenv
+        from gotrace.bpf import cache as bpfcache
+        from gotrace.bpf import kernel as kernelenv
 
         started = time.perf_counter()
         kernelenv.check_can_trace()

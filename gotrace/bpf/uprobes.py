@@ -22,7 +22,7 @@ import errno
 import os
 from collections.abc import Callable, Sequence
 
-from gotrace.bpfsys import BPF_TRACE_UPROBE_MULTI, Syscalls
+from gotrace.bpf.syscalls import BPF_TRACE_UPROBE_MULTI, Syscalls
 from gotrace.errors import CapabilityError, UsageError
 
 MODES = ("auto", "uprobe_multi", "perf_link")
@@ -37,7 +37,7 @@ _SEQUENTIAL_CLOSE_MAX = 8
 
 def file_offsets(binary_path: str, vaddrs: Sequence[int]) -> list[int]:
     """The file offset of each ELF vaddr (uprobes are placed by file offset, also for PIE)."""
-    from gotrace.elffile import ElfImage
+    from gotrace.binary.elffile import ElfImage
 
     image = ElfImage(binary_path)
     try:
@@ -170,7 +170,7 @@ class _Attacher:
             uprobes._links.append(self.sys.link_create_uprobe_multi(prog_fd, self.path, offsets, cookies, self.pid or 0))
 
     def attach_perf_links(self, uprobes: UprobeSet, groups: Sequence[tuple[bytes, Sequence[tuple[int, int]]]]) -> None:
-        from gotrace import kernelenv
+        from gotrace.bpf import kernel as kernelenv
 
         pmu_type = kernelenv.uprobe_pmu_type()
         pid = -1 if self.pid is None else self.pid

@@ -2,7 +2,7 @@
 
 Each call returns a file descriptor or raw bytes, or raises OSError with the
 kernel's errno; turning that into a message a user can act on is the caller's
-job (gotrace.uprobes for attaching).
+job (gotrace.bpf.uprobes for attaching).
 """
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ import re
 import struct
 from dataclasses import dataclass
 
-from gotrace.elffile import ElfImage
+from gotrace.binary.elffile import ElfImage
 from gotrace.errors import BinaryError
 
 BUILDINFO_MAGIC = b"\xff Go buildinf:"

@@ -17,7 +17,7 @@ import functools
 import struct
 from array import array
 
-from gotrace.elffile import ElfImage, Section
+from gotrace.binary.elffile import ElfImage, Section
 from gotrace.errors import BinaryError
 
 MAGIC_GO116 = 0xFFFFFFFA

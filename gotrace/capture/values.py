@@ -1,6 +1,6 @@
 """Decodes a completed call's captured bytes into Go values, and renders them as text (Go syntax) and JSON (the CLI contract).
 
-Input: a gotrace.argtracer.CallRecord and the function's gotrace.argplan
+Input: a gotrace.trace.args.CallRecord and the function's gotrace.capture.plan
 plan. Each value's image is in Go's memory layout, so decoding walks the
 type over the bytes; strings, slices and interfaces follow the plan's
 derefs. Interface and error values name their concrete type from the
@@ -18,9 +18,9 @@ import struct
 import unicodedata
 from dataclasses import dataclass, field
 
-from gotrace.argplan import BYTES, IFACE_DATA, ITAB_TYPE, FunctionPlan, SidePlan, ValuePlan
-from gotrace.gotypes import FLOAT_KINDS, INTEGER_KINDS, SIGNED_KINDS, GoType, Kind
-from gotrace.pclntab import MODULEDATA_TEXT_WORD, iter_moduledata
+from gotrace.capture.plan import BYTES, IFACE_DATA, ITAB_TYPE, FunctionPlan, SidePlan, ValuePlan
+from gotrace.binary.gotypes import FLOAT_KINDS, INTEGER_KINDS, SIGNED_KINDS, GoType, Kind
+from gotrace.binary.pclntab import MODULEDATA_TEXT_WORD, iter_moduledata
 
 # Error types whose message is the string at the start of what they point to.
 KNOWN_ERROR_TYPES = frozenset({"*errors.errorString", "*fmt.wrapError", "*fmt.wrapErrors"})
@@ -429,7 +429,7 @@ def format_call(call: Call, *, local_time: bool = True) -> str:
     """`12:00:01.123456 pid=4242 goid=17 main.work(n=1000, s="hello") => (500500, <nil>) 1.05ms`"""
     import time
 
-    from gotrace.report import format_duration
+    from gotrace.output.latency import format_duration
 
     seconds, ns = divmod(call.ts_ns, 1_000_000_000)
     stamp = time.strftime("%H:%M:%S", time.localtime(seconds) if local_time else time.gmtime(seconds))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from gotrace.gobinary import FunctionProbes, GoBinary
+from gotrace.binary.gobinary import FunctionProbes, GoBinary
 
 
 @dataclass(frozen=True)

@@ -1,9 +1,9 @@
 """Go's type model as gotrace needs it: kinds, sizes, alignments, and function signatures.
 
-The model is what the register ABI (gotrace.abi) and value decoding need,
+The model is what the register ABI (gotrace.capture.abi) and value decoding need,
 nothing more: a type's kind, size and alignment, its element/key types,
 struct fields with offsets, array length. Types are built by
-gotrace.dwarfinfo from DWARF, or by hand in tests (the constructors below).
+gotrace.binary.dwarfinfo from DWARF, or by hand in tests (the constructors below).
 Kind names follow Go's reflect.Kind; the numbers are what Go's DWARF stores
 in its DW_AT_go_kind attribute.
 """
@@ -123,7 +123,7 @@ class Signature:
     DW_AT_producer), e.g. (1, 21, 13). `complete` is False when DWARF may
     have left values out: Go 1.21 and older omit unnamed/blank parameters,
     and a function with only inlined copies has no DIE listing its unnamed
-    results. Then cross-check gotrace.abi.arg_width against pclntab's
+    results. Then cross-check gotrace.capture.abi.arg_width against pclntab's
     argument size before trusting the layout.
     """
 

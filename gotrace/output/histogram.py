@@ -25,7 +25,7 @@ from collections.abc import Iterable, Mapping
 
 from hdrh.histogram import HdrHistogram
 
-from gotrace import probes_header
+from gotrace import header as probes_header
 
 # hdrh's own resolution: 3 significant figures makes hdrh keep 2048 linear
 # sub-buckets per power of two, i.e. a relative error below 1/1024 (0.098%)

@@ -5,9 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from gotrace.errors import PatternError
-from gotrace.gobinary import FunctionProbes, GoBinary
-from gotrace.histogram import LatencyHistogram
-from gotrace.report import FunctionReport
+from gotrace.binary.gobinary import FunctionProbes, GoBinary
+from gotrace.output.histogram import LatencyHistogram
+from gotrace.output.latency import FunctionReport
 
 
 @dataclass(frozen=True)
@@ -35,7 +35,7 @@ def plan_latency(gobin: GoBinary, patterns: list[str]) -> LatencyPlan:
 
 
 def traced_functions(plan: LatencyPlan):
-    from gotrace.tracer import TracedFunction
+    from gotrace.trace.latency import TracedFunction
 
     return [TracedFunction(i, p.function.name, p.sites.entry_vaddr, p.sites.return_vaddrs)
             for i, p in enumerate(plan.traced)]

@@ -11,7 +11,7 @@ import dataclasses
 import math
 from collections.abc import Iterable, Sequence
 
-from gotrace.histogram import LatencyHistogram, bucket_bounds, bucket_midpoint, overflow_index
+from gotrace.output.histogram import LatencyHistogram, bucket_bounds, bucket_midpoint, overflow_index
 
 UNITS: dict[str, int] = {"ns": 1, "us": 1_000, "ms": 1_000_000, "s": 1_000_000_000}
 UNIT_CHOICES = ("auto", *UNITS)
