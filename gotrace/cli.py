@@ -1,76 +1,30 @@
-"""The `gotrace` command line: argument parsing and the error boundary only.
+"""The `gotrace` command line: option parsing, rendering what the commands yield, and the error boundary.
 
-Commands call the library and hand its data to the formatting modules. Every
-GotraceError becomes one line on stderr and the contract's exit code; click's
-usage errors become one line and exit 2. No traceback reaches the user.
+Each command (gotrace.commands) returns or yields data; gotrace.output turns
+it into text or JSON; this module only wires the two and prints. Every
+GotraceError becomes one line on stderr and the contract's exit code;
+click's usage errors become one line and exit 2. No traceback reaches the
+user.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import shutil
-import signal
 import sys
 import time
 
 import click
 
 from gotrace import __version__
-from gotrace.errors import CapabilityError, GotraceError, UsageError
+from gotrace.errors import GotraceError
 
 EXIT_USAGE = 2
 
 
-# -- targets ----------------------------------------------------------------------
-
-def resolve_binary(arg: str) -> str:
-    """A binary argument as a path: an existing path, else a command on $PATH."""
-    if os.path.exists(arg) or "/" in arg:
-        return arg
-    found = shutil.which(arg)
-    return found or arg
-
-
-def pid_binary(pid: int) -> str:
-    """`/proc/PID/exe` of a live process (works for processes in containers)."""
-    exe = f"/proc/{pid}/exe"
-    if not os.path.exists(f"/proc/{pid}"):
-        raise UsageError(f"no process with pid {pid}; check the pid with ps or pgrep")
-    try:
-        os.stat(exe)
-    except PermissionError:
-        raise CapabilityError(f"cannot read {exe}: permission denied; run gotrace as root (sudo)") from None
-    except OSError:
-        raise UsageError(f"process {pid} has no readable executable (a kernel thread or exited); give a Go process pid")
-    return exe
-
-
-def open_target(binary: str | None, pid: int | None):
-    from gotrace.binary.gobinary import GoBinary
-
-    if pid is not None:
-        return GoBinary.open(pid_binary(pid), display_path=f"pid {pid} ({_readlink(f'/proc/{pid}/exe')})")
-    if binary is None:
-        raise UsageError("give a binary path or -p PID")
-    path = resolve_binary(binary)
-    return GoBinary.open(path, display_path=binary)
-
-
-def _readlink(path: str) -> str:
-    try:
-        return os.readlink(path)
-    except OSError:
-        return path
-
-
 # -- the command group ----------------------------------------------------------------
 
-class GotraceGroup(click.Group):
-    """Top-level group whose help lists examples."""
-
-
-@click.group(cls=GotraceGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="gotrace")
 def cli() -> None:
     """eBPF tracing for Go binaries: goroutine-correct latency, call arguments.
@@ -105,24 +59,14 @@ def funcs_cmd(args: tuple[str, ...], pid: int | None, as_json: bool, show_all: b
       gotrace funcs ./server 'main.*'     # functions of package main
       gotrace funcs -p 4242 '*ServeHTTP' --json
     """
-    from gotrace.commands.funcs import describe_functions
-    from gotrace.output.funcs import render_funcs_text
+    from gotrace.commands.funcs import funcs
+    from gotrace.output.funcs import funcs_json, render_funcs_text
 
-    binary, patterns = _split_target(args, pid)
-    with open_target(binary, pid) as gobin:
-        listing = describe_functions(gobin, patterns)
-        if as_json:
-            click.echo(json.dumps(listing.to_json()))
-        else:
-            click.echo(render_funcs_text(listing, show_all=show_all or bool(patterns)), nl=False)
-
-
-def _split_target(args: tuple[str, ...], pid: int | None) -> tuple[str | None, list[str]]:
-    if pid is not None:
-        return None, list(args)
-    if not args:
-        raise UsageError("missing TARGET: give a Go binary path or -p PID (see gotrace funcs --help)")
-    return args[0], list(args[1:])
+    listing = funcs(args, pid)
+    if as_json:
+        click.echo(json.dumps(funcs_json(listing)))
+    else:
+        click.echo(render_funcs_text(listing, show_all=show_all or bool(listing.patterns)), nl=False)
 
 
 # -- latency -----------------------------------------------------------------------------
@@ -163,125 +107,28 @@ def latency_cmd(args, pid, command, duration, as_json, interval, unit, print_bpf
       gotrace latency ./server 'main.*' -i 5 --json
     """
     started = time.perf_counter()
-    from gotrace.commands.latency import function_reports, plan_latency, traced_functions
-    from gotrace.output.latency import header_line, latency_report_json, render_latency_text
-    from gotrace.trace.session import attached, run_loop
-    from gotrace.trace.latency import LatencyTracer
+    from gotrace.commands.latency import LatencyRequest, latency
 
-    imported = time.perf_counter()
-    target, patterns = _tracing_target(args, pid, command)
-    with open_target(target.binary_path if pid is None else None, pid) as gobin:
-        plan = plan_latency(gobin, patterns)
-        offsets = gobin.runtime_offsets
-        analysed = time.perf_counter()
-
-        def make_tracer() -> LatencyTracer:
-            return LatencyTracer(gobin.path, traced_functions(plan), pid=target.pid,
-                                 goid_offset=offsets.goid, stack_hi_offset=offsets.stack_hi, arch=gobin.arch)
-
-        if print_bpf:
-            click.echo(make_tracer().bpf_source())
-            return
-        for skipped in plan.skipped:
-            click.echo(f"gotrace: skipping {skipped.function.name}: {skipped.reason}", err=True)
-
-        with attached(target, make_tracer) as (tracer, stop):
-            _warn_slow_detach(tracer.attach_mode, plan.n_sites)
-            if os.environ.get("GOTRACE_TIMINGS") == "1":
-                _echo_timings({"imports": imported - started, "elf_analysis": analysed - imported,
-                               **tracer.timings_s})
-                if tracer.bpf_compiler_peak_rss_kb:
-                    click.echo(f"gotrace: bpf compile child peak RSS {tracer.bpf_compiler_peak_rss_kb / 1024:.1f} MB",
-                               err=True)
-            click.echo(header_line(len(plan.traced), plan.n_sites, target.pid, gobin.go_version,
-                                   target.display), err=True)
-            target_json = {"binary": target.display, "pid": target.pid, "go_version": gobin.go_version}
-            last = [time.monotonic()]
-
-            def emit() -> None:
-                now = time.monotonic()
-                reports = function_reports(plan, tracer.read(reset=True))
-                if as_json:
-                    click.echo(json.dumps(latency_report_json(target_json, now - last[0], reports)))
-                else:
-                    if interval is not None:
-                        stamp = time.strftime("%H:%M:%S")
-                        click.echo(f"--- {stamp}  last {now - last[0]:.1f}s ---")
-                    click.echo(render_latency_text(reports, unit=unit), nl=False)
-                sys.stdout.flush()
-                last[0] = now
-
-            ended = run_loop(target, stop, duration_s=duration, interval_s=interval, on_interval=emit)
-            emit()
-            if ended == "target-exit" and target.exit_status is not None:
-                click.echo(f"gotrace: {_exit_note(target)}", err=True)
+    timings = {"imports": time.perf_counter() - started} if os.environ.get("GOTRACE_TIMINGS") == "1" else None
+    request = LatencyRequest(args, pid=pid, command=command, duration_s=duration, interval_s=interval,
+                             print_bpf=print_bpf, timings=timings)
+    _show(latency(request), as_json=as_json, unit=unit)
 
 
-def _exit_note(target) -> str:
-    """How a `-c` command ended, as `time` or strace would say it (its status is not gotrace's)."""
-    status = target.exit_status
-    if status < 0:
-        try:
-            how = f"was killed by {signal.Signals(-status).name}"
-        except ValueError:
-            how = f"was killed by signal {-status}"
-    else:
-        how = f"exited with status {status}"
-    return f"{target.command[0]} (pid {target.pid}) {how}"
+def _show(events, *, as_json: bool, unit: str = "auto") -> None:
+    """Print what a tracing command yields, as it comes: reports and calls on stdout, the rest on stderr."""
+    from gotrace.output.stream import render
 
-
-def _echo_timings(phases_s: dict[str, float]) -> None:
-    """GOTRACE_TIMINGS=1: one stderr line with the seconds each start-up phase took (for scripts/bench)."""
-    click.echo("gotrace: timings " + " ".join(f"{name}_s={value:.4f}" for name, value in phases_s.items()), err=True)
-
-
-# Measured on Linux 6.1-6.5 style per-site perf links: each removal waits for the kernel.
-PERF_LINK_DETACH_S_PER_SITE = 0.087
-SLOW_DETACH_WARN_SITES = 200
-
-
-def _warn_slow_detach(attach_mode: str, n_sites: int) -> None:
-    """On kernels without uprobe_multi (before 6.6) every site detaches on its own, slowly."""
-    if attach_mode == "perf_link" and n_sites >= SLOW_DETACH_WARN_SITES:
-        seconds = n_sites * PERF_LINK_DETACH_S_PER_SITE
-        click.echo(f"gotrace: this kernel has no uprobe_multi links (Linux 6.6+): detaching {n_sites} probe "
-                   f"sites will take about {seconds:.0f} s after tracing stops; trace fewer functions to "
-                   f"shorten it", err=True)
-
-
-def _tracing_target(args: tuple[str, ...], pid: int | None, command: str | None):
-    """(Target, patterns) from the positional arguments and -p/-c."""
-    from gotrace.trace.session import Target, parse_command
-
-    if pid is not None and command is not None:
-        raise UsageError("-p and -c exclude each other: trace a running process or start one")
-    if pid is not None:
-        if not args:
-            raise UsageError("missing PATTERN: give at least one Go function name or glob, e.g. 'main.*'")
-        return Target(pid_binary(pid), _readlink(f"/proc/{pid}/exe"), pid=pid), list(args)
-    if len(args) < 2:
-        what = "./bin and PATTERN" if not args else "PATTERN after the binary"
-        raise UsageError(f"missing {what}: e.g. gotrace latency ./server 'main.handle' (or -p PID PATTERN)")
-    binary = resolve_binary(args[0])
-    argv = parse_command(command) if command is not None else None
-    return Target(binary, args[0], command=argv), list(args[1:])
+    for event in events:
+        to_stdout, text = render(event, as_json=as_json, unit=unit)
+        stream = sys.stdout if to_stdout else sys.stderr
+        if not to_stdout:
+            sys.stdout.flush()
+        stream.write(text)
+        stream.flush()
 
 
 # -- args ------------------------------------------------------------------------------
-
-ARGS_DEFAULT_MAX_RATE = 10000
-
-
-class _StopOrLimit:
-    """Truthy when the StopFlag is set or the -n limit is reached: run_loop's `stop`."""
-
-    def __init__(self, stop, limit_reached) -> None:
-        self._stop = stop
-        self._limit_reached = limit_reached
-
-    def __bool__(self) -> bool:
-        return bool(self._stop) or self._limit_reached()
-
 
 @cli.command("args")
 @click.argument("args", nargs=-1, metavar="[./bin] PATTERN...")
@@ -292,7 +139,7 @@ class _StopOrLimit:
 @click.option("--sig", "sigs", multiple=True, metavar="'[NAME=]func(...) (...)'",
               help="A function's signature in Go syntax, for binaries without DWARF (or to override it); "
                    "methods list the receiver first. Repeat as NAME=func(...) for several functions.")
-@click.option("--max-rate", type=click.IntRange(min=0), default=ARGS_DEFAULT_MAX_RATE, show_default=True,
+@click.option("--max-rate", type=click.IntRange(min=0), default=10000, show_default=True,
               metavar="N", help="At most N calls per second are reported; the rest are counted and the "
                                 "count printed at the end (0: no limit).")
 @click.option("--print-bpf", is_flag=True, hidden=True, help="Print the BPF C source and exit.")
@@ -315,86 +162,14 @@ def args_cmd(args, pid, command, duration, as_json, max_events, str_len, sigs, m
       gotrace args ./stripped 'main.*' --sig 'main.a=func(int) bool' --sig 'main.b=func(s string)'
       gotrace args -c './server -n 100' ./server 'main.*' --json
     """
-    from gotrace.capture.plan import args_functions, plan_args
-    from gotrace.trace.args import ArgsTracer
-    from gotrace.output.latency import header_line
-    from gotrace.trace.session import attached, run_loop
-    from gotrace.capture.values import RuntimeTypes, call_json, decode_call, format_call
+    started = time.perf_counter()
+    from gotrace.commands.args import ArgsRequest
+    from gotrace.commands.args import args as run_args
 
-    target, patterns = _tracing_target(args, pid, command)
-    with open_target(target.binary_path if pid is None else None, pid) as gobin:
-        plan = plan_args(gobin, patterns, sig=sigs, str_len=str_len)
-        offsets = gobin.runtime_offsets
-        functions = args_functions(plan)
-
-        def make_tracer() -> ArgsTracer:
-            return ArgsTracer(gobin.path, functions, pid=target.pid, goid_offset=offsets.goid,
-                              stack_hi_offset=offsets.stack_hi, arch=gobin.arch, max_rate=max_rate,
-                              on_call=on_call)
-
-        if print_bpf:
-            click.echo(make_tracer().bpf_source())
-            return
-        for name, reason in plan.skipped:
-            click.echo(f"gotrace: skipping {name}: {reason}", err=True)
-        types = RuntimeTypes.of(gobin)
-        fplans = [fplan for _, fplan in plan.traced]
-        wall_offset_ns = time.time_ns() - time.monotonic_ns()
-        out = sys.stdout
-        state = {"printed": 0, "undecodable": 0}
-
-        def limit_reached() -> bool:
-            return max_events is not None and state["printed"] >= max_events
-
-        def on_call(record) -> None:
-            if limit_reached() or record.func_id >= len(fplans):
-                return
-            try:
-                call = decode_call(record, fplans[record.func_id], types,
-                                   load_bias=record.entry_ip - functions[record.func_id].entry_vaddr,
-                                   wall_offset_ns=wall_offset_ns)
-                line = json.dumps(call_json(call), ensure_ascii=False) if as_json else format_call(call)
-            except Exception:  # a record we cannot make sense of: counted, never a crash
-                state["undecodable"] += 1
-                return
-            out.write(line + "\n")
-            state["printed"] += 1
-
-        with attached(target, make_tracer) as (tracer, stop):
-            click.echo(header_line(len(plan.traced), plan.n_sites, target.pid, gobin.go_version,
-                                   target.display), err=True)
-
-            def poll() -> None:
-                tracer.poll(20)
-                out.flush()
-
-            run_loop(target, _StopOrLimit(stop, limit_reached), duration_s=duration, interval_s=0.02,
-                     on_interval=poll)
-            tracer.drain()
-            out.flush()
-            click.echo(_args_summary(state["printed"], state["undecodable"], tracer.stats(), max_rate,
-                                     limit_reached()), err=True)
-
-
-def _args_summary(printed: int, undecodable: int, stats: dict, max_rate: int, limited: bool) -> str:
-    """The closing line: calls shown, and every call dropped or lost, by cause."""
-    causes = []
-    if stats["dropped_rate_limit"]:
-        causes.append(f"{stats['dropped_rate_limit']} over --max-rate {max_rate}/s")
-    if stats["dropped_ringbuf_full"]:
-        causes.append(f"{stats['dropped_ringbuf_full']} because the reader fell behind (ring buffer full)")
-    if undecodable:
-        causes.append(f"{undecodable} undecodable")
-    dropped = stats["dropped_rate_limit"] + stats["dropped_ringbuf_full"] + undecodable
-    line = f"gotrace: {printed} call{'' if printed == 1 else 's'} shown"
-    if limited:
-        line += " (-n reached)"
-    line += f"; {dropped} dropped" + (f" ({', '.join(causes)})" if causes else "")
-    if stats["returns_without_entry"]:
-        line += f"; {stats['returns_without_entry']} returns without a recorded entry (calls begun before tracing, or evicted)"
-    if stats["stale_entries"]:
-        line += f"; {stats['stale_entries']} calls never returned (panics)"
-    return line
+    timings = {"imports": time.perf_counter() - started} if os.environ.get("GOTRACE_TIMINGS") == "1" else None
+    request = ArgsRequest(args, pid=pid, command=command, duration_s=duration, max_events=max_events,
+                          str_len=str_len, sigs=tuple(sigs), max_rate=max_rate, print_bpf=print_bpf, timings=timings)
+    _show(run_args(request), as_json=as_json)
 
 
 # -- entry point --------------------------------------------------------------------------

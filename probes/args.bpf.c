@@ -9,16 +9,16 @@
  * pending record keyed like latency's starts, (tgid, goid, g.stack.hi - SP);
  * the return side joins it with the results and sends the whole call.
  *
- * Configuration arrives as -D constants; no other text is ever added to
- * this file.
+ * Configuration arrives as -D constants (see gotrace.h); the process to trace
+ * is in gt_target[0], written by user space after loading. No other text is
+ * ever added to this file.
  */
 #include <uapi/linux/ptrace.h>
 #define GT_NO_BUCKET_CODE
 #include "gotrace.h"
 
 #if !defined(GT_CFG_ARCH) || !defined(GT_CFG_GOID_OFFSET) || \
-    !defined(GT_CFG_STACK_HI_OFFSET) || !defined(GT_CFG_NFUNCS) || \
-    !defined(GT_CFG_TARGET_TGID)
+    !defined(GT_CFG_STACK_HI_OFFSET) || !defined(GT_CFG_NFUNCS)
 #error "gotrace: GT_CFG_* constants must be given by the loader"
 #endif
 
@@ -30,7 +30,7 @@ BPF_RINGBUF_OUTPUT(gt_args_events, GT_ARGS_RINGBUF_PAGES);
 BPF_ARRAY(gt_args_cfg, __u64, GT_ACFG_N);
 BPF_ARRAY(gt_args_rate, struct gt_args_rate, 1);
 BPF_PERCPU_ARRAY(gt_args_stats, __u64, GT_ASTAT_N);
-BPF_PERCPU_ARRAY(gt_args_since_wakeup, __u64, 1);
+BPF_ARRAY(gt_target, __u32, 1); /* tgid to trace, 0 for all; written by user space */
 
 static __always_inline void gt_count(int stat)
 {
@@ -42,7 +42,9 @@ static __always_inline void gt_count(int stat)
 /* Fills key for the current hit; 0 when it is not to be captured (counted). */
 static __always_inline int gt_make_key(struct pt_regs *ctx, struct gt_start_key *key)
 {
-    int status = gt_goroutine_key(ctx, GT_CFG_TARGET_TGID, key);
+    int zero = 0;
+    __u32 *target = gt_target.lookup(&zero);
+    int status = gt_goroutine_key(ctx, target ? *target : 0, key);
 
     if (status == GT_KEY_NO_GOROUTINE)
         gt_count(GT_ASTAT_NO_GOROUTINE);
@@ -196,7 +198,6 @@ static __always_inline void gt_on_entry(struct pt_regs *ctx, __u32 func_id)
 static __always_inline void gt_on_return(struct pt_regs *ctx, __u32 func_id)
 {
     __u64 now_ns = bpf_ktime_get_ns();
-    __u64 wake, *since_wakeup;
     struct gt_start_key key = {};
     struct gt_args_pending *pending;
     struct gt_args_event *event;
@@ -240,15 +241,10 @@ static __always_inline void gt_on_return(struct pt_regs *ctx, __u32 func_id)
     bpf_probe_read_kernel(event->args, sizeof(event->args), pending->data);
     gt_args_pending.delete(&key);
     gt_capture(ctx, plan, event->res, GT_RES_DATA, &event->res_ok, &event->res_fail);
-    /* Wake the reader once every GT_ARGS_WAKEUP_EVERY records per CPU (it also
-     * polls on a short timer): a wakeup per record costs more than the record. */
-    wake = BPF_RB_NO_WAKEUP;
-    since_wakeup = gt_args_since_wakeup.lookup(&zero);
-    if (since_wakeup && ++*since_wakeup >= GT_ARGS_WAKEUP_EVERY) {
-        *since_wakeup = 0;
-        wake = BPF_RB_FORCE_WAKEUP;
-    }
-    if (gt_args_events.ringbuf_output(event, sizeof(*event), wake) != 0)
+    /* Flags 0: the kernel's adaptive wake-up. The reader is woken when a record
+     * lands in a buffer it had emptied, so each call shows at once at a low call
+     * rate, and a busy reader is not woken once per record at a high one. */
+    if (gt_args_events.ringbuf_output(event, sizeof(*event), 0) != 0)
         gt_count(GT_ASTAT_RINGBUF_FULL);
     else
         gt_count(GT_ASTAT_EVENTS);

@@ -1,5 +1,5 @@
 /* gotrace.h: the one definition of constants and map layouts shared by the
- * BPF programs in probes/ and by user space (gotrace/probes_header.py reads the
+ * BPF programs in probes/ and by user space (gotrace/header.py reads the
  * `#define GT_*` integer constants below; bcc derives the struct layouts).
  *
  * Only plain `#define GT_NAME <integer>` lines are read by Python: keep every
@@ -102,15 +102,15 @@ static __always_inline __u32 gt_hist_bucket(__u64 v)
 }
 #endif /* GT_NO_BUCKET_CODE */
 
-/* ---- args ---- (probes/args.bpf.c; user side gotrace/argplan.py, gotrace/argtracer.py)
+/* ---- args ---- (probes/args.bpf.c; user side gotrace/capture/plan.py, gotrace/trace/args.py)
  * Per traced function, user space puts two capture plans in gt_arg_plans
  * (index func_id * 2 + GT_SIDE_*): lists of numbered read operations, never
  * C text. Each operation fills bytes of a side's buffer: value images in Go's
  * memory layout (from registers or from the stack at SP), then memory behind
  * pointers found in those images (string bytes, slice elements, an itab's
  * type word, an interface's data). Configuration as -D flags: GT_CFG_ARCH,
- * GT_CFG_GOID_OFFSET, GT_CFG_STACK_HI_OFFSET, GT_CFG_NFUNCS,
- * GT_CFG_TARGET_TGID (as for latency).
+ * GT_CFG_GOID_OFFSET, GT_CFG_STACK_HI_OFFSET, GT_CFG_NFUNCS; the process to
+ * trace in gt_target[0] (as for latency).
  */
 #define GT_SIDE_ENTRY 0
 #define GT_SIDE_RETURN 1
@@ -122,7 +122,6 @@ static __always_inline __u32 gt_hist_bucket(__u64 v)
 #define GT_RES_BUF 768          /* GT_RES_DATA + GT_ARGS_MAX_READ */
 #define GT_ARGS_PENDING 4096    /* calls entered and not yet returned (LRU) */
 #define GT_ARGS_RINGBUF_PAGES 8192 /* ring buffer of 32 MiB: ~16000 calls, a second of reader stall */
-#define GT_ARGS_WAKEUP_EVERY 64 /* records per CPU between reader wakeups (it also polls every 20 ms) */
 #define GT_ARGS_NREGS 16        /* registers copied for operations: amd64 RAX..R11 (9), arm64 R0-R15 */
 
 /* Operation kinds. */

@@ -55,6 +55,9 @@ class GoBinary:
         return cls(path, display_path=display_path)
 
     def close(self) -> None:
+        dwarf = self.__dict__.pop("dwarf", None)
+        if dwarf is not None:
+            dwarf.close()
         self.elf.close()
 
     def __enter__(self) -> "GoBinary":
@@ -108,24 +111,30 @@ class GoBinary:
         return FunctionProbes(fn, sites)
 
     def file_offset(self, vaddr: int) -> int:
+        """The file offset of an ELF vaddr in the executable segment (where a uprobe is placed, PIE or not)."""
         return self.elf.vaddr_to_file_offset(vaddr)
 
+    def file_offsets(self, vaddrs) -> list[int]:
+        """file_offset() of each vaddr, in order."""
+        return [self.elf.vaddr_to_file_offset(vaddr) for vaddr in vaddrs]
+
     # -- runtime layout -------------------------------------------------------------
+
+    @functools.cached_property
+    def dwarf(self):
+        """The binary's DwarfInfo, opened once and closed with the binary; None without (usable) DWARF."""
+        if self.elf.get_section(".debug_info") is None and self.elf.get_section(".zdebug_info") is None:
+            return None  # stripped: no need to load a DWARF reader
+        from gotrace.binary.dwarfinfo import DwarfInfo
+
+        try:
+            return DwarfInfo.open(self.path)
+        except BinaryError:  # damaged DWARF: the runtime offsets fall back to the version table
+            return None
 
     @functools.cached_property
     def runtime_offsets(self):
         """Offsets of g.goid and g.stack.hi: DWARF when present, else the version table."""
         from gotrace.binary.runtime_offsets import runtime_offsets
 
-        if self.elf.get_section(".debug_info") is None and self.elf.get_section(".zdebug_info") is None:
-            return runtime_offsets(self.build.version_tuple, None)  # stripped: no need to load a DWARF reader
-        from gotrace.binary.dwarfinfo import DwarfInfo
-
-        try:
-            dwarf = DwarfInfo.open(self.path)
-        except BinaryError:  # damaged DWARF: the table is checked per version
-            dwarf = None
-        if dwarf is None:
-            return runtime_offsets(self.build.version_tuple, None)
-        with dwarf:
-            return runtime_offsets(self.build.version_tuple, dwarf)
+        return runtime_offsets(self.build.version_tuple, self.dwarf)

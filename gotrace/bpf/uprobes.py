@@ -35,36 +35,6 @@ _CLOSE_THREADS = 64
 _SEQUENTIAL_CLOSE_MAX = 8
 
 
-def file_offsets(binary_path: str, vaddrs: Sequence[int]) -> list[int]:
-    """The file offset of each ELF vaddr (uprobes are placed by file offset, also for PIE)."""
-    from gotrace.binary.elffile import ElfImage
-
-    image = ElfImage(binary_path)
-    try:
-        return [image.vaddr_to_file_offset(vaddr) for vaddr in vaddrs]
-    finally:
-        image.close()
-
-
-def bcc_loader(bpf) -> ProgramLoader:
-    """A ProgramLoader for the programs of a compiled bcc.BPF module (loaded as kprobe-type, which uprobes are).
-
-    Loading a program again with another expected attach type replaces the
-    earlier load; bcc.BPF.cleanup() closes whatever is loaded last.
-    """
-
-    def load(name: bytes, expected_attach_type: int) -> int:
-        stale = bpf.funcs.pop(name, None)
-        if stale is not None:
-            os.close(stale.fd)
-        try:
-            return bpf.load_func(name, bpf.KPROBE, attach_type=expected_attach_type).fd
-        except Exception as exc:  # bcc raises bare Exception
-            raise CapabilityError(f"the kernel refused the BPF program ({exc}): gotrace needs Linux 5.15+ with BPF") from None
-
-    return load
-
-
 def _close_quietly(fd: int) -> None:
     with contextlib.suppress(OSError):
         os.close(fd)
@@ -170,9 +140,9 @@ class _Attacher:
             uprobes._links.append(self.sys.link_create_uprobe_multi(prog_fd, self.path, offsets, cookies, self.pid or 0))
 
     def attach_perf_links(self, uprobes: UprobeSet, groups: Sequence[tuple[bytes, Sequence[tuple[int, int]]]]) -> None:
-        from gotrace.bpf import kernel as kernelenv
+        from gotrace.bpf import kernel
 
-        pmu_type = kernelenv.uprobe_pmu_type()
+        pmu_type = kernel.uprobe_pmu_type()
         pid = -1 if self.pid is None else self.pid
         for program, sites in groups:
             prog_fd = self.load_program(program, NO_EXPECTED_ATTACH_TYPE)

@@ -317,56 +317,42 @@ def plan_args(gobin, patterns: list[str], *, sig=None, str_len: int = DEFAULT_ST
     pclntab records for the function: a mismatch is an error for --sig and a
     skip (with the reason) for DWARF.
     """
-    from gotrace.binary.dwarfinfo import DwarfInfo
     from gotrace.capture.sigparse import parse_signature
 
     functions = gobin.match(patterns)
     sigs = [sig] if isinstance(sig, str) else list(sig or ())
     sig_texts = _split_sigs(sigs, functions)
     traced, skipped = [], []
-    dwarf = None if len(sig_texts) == len(functions) else DwarfInfo.open(gobin.path)
-    try:
-        for fn in functions:
-            probes = gobin.probe_sites(fn)
-            if not probes.traceable:
-                skipped.append((fn.name, probes.reason))
+    dwarf = None if len(sig_texts) == len(functions) else gobin.dwarf
+    for fn in functions:
+        probes = gobin.probe_sites(fn)
+        if not probes.traceable:
+            skipped.append((fn.name, probes.reason))
+            continue
+        if fn.name in sig_texts:
+            signature = parse_signature(sig_texts[fn.name], fn.name)
+            source = "sig"
+        else:
+            signature = dwarf.function_signature(fn.name) if dwarf is not None else None
+            source = "dwarf"
+            if signature is None:
+                why = ("the binary has no DWARF (stripped or -ldflags=-w)" if dwarf is None
+                       else "DWARF does not describe it")
+                skipped.append((fn.name, f"{why}: give its signature with --sig 'func(...) (...)'"))
                 continue
-            if fn.name in sig_texts:
-                signature = parse_signature(sig_texts[fn.name], fn.name)
-                source = "sig"
-            else:
-                signature = dwarf.function_signature(fn.name) if dwarf is not None else None
-                source = "dwarf"
-                if signature is None:
-                    why = ("the binary has no DWARF (stripped or -ldflags=-w)" if dwarf is None
-                           else "DWARF does not describe it")
-                    skipped.append((fn.name, f"{why}: give its signature with --sig 'func(...) (...)'"))
-                    continue
-            expected = pclntab_arg_size(gobin, fn)
-            width = abi.arg_width(signature, gobin.arch)
-            if expected is not None and expected >= 0 and width != expected:
-                what = "--sig" if source == "sig" else "the DWARF signature"
-                message = (f"{what} of {fn.name} needs {width} bytes of argument area but the function "
-                           f"has {expected} (pclntab): ")
-                if source == "sig":
-                    raise UsageError(message + "check the parameter and result types, receiver first for methods")
-                skipped.append((fn.name, message + "give its signature with --sig"))
-                continue
-            traced.append((probes, plan_function(signature, gobin.arch, str_len, source)))
-    finally:
-        if dwarf is not None:
-            dwarf.close()
+        expected = pclntab_arg_size(gobin, fn)
+        width = abi.arg_width(signature, gobin.arch)
+        if expected is not None and expected >= 0 and width != expected:
+            what = "--sig" if source == "sig" else "the DWARF signature"
+            message = (f"{what} of {fn.name} needs {width} bytes of argument area but the function "
+                       f"has {expected} (pclntab): ")
+            if source == "sig":
+                raise UsageError(message + "check the parameter and result types, receiver first for methods")
+            skipped.append((fn.name, message + "give its signature with --sig"))
+            continue
+        traced.append((probes, plan_function(signature, gobin.arch, str_len, source)))
     if not traced:
         name, reason = skipped[0]
         more = f" (and {len(skipped) - 1} more)" if len(skipped) > 1 else ""
         raise PatternError(f"{name} cannot be traced for arguments: {reason}{more}")
     return ArgsPlan(traced, skipped)
-
-
-def args_functions(plan: ArgsPlan):
-    """The tracer's view of the plan: ids, sites, packed operations."""
-    from gotrace.trace.args import ArgsFunction
-
-    return [ArgsFunction(i, fplan.name, probes.sites.entry_vaddr, probes.sites.return_vaddrs,
-                         fplan.entry.packed_ops(), fplan.ret.packed_ops())
-            for i, (probes, fplan) in enumerate(plan.traced)]

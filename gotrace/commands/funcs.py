@@ -2,45 +2,21 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
-from gotrace.binary.gobinary import FunctionProbes, GoBinary
-
-
-@dataclass(frozen=True)
-class FuncListing:
-    binary: str
-    go_version: str
-    module_path: str | None
-    arch: str
-    total_functions: int
-    patterns: tuple[str, ...]
-    entries: list[tuple[FunctionProbes, int]]   # (probes, file offset of the entry)
-
-    def to_json(self) -> dict:
-        """The contract's object; `returns` are offsets from the entry. Extra keys:
-        `module` (the main module's path), and per function `entry_site` (offset
-        of the post-prologue entry probe) and `file_offset`."""
-        functions = []
-        for probes, file_offset in self.entries:
-            fn, sites = probes.function, probes.sites
-            functions.append({
-                "name": fn.name,
-                "entry": fn.entry_vaddr,
-                "size": fn.size,
-                "returns": [vaddr - fn.entry_vaddr for vaddr in sites.return_vaddrs],
-                "traceable": probes.traceable,
-                "reason": probes.reason,
-                "entry_site": None if sites.entry_vaddr is None else sites.entry_vaddr - fn.entry_vaddr,
-                "file_offset": file_offset,
-            })
-        return {"binary": self.binary, "go_version": self.go_version, "arch": self.arch,
-                "module": self.module_path, "functions": functions}
+from gotrace.binary.gobinary import GoBinary
+from gotrace.commands.target import listing_target, open_binary
+from gotrace.output.funcs import FuncListing
 
 
 def describe_functions(gobin: GoBinary, patterns: list[str]) -> FuncListing:
+    """The functions of gobin matching patterns (all when none), each with its probe sites and entry file offset."""
     functions = gobin.match(patterns) if patterns else gobin.all_functions()
     entries = [(gobin.probe_sites(fn), gobin.file_offset(fn.entry_vaddr)) for fn in functions]
     return FuncListing(gobin.display_path, gobin.go_version, gobin.build.module_path, gobin.arch,
-                       len(gobin.functions),
-                       tuple(patterns), entries)
+                       len(gobin.functions), tuple(patterns), entries)
+
+
+def funcs(args: tuple[str, ...], pid: int | None) -> FuncListing:
+    """`gotrace funcs TARGET [PATTERN]...` (or `-p PID [PATTERN]...`)."""
+    binary, patterns = listing_target(args, pid)
+    with open_binary(binary, pid) as gobin:
+        return describe_functions(gobin, patterns)

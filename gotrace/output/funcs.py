@@ -1,8 +1,42 @@
-"""Text output of `gotrace funcs` (latency reports live in gotrace.output.latency)."""
+"""The listing of `gotrace funcs` as data, and its text and JSON (the CLI contract)."""
 
 from __future__ import annotations
 
-from gotrace.commands.funcs import FuncListing
+from dataclasses import dataclass
+
+from gotrace.binary.gobinary import FunctionProbes
+
+
+@dataclass(frozen=True)
+class FuncListing:
+    binary: str
+    go_version: str
+    module_path: str | None
+    arch: str
+    total_functions: int
+    patterns: tuple[str, ...]
+    entries: list[tuple[FunctionProbes, int]]   # (probes, file offset of the entry)
+
+
+def funcs_json(listing: FuncListing) -> dict:
+    """The contract's object; `returns` are offsets from the entry. Extra keys:
+    `module` (the main module's path), and per function `entry_site` (offset
+    of the post-prologue entry probe) and `file_offset`."""
+    functions = []
+    for probes, file_offset in listing.entries:
+        fn, sites = probes.function, probes.sites
+        functions.append({
+            "name": fn.name,
+            "entry": fn.entry_vaddr,
+            "size": fn.size,
+            "returns": [vaddr - fn.entry_vaddr for vaddr in sites.return_vaddrs],
+            "traceable": probes.traceable,
+            "reason": probes.reason,
+            "entry_site": None if sites.entry_vaddr is None else sites.entry_vaddr - fn.entry_vaddr,
+            "file_offset": file_offset,
+        })
+    return {"binary": listing.binary, "go_version": listing.go_version, "arch": listing.arch,
+            "module": listing.module_path, "functions": functions}
 
 
 def render_funcs_text(listing: FuncListing, *, show_all: bool) -> str:

@@ -1,4 +1,4 @@
-"""Formats latency reports: the `gotrace latency` JSON object, the text histogram, the tracing header.
+"""Latency reports as data (LatencyReport, FunctionReport) and their text (histograms) and JSON (the CLI contract).
 
 Data in, text or JSON-ready dicts out: nothing here touches BPF, click or a
 terminal. Durations are integers in nanoseconds until they are formatted.
@@ -9,6 +9,7 @@ from __future__ import annotations
 import bisect
 import dataclasses
 import math
+import time
 from collections.abc import Iterable, Sequence
 
 from gotrace.output.histogram import LatencyHistogram, bucket_bounds, bucket_midpoint, overflow_index
@@ -30,6 +31,25 @@ class FunctionReport:
     name: str
     histogram: LatencyHistogram
     unmatched: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class LatencyReport:
+    """One report of `gotrace latency`: every traced function over one interval (or the whole run)."""
+
+    target: dict  # "binary", "pid" (None: every process), "go_version"
+    interval_s: float
+    functions: list[FunctionReport]
+    interval: bool = False  # one of several -i reports (the text gets a time stamp line)
+
+    def json(self) -> dict:
+        return latency_report_json(self.target, self.interval_s, self.functions)
+
+    def text(self, unit: str = "auto") -> str:
+        body = render_latency_text(self.functions, unit=unit)
+        if self.interval:
+            body = f"--- {time.strftime('%H:%M:%S')}  last {self.interval_s:.1f}s ---\n" + body
+        return body
 
 
 @dataclasses.dataclass(frozen=True)
@@ -159,21 +179,6 @@ def _format_exact(ns: int, unit: str) -> str:
 
 
 # ---- text ----
-
-
-def header_line(n_functions: int, n_sites: int, pid: int | None, go_version: str, binary: str) -> str:
-    """The line printed when tracing starts.
-
-    e.g. "Tracing 2 functions (5 probe sites) in ./bin pid 4242 (go1.23.9)... Ctrl-C to stop";
-    pid None: "in ./bin, every process (go1.23.9)".
-    """
-    version = go_version if go_version.startswith("go") or not go_version else f"go{go_version}"
-    where = f"{binary} pid {pid}" if pid is not None else f"{binary}, every process"
-    if version:
-        where += f" ({version})"
-    functions = f"{n_functions} function{'' if n_functions == 1 else 's'}"
-    sites = f"{n_sites} probe site{'' if n_sites == 1 else 's'}"
-    return f"Tracing {functions} ({sites}) in {where}... Ctrl-C to stop"
 
 
 def render_latency_text(

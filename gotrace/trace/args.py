@@ -1,27 +1,24 @@
-"""Loads probes/args.bpf.c, gives it each function's capture plan, attaches it at entry and return sites, and delivers completed calls from the ring buffer.
+"""The args program (probes/args.bpf.c) on the tracer life-cycle: each completed call's captured bytes, from a ring buffer.
 
-The BPF side (probes/args.bpf.c, layouts in probes/gotrace.h "args") reads
-what the plans say at entry and at `ret`, pairs the two by goroutine as
-latency does, and sends one record per completed call. This module knows
-nothing of Go values: records come out as `CallRecord`s of raw bytes, which
-gotrace.capture.values decodes. Attaching (uprobe_multi links, or perf-event links on
-older kernels) is gotrace.bpf.uprobes' job.
+The BPF side reads what each function's capture plans say at entry and at
+`ret`, pairs the two by goroutine as latency does, and commits one record
+per completed call to a ring buffer. This module puts the plans in their map
+and reads the records as `CallRecord`s of raw bytes; gotrace.capture.values
+decodes them into Go values.
 """
 
 from __future__ import annotations
 
-import ctypes
 import struct
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
-from gotrace.bpf import compiler as bpfprog
-from gotrace import header as probes_header
-from gotrace.bpf import uprobes
+from gotrace import header
+from gotrace.bpf import cache, compiler
+from gotrace.bpf.ringbuf import RingBuffer
+from gotrace.capture.plan import FunctionPlan
 from gotrace.errors import UsageError
-
-SOURCE_PATH = probes_header.PROBES_DIR / "args.bpf.c"
-
+from gotrace.trace.tracer import Tracer, TracedFunction
 
 STAT_NAMES = {
     "GT_ASTAT_NO_GOROUTINE": "no_goroutine",
@@ -34,27 +31,24 @@ STAT_NAMES = {
     "GT_ASTAT_EVENTS": "events",
 }
 
-
-def _const(name: str) -> int:
-    return probes_header.constant(name)
-
-
-# struct gt_arg_op / gt_arg_plan / gt_args_event of probes/gotrace.h.
+# The layouts of probes/gotrace.h's struct gt_arg_op, gt_arg_plan (header) and
+# gt_args_event (header); tests/test_struct_layouts.py compiles the C and compares.
 OP_STRUCT = struct.Struct("<BBBBHHHHi")
-_PLAN_HEADER = struct.Struct("<II")
-_EVENT_HEADER = struct.Struct("<QQQQIIIIII")
+PLAN_HEADER = struct.Struct("<II")
+EVENT_HEADER = struct.Struct("<QQQQIIIIII")
 
 
 @dataclass(frozen=True)
-class ArgsFunction:
-    """One function to trace: id, probe sites (ELF vaddrs) and its two plans as packed operations."""
+class ArgsFunction(TracedFunction):
+    """A traced function with its two capture plans as packed operations."""
 
-    func_id: int
-    name: str
-    entry_vaddr: int
-    return_vaddrs: tuple[int, ...]
-    entry_ops: tuple[tuple[int, ...], ...]   # each: (kind, reg, shift, dep, dst, size, src, len_src, offset)
-    return_ops: tuple[tuple[int, ...], ...]
+    entry_ops: tuple[tuple[int, ...], ...] = ()   # each: (kind, reg, shift, dep, dst, size, src, len_src, offset)
+    return_ops: tuple[tuple[int, ...], ...] = ()
+
+    @classmethod
+    def planned(cls, traced: TracedFunction, plan: FunctionPlan) -> ArgsFunction:
+        return cls(traced.func_id, traced.name, traced.entry_vaddr, traced.return_vaddrs, traced.entry_file_offset,
+                   traced.return_file_offsets, plan.entry.packed_ops(), plan.ret.packed_ops())
 
 
 @dataclass(frozen=True)
@@ -81,158 +75,81 @@ class CallRecord:
 
 def parse_record(raw: bytes) -> CallRecord:
     """A CallRecord from the bytes of one struct gt_args_event."""
-    start, end, goid, entry_ip, tgid, func_id, a_ok, a_fail, r_ok, r_fail = _EVENT_HEADER.unpack_from(raw, 0)
-    args_at = _EVENT_HEADER.size
-    res_at = args_at + _const("GT_ARGS_BUF")
+    start, end, goid, entry_ip, tgid, func_id, a_ok, a_fail, r_ok, r_fail = EVENT_HEADER.unpack_from(raw, 0)
+    args_at = EVENT_HEADER.size
+    res_at = args_at + header.constant("GT_ARGS_BUF")
     return CallRecord(func_id, tgid, goid, start, end, entry_ip, raw[args_at:res_at], a_ok, a_fail,
-                      raw[res_at:res_at + _const("GT_RES_BUF")], r_ok, r_fail)
+                      raw[res_at:res_at + header.constant("GT_RES_BUF")], r_ok, r_fail)
 
 
 def pack_plan(ops: Sequence[Sequence[int]]) -> bytes:
     """The bytes of one struct gt_arg_plan."""
-    max_ops = _const("GT_ARGS_MAX_OPS")
+    max_ops = header.constant("GT_ARGS_MAX_OPS")
     if len(ops) > max_ops:
         raise UsageError(f"a capture plan has {len(ops)} operations; at most {max_ops} fit")
     body = b"".join(OP_STRUCT.pack(*op) for op in ops)
     body += bytes(OP_STRUCT.size * (max_ops - len(ops)))
-    return _PLAN_HEADER.pack(len(ops), 0) + body
+    return PLAN_HEADER.pack(len(ops), 0) + body
 
 
-
-class ArgsTracer:
+class ArgsTracer(Tracer):
     """Arguments and results of each completed call of the given functions of one Go binary.
 
-    Use as a context manager, or attach() and close(); then poll() calls
-    `on_call(CallRecord)` (settable until then) for each record waiting. pid None traces every
-    process running the binary. max_rate (events per second, 0: unlimited)
-    bounds what the BPF side sends; what it drops is counted in stats().
+    After attach(), poll() returns the CallRecords committed since the last
+    call. max_rate (calls per second, 0: unlimited) bounds what the BPF side
+    sends; what it drops is counted in stats().
     """
 
-    def __init__(
-        self,
-        binary_path: str,
-        functions: Sequence[ArgsFunction],
-        *,
-        pid: int | None,
-        goid_offset: int,
-        stack_hi_offset: int = 8,
-        arch: str = "amd64",
-        max_rate: int = 0,
-        on_call: Callable[[CallRecord], None] | None = None,
-    ) -> None:
-        arch_id = bpfprog.arch_constant(arch)
-        if not functions:
-            raise UsageError("no functions to trace")
-        if len(functions) > _const("GT_MAX_FUNCS"):
-            raise UsageError(f"{len(functions)} functions match; gotrace traces at most "
-                             f"{_const('GT_MAX_FUNCS')} at once: narrow the pattern")
-        for index, fn in enumerate(functions):
-            if fn.func_id != index:
-                raise UsageError(f"function ids must be 0..n-1 in order; {fn.name} has id {fn.func_id}")
-            if not fn.return_vaddrs:
-                raise UsageError(f"{fn.name} has no return instruction to probe: its calls never complete")
-        self.binary_path = str(binary_path)
-        self.functions = tuple(functions)
-        self.pid = None if pid is None else bpfprog.validated_int("pid", pid, 1, 2**22)
-        self.max_rate = bpfprog.validated_int("max_rate", max_rate, 0, 10**9)
+    SOURCE = "args.bpf.c"
+    ENTRY_PROGRAM = b"gt_args_entry"
+    RETURN_PROGRAM = b"gt_args_return"
+
+    def __init__(self, gobin, functions: Sequence[ArgsFunction], *, pid: int | None, mode: str = "auto",
+                 max_rate: int = 0) -> None:
+        super().__init__(gobin, functions, pid=pid, mode=mode)
+        self.max_rate = compiler.validated_int("max_rate", max_rate, 0, 10**9)
         self._plans = [pack_plan(ops) for fn in self.functions for ops in (fn.entry_ops, fn.return_ops)]
-        self._cflags = {
-            "GT_CFG_ARCH": arch_id,
-            "GT_CFG_GOID_OFFSET": bpfprog.validated_int("goid_offset", goid_offset, 0, 4096),
-            "GT_CFG_STACK_HI_OFFSET": bpfprog.validated_int("stack_hi_offset", stack_hi_offset, 0, 4096),
-            "GT_CFG_NFUNCS": len(self.functions),
-            "GT_CFG_TARGET_TGID": self.pid or 0,
-        }
-        self._bpf = None
-        self._uprobes: uprobes.UprobeSet | None = None  # closing it detaches
-        self.on_call = on_call
-        self.attach_mode = "auto"
+        self._ring: RingBuffer | None = None
 
-    def __enter__(self) -> ArgsTracer:
-        self.attach()
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
-
-    def bpf_source(self) -> str:
-        """The C text as compiled: the -D configuration as #defines, then probes/args.bpf.c."""
-        return bpfprog.source_text(SOURCE_PATH, self._cflags)
-
-    # -- life cycle -----------------------------------------------------
-
-    def attach(self) -> None:
-        """Compile, load the plans, attach at every entry and return site, open the ring buffer."""
-        if self._bpf is not None:
-            return
-        from gotrace.bpf import kernel as kernelenv
-
-        kernelenv.check_can_trace()
-        # A function whose entry instruction is a `ret` gets one probe doing both captures.
-        also_return = _const("GT_ARGS_COOKIE_ALSO_RETURN")
-        entry_offsets = uprobes.file_offsets(self.binary_path, [fn.entry_vaddr for fn in self.functions])
-        entry_sites = [(offset, fn.func_id | (also_return if fn.entry_vaddr in fn.return_vaddrs else 0))
-                       for offset, fn in zip(entry_offsets, self.functions)]
-        returns = [(v, fn.func_id) for fn in self.functions for v in fn.return_vaddrs if v != fn.entry_vaddr]
-        return_offsets = uprobes.file_offsets(self.binary_path, [v for v, _ in returns])
-        return_sites = [(offset, func_id) for offset, (_, func_id) in zip(return_offsets, returns)]
-        self._bpf = self._compile()
-        try:
-            self._load_maps()
-            self._bpf[b"gt_args_events"].open_ring_buffer(self._deliver)
-            self._uprobes = uprobes.attach_sites(
-                self.binary_path,
-                ((b"gt_args_entry", entry_sites), (b"gt_args_return", return_sites)),
-                pid=self.pid,
-                load_program=uprobes.bcc_loader(self._bpf),
-                mode=self.attach_mode,
-            )
-            self.attach_mode = self._uprobes.mode
-        except BaseException:
-            self.close()
-            raise
-
-    def _compile(self):  # -> bcc.BPF
-        return bpfprog.compile_program(SOURCE_PATH, self._cflags)
-
-    def _load_maps(self) -> None:
-        plans = self._bpf[b"gt_arg_plans"]
+    def setup_maps(self, loaded: cache.LoadedImage) -> None:
+        plans_fd = loaded.map_fd("gt_arg_plans")
         for index, blob in enumerate(self._plans):
-            value = plans.Leaf.from_buffer_copy(blob.ljust(ctypes.sizeof(plans.Leaf), b"\0"))
-            plans[ctypes.c_int(index)] = value
-        cfg = self._bpf[b"gt_args_cfg"]
-        cfg[ctypes.c_int(_const("GT_ACFG_MAX_RATE"))] = ctypes.c_uint64(self.max_rate)
+            self._sys.map_update_elem(plans_fd, struct.pack("<I", index), blob)
+        self._sys.map_update_elem(loaded.map_fd("gt_args_cfg"), struct.pack("<I", header.constant("GT_ACFG_MAX_RATE")),
+                                  struct.pack("<Q", self.max_rate))
 
-    def close(self) -> None:
-        """Detach every probe and free the BPF programs and maps. Safe to call twice."""
-        attached, self._uprobes = self._uprobes, None
-        if attached is not None:
-            attached.close()
-        bpf, self._bpf = self._bpf, None
-        if bpf is not None:
-            bpf.cleanup()
+    def site_groups(self) -> list[tuple[bytes, list[tuple[int, int]]]]:
+        # A function whose entry instruction is a `ret` gets one probe doing both captures.
+        also_return = header.constant("GT_ARGS_COOKIE_ALSO_RETURN")
+        entries, returns = [], []
+        for fn in self.functions:
+            entry_is_return = fn.entry_vaddr in fn.return_vaddrs
+            entries.append((fn.entry_file_offset, fn.func_id | (also_return if entry_is_return else 0)))
+            returns += [(offset, fn.func_id) for vaddr, offset in zip(fn.return_vaddrs, fn.return_file_offsets)
+                        if vaddr != fn.entry_vaddr]
+        return [(self.ENTRY_PROGRAM, entries), (self.RETURN_PROGRAM, returns)]
 
-    # -- reading --------------------------------------------------------
+    def opened(self, loaded: cache.LoadedImage) -> None:
+        spec = next(spec for spec in loaded.image.maps if spec.name == "gt_args_events")
+        self._ring = RingBuffer(loaded.map_fd("gt_args_events"), spec.max_entries)
 
-    def _deliver(self, _ctx, data, size) -> int:
-        if self.on_call is not None:
-            self.on_call(parse_record(ctypes.string_at(data, size)))
-        return 0
+    def closing(self) -> None:
+        ring, self._ring = self._ring, None
+        if ring is not None:
+            ring.close()
 
-    def poll(self, timeout_ms: int = 100) -> None:
-        """Wait up to timeout_ms for records and hand every waiting one to on_call."""
-        if self._bpf is None:
+    def poll(self, timeout_s: float = 0.1, limit: int | None = None) -> list[CallRecord]:
+        """The records committed so far (at most `limit`), waiting up to timeout_s when there are none."""
+        if self._ring is None:
             raise RuntimeError("ArgsTracer.attach() was not called (or close() was)")
-        self._bpf.ring_buffer_poll(timeout_ms)
+        if not self._ring.wait(timeout_s):
+            return []
+        return [parse_record(raw) for raw in self._ring.read(limit)]
 
-    def drain(self) -> None:
-        """Hand every record already in the ring buffer to on_call, without waiting."""
-        if self._bpf is not None:
-            self._bpf.ring_buffer_consume()
+    def drain(self) -> list[CallRecord]:
+        """Every record already committed, without waiting."""
+        return self.poll(0.0)
 
     def stats(self) -> dict[str, int]:
         """Whole-run counters of the BPF side (STAT_NAMES values)."""
-        if self._bpf is None:
-            raise RuntimeError("ArgsTracer.attach() was not called (or close() was)")
-        table = self._bpf[b"gt_args_stats"]
-        return {name: int(sum(table[ctypes.c_int(_const(const))])) for const, name in STAT_NAMES.items()}
+        return self.counters("gt_args_stats", STAT_NAMES)

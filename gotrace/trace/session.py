@@ -128,26 +128,46 @@ class StopFlag:
         return self.signal is not None
 
 
-def run_loop(target: Target, stop: StopFlag, *, duration_s: float | None, interval_s: float | None,
-             on_interval) -> str:
-    """Wait until stopped; call `on_interval()` every `interval_s`. Returns why it ended:
-    "signal", "duration" or "target-exit"."""
-    started = time.monotonic()
-    next_report = started + interval_s if interval_s else None
-    while True:
+class Ending:
+    """When a trace ends: a SIGINT/SIGTERM, the -d duration elapsed (counted from creation, after the
+    probes are attached), or the target process exited."""
+
+    def __init__(self, target: Target, stop: StopFlag, duration_s: float | None) -> None:
+        self.target = target
+        self.stop = stop
+        self.duration_s = duration_s
+        self.started = time.monotonic()
+        self.reason: str | None = None  # "signal", "duration" or "target-exit", once ended
+
+    def check(self) -> bool:
+        """True (and `reason` set) once the trace is to end."""
+        if self.reason is None:
+            if self.stop:
+                self.reason = "signal"
+            elif self.duration_s is not None and time.monotonic() - self.started >= self.duration_s:
+                self.reason = "duration"
+            elif self.target.pid is not None and not self.target.alive():
+                self.reason = "target-exit"
+        return self.reason is not None
+
+    def wait_s(self, longest_s: float = POLL_S) -> float:
+        """How long to sleep before the next check: at most longest_s, never past the -d deadline."""
+        wake = longest_s
+        if self.duration_s is not None:
+            wake = min(wake, max(0.0, self.started + self.duration_s - time.monotonic()))
+        return wake
+
+
+def intervals(ending: Ending, interval_s: float | None):
+    """Yields once every interval_s (never when None) until the trace ends (ending.reason says why)."""
+    next_report = ending.started + interval_s if interval_s else None
+    while not ending.check():
         now = time.monotonic()
-        if stop:
-            return "signal"
-        if duration_s is not None and now - started >= duration_s:
-            return "duration"
-        if target.pid is not None and not target.alive():
-            return "target-exit"
         if next_report is not None and now >= next_report:
-            on_interval()
+            yield
             next_report += interval_s
-        wake = POLL_S
-        if duration_s is not None:
-            wake = min(wake, max(0.0, started + duration_s - now))
+            continue
+        wake = ending.wait_s()
         if next_report is not None:
             wake = min(wake, max(0.0, next_report - now))
         time.sleep(wake)

@@ -1,0 +1,100 @@
+"""`gotrace args`: plan what to capture, run the args tracer, yield each call decoded as data."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from gotrace.binary.rtypes import RuntimeTypes
+from gotrace.capture.plan import DEFAULT_STR_LEN, ArgsPlan, plan_args
+from gotrace.capture.values import Call, decode_call
+from gotrace.commands.target import open_traced, tracing_target
+from gotrace.output.args import ArgsSummary
+from gotrace.output.events import BpfSource, Skipped, Started, Timings
+from gotrace.trace.args import ArgsFunction, ArgsTracer
+from gotrace.trace.session import Ending, attached
+from gotrace.trace.tracer import traced_functions
+
+DEFAULT_MAX_RATE = 10000
+POLL_S = 0.05  # longest wait for records before the end conditions are checked again
+
+
+@dataclass(frozen=True)
+class ArgsRequest:
+    """The options of `gotrace args`."""
+
+    args: tuple[str, ...]  # [./bin] PATTERN...
+    pid: int | None = None
+    command: str | None = None
+    duration_s: float | None = None
+    max_events: int | None = None
+    str_len: int = DEFAULT_STR_LEN
+    sigs: tuple[str, ...] = ()
+    max_rate: int = DEFAULT_MAX_RATE
+    print_bpf: bool = False
+    timings: dict[str, float] | None = None  # GOTRACE_TIMINGS: phases timed so far; None: off
+
+
+def args_functions(gobin, plan: ArgsPlan) -> list[ArgsFunction]:
+    """The tracer's view of the plan: ids, sites, packed operations."""
+    traced = traced_functions(gobin, [probes for probes, _ in plan.traced])
+    return [ArgsFunction.planned(fn, fplan) for fn, (_, fplan) in zip(traced, plan.traced)]
+
+
+def args(request: ArgsRequest) -> Iterator[object]:
+    """Yields Skipped per untraceable match, Started, then each completed call (Call) as it returns,
+    and an ArgsSummary at the end. With print_bpf, only BpfSource."""
+    started = time.perf_counter()
+    target, patterns = tracing_target(request.args, request.pid, request.command)
+    with open_traced(target) as gobin:
+        plan = plan_args(gobin, patterns, sig=request.sigs, str_len=request.str_len)
+        functions = args_functions(gobin, plan)
+        analysed = time.perf_counter()
+
+        def make_tracer() -> ArgsTracer:
+            return ArgsTracer(gobin, functions, pid=target.pid, max_rate=request.max_rate)
+
+        if request.print_bpf:
+            yield BpfSource(make_tracer().bpf_source())
+            return
+        for name, reason in plan.skipped:
+            yield Skipped(name, reason)
+        types = RuntimeTypes.of(gobin)
+        fplans = [fplan for _, fplan in plan.traced]
+        wall_offset_ns = time.time_ns() - time.monotonic_ns()
+        shown = undecodable = 0
+        limit = request.max_events
+
+        with attached(target, make_tracer) as (tracer, stop):
+            if request.timings is not None:
+                yield Timings({**request.timings, "elf_analysis": analysed - started, **tracer.timings_s},
+                              tracer.bpf_compiler_peak_rss_kb)
+            yield Started(len(plan.traced), plan.n_sites, target.pid, gobin.go_version, target.display)
+            ending = Ending(target, stop, request.duration_s)
+
+            def decoded(records) -> Iterator[Call]:
+                nonlocal shown, undecodable
+                for record in records:
+                    if limit is not None and shown >= limit:
+                        return
+                    if record.func_id >= len(fplans):
+                        undecodable += 1
+                        continue
+                    try:
+                        call = decode_call(record, fplans[record.func_id], types,
+                                           load_bias=record.entry_ip - functions[record.func_id].entry_vaddr,
+                                           wall_offset_ns=wall_offset_ns)
+                    except Exception:  # a record we cannot make sense of: counted, never a crash
+                        undecodable += 1
+                        continue
+                    shown += 1
+                    yield call
+
+            while not ending.check() and (limit is None or shown < limit):
+                remaining = None if limit is None else limit - shown
+                yield from decoded(tracer.poll(ending.wait_s(POLL_S), remaining))
+            if limit is None or shown < limit:
+                yield from decoded(tracer.drain())
+            yield ArgsSummary(shown, undecodable, tracer.stats(), request.max_rate,
+                              limit is not None and shown >= limit)

@@ -1,0 +1,227 @@
+"""One life-cycle for every tracing program: validate, configure, load, attach, read, close.
+
+A tracer is a BPF program pair in probes/ (an entry program and a return
+program) put on the entry and return sites of some functions of one Go
+binary. This base class does everything the programs share:
+
+* validate: at least one function, at most GT_MAX_FUNCS, ids 0..n-1, each
+  with a return site;
+* configure: the -D constants every program takes (arch, runtime.g offsets,
+  number of functions), plus what the subclass adds;
+* load: from gotrace.bpf.cache (compiled by bcc in a child process only when
+  no earlier run left the program there); this process never imports bcc;
+* attach: the process filter goes in the gt_target map, the subclass fills
+  its own maps, then both programs go on their sites (uprobe_multi links, or
+  perf-event links before Linux 6.6), each site's BPF cookie naming its
+  function;
+* read: per-CPU counter maps summed here; the rest is the subclass's;
+* close: detach, then free programs and maps.
+
+Like cilium/ebpf's executable -> link, closing is detaching. Attach mode is a
+setting (`mode`, "auto" by default); how the probes were attached is a result
+(`attached_by`).
+"""
+
+from __future__ import annotations
+
+import struct
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import ClassVar
+
+from gotrace import header
+from gotrace.binary.gobinary import FunctionProbes, GoBinary
+from gotrace.bpf import cache, compiler, kernel, uprobes
+from gotrace.bpf.syscalls import Syscalls, percpu_value_size, possible_cpus
+from gotrace.errors import UsageError
+
+MAX_PID = 2**22  # PID_MAX_LIMIT on 64-bit Linux
+MAX_G_OFFSET = 4096  # bytes into runtime.g; the real offsets are below 200
+
+
+@dataclass(frozen=True)
+class TracedFunction:
+    """One function to trace: its id in the BPF maps (the sites' cookie) and its probe sites.
+
+    Sites are ELF vaddrs (what `gotrace funcs` shows) and file offsets (where
+    the kernel places a uprobe), in the same order.
+    """
+
+    func_id: int  # 0..n-1
+    name: str
+    entry_vaddr: int  # the post-prologue entry site
+    return_vaddrs: tuple[int, ...]  # every `ret`
+    entry_file_offset: int
+    return_file_offsets: tuple[int, ...]
+
+    @classmethod
+    def of(cls, func_id: int, probes: FunctionProbes, gobin: GoBinary) -> TracedFunction:
+        """The traced form of one function's probe sites in gobin."""
+        sites = probes.sites
+        return cls(func_id, probes.function.name, sites.entry_vaddr, tuple(sites.return_vaddrs),
+                   gobin.file_offset(sites.entry_vaddr), tuple(gobin.file_offsets(sites.return_vaddrs)))
+
+
+def traced_functions(gobin: GoBinary, probes: Sequence[FunctionProbes]) -> list[TracedFunction]:
+    """TracedFunctions for probes, numbered in order."""
+    return [TracedFunction.of(func_id, p, gobin) for func_id, p in enumerate(probes)]
+
+
+def validated_functions(functions: Sequence[TracedFunction]) -> tuple[TracedFunction, ...]:
+    """functions, checked: 1..GT_MAX_FUNCS of them, ids 0..n-1 in order, each with a return site."""
+    max_funcs = header.constant("GT_MAX_FUNCS")
+    if not functions:
+        raise UsageError("no functions to trace")
+    if len(functions) > max_funcs:
+        raise UsageError(f"{len(functions)} functions match; gotrace traces at most {max_funcs} at once: "
+                         "narrow the pattern")
+    for index, fn in enumerate(functions):
+        if fn.func_id != index:
+            raise UsageError(f"function ids must be 0..n-1 in order; {fn.name} has id {fn.func_id} at position {index}")
+        if not fn.return_vaddrs or len(fn.return_vaddrs) != len(fn.return_file_offsets):
+            raise UsageError(f"{fn.name} has no return instruction to probe: its calls never complete")
+    return tuple(functions)
+
+
+class Tracer:
+    """The programs of SOURCE attached at the entry and return sites of `functions` in one Go binary.
+
+    Use as a context manager, or call attach() and close(). pid None traces
+    every process running the binary, now or started later.
+    """
+
+    SOURCE: ClassVar[str]  # file name in probes/
+    ENTRY_PROGRAM: ClassVar[bytes]
+    RETURN_PROGRAM: ClassVar[bytes]
+
+    def __init__(self, gobin: GoBinary, functions: Sequence[TracedFunction], *, pid: int | None,
+                 mode: str = "auto") -> None:
+        self.functions = validated_functions(functions)
+        self.binary_path = str(gobin.path)
+        self.pid = None if pid is None else compiler.validated_int("pid", pid, 1, MAX_PID)
+        if mode not in uprobes.MODES:
+            raise UsageError(f"attach mode must be one of {', '.join(uprobes.MODES)}, not {mode!r}")
+        self.mode = mode
+        offsets = gobin.runtime_offsets
+        self._config = {
+            "GT_CFG_ARCH": compiler.arch_constant(gobin.arch),
+            "GT_CFG_GOID_OFFSET": compiler.validated_int("goid_offset", offsets.goid, 0, MAX_G_OFFSET),
+            "GT_CFG_STACK_HI_OFFSET": compiler.validated_int("stack_hi_offset", offsets.stack_hi, 0, MAX_G_OFFSET),
+            "GT_CFG_NFUNCS": len(self.functions),
+            **self.extra_config(),
+        }
+        self._sys = Syscalls()
+        self._ncpus = possible_cpus()
+        self._loaded: cache.LoadedImage | None = None  # maps and programs in the kernel
+        self._uprobes: uprobes.UprobeSet | None = None  # closing it detaches
+        self.attached_by: str | None = None  # "uprobe_multi" or "perf_link", once attached
+        self.timings_s: dict[str, float] = {}  # seconds per phase of attach(): prepare, bpf_compile, attach
+        self.bpf_cache_hit: bool | None = None  # whether attach() found the program compiled
+        self.bpf_compiler_peak_rss_kb: int | None = None  # VmHWM of the compile child on a miss
+
+    # -- what a program adds -------------------------------------------------
+
+    def extra_config(self) -> dict[str, int]:
+        """-D constants of this program beyond the common ones."""
+        return {}
+
+    def setup_maps(self, loaded: cache.LoadedImage) -> None:
+        """Fill this program's own maps after loading, before attaching."""
+
+    def site_groups(self) -> list[tuple[bytes, list[tuple[int, int]]]]:
+        """(program, [(file_offset, cookie)]) to attach: entry sites, then return sites; the cookie is the func_id."""
+        entries = [(fn.entry_file_offset, fn.func_id) for fn in self.functions]
+        returns = [(offset, fn.func_id) for fn in self.functions for offset in fn.return_file_offsets]
+        return [(self.ENTRY_PROGRAM, entries), (self.RETURN_PROGRAM, returns)]
+
+    def opened(self, loaded: cache.LoadedImage) -> None:
+        """Called once the probes are attached (a reader may open here)."""
+
+    def closing(self) -> None:
+        """Called after the probes are detached, before the maps are freed."""
+
+    # -- life cycle ------------------------------------------------------------
+
+    @property
+    def source_path(self) -> Path:
+        return header.PROBES_DIR / self.SOURCE
+
+    def bpf_source(self) -> str:
+        """The C text as compiled: the -D configuration as #defines, then the program."""
+        return compiler.source_text(self.source_path, self._config)
+
+    @property
+    def n_sites(self) -> int:
+        return sum(1 + len(fn.return_vaddrs) for fn in self.functions)
+
+    def __enter__(self):
+        self.attach()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def attach(self) -> None:
+        """Load the programs (cached, else compiled) and attach them at every site."""
+        if self._loaded is not None:
+            return
+        started = time.perf_counter()
+        kernel.check_can_trace()
+        headers_dir = kernel.use_kernel_headers()
+        compile_started = time.perf_counter()
+        self.timings_s["prepare"] = compile_started - started
+        found = cache.compiled(self.source_path, self._config, (self.ENTRY_PROGRAM, self.RETURN_PROGRAM), headers_dir)
+        self.bpf_cache_hit, self.bpf_compiler_peak_rss_kb = found.cache_hit, found.compiler_peak_rss_kb
+        attach_started = time.perf_counter()
+        self.timings_s["bpf_compile"] = attach_started - compile_started
+        try:
+            self._loaded = found.image.instantiate(self._sys)
+            self._sys.map_update_elem(self._loaded.map_fd("gt_target"), struct.pack("<I", 0),
+                                      struct.pack("<I", self.pid or 0))
+            self.setup_maps(self._loaded)
+            self._uprobes = uprobes.attach_sites(
+                self.binary_path, self.site_groups(), pid=self.pid, load_program=self._loaded.load_program,
+                mode=self.mode, site_name=lambda func_id: self.functions[func_id].name)
+            self.attached_by = self._uprobes.mode
+            self.opened(self._loaded)
+        except BaseException:
+            self.close()
+            raise
+        finally:
+            self.timings_s["attach"] = time.perf_counter() - attach_started
+
+    def close(self) -> None:
+        """Detach every probe and free the BPF programs and maps. Safe to call twice."""
+        attached, self._uprobes = self._uprobes, None
+        if attached is not None:
+            attached.close()
+        self.closing()
+        loaded, self._loaded = self._loaded, None
+        if loaded is not None:
+            loaded.close()
+
+    # -- reading ---------------------------------------------------------------
+
+    def loaded(self) -> cache.LoadedImage:
+        if self._loaded is None:
+            raise RuntimeError(f"{type(self).__name__}.attach() was not called (or close() was)")
+        return self._loaded
+
+    def percpu_sums(self, map_name: str, key_size: int, max_entries: int) -> tuple[bytes, list[int]]:
+        """Keys (raw) and per-key sums over all CPUs of a per-CPU map of u64 values."""
+        ncpus = self._ncpus
+        map_fd = self.loaded().map_fd(map_name)
+        keys, values, _ = self._sys.map_lookup_batch(map_fd, key_size, percpu_value_size(8, ncpus), max_entries)
+        flat = memoryview(values).cast("Q")
+        if ncpus == 1:
+            return keys, flat.tolist()
+        return keys, list(map(sum, zip(*(flat[cpu::ncpus] for cpu in range(ncpus)))))
+
+    def counters(self, map_name: str, names: dict[str, str]) -> dict[str, int]:
+        """A per-CPU array of counters summed over CPUs, by name: names maps GT_* index constant -> name."""
+        n = 1 + max(header.constant(const) for const in names)
+        keys, sums = self.percpu_sums(map_name, 4, n)
+        by_index = dict(zip(memoryview(keys).cast("I"), sums))
+        return {name: by_index.get(header.constant(const), 0) for const, name in names.items()}
