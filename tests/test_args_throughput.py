@@ -16,7 +16,8 @@ import time
 import pytest
 
 import gobuild
-from gotrace.capture.plan import args_functions, plan_args
+from gotrace.capture.plan import plan_args
+from gotrace.commands.args import args_functions
 from gotrace.trace.args import ArgsTracer
 from gotrace.binary.gobinary import GoBinary
 
@@ -78,22 +79,20 @@ def test_a_reader_that_falls_behind_gets_counts_of_what_it_lost(tmp_path):
     binary = _binary()
     out_path = tmp_path / "bench.json"
     received = []
-    with GoBinary(binary) as gobin:
-        functions = args_functions(plan_args(gobin, ["main.fnBench"]))
-        offsets = gobin.runtime_offsets
     script = f"exec {binary} -bench 6 -g 2 > {out_path}"
     target = Target(str(binary), "bench", command=["/bin/sh", "-c", script])
-    target.start_gated()  # held before exec until the probes are in place
-    try:
-        with ArgsTracer(str(binary), functions, pid=target.pid, goid_offset=offsets.goid, arch="amd64",
-                        on_call=received.append) as tracer:
-            target.release()
-            while target.alive():
-                time.sleep(0.1)
-            tracer.drain()
-            stats = tracer.stats()
-    finally:
-        target.abandon()
+    with GoBinary(binary) as gobin:
+        functions = args_functions(gobin, plan_args(gobin, ["main.fnBench"]))
+        target.start_gated()  # held before exec until the probes are in place
+        try:
+            with ArgsTracer(gobin, functions, pid=target.pid) as tracer:
+                target.release()
+                while target.alive():
+                    time.sleep(0.1)
+                received += tracer.drain()
+                stats = tracer.stats()
+        finally:
+            target.abandon()
     calls = json.loads(out_path.read_text())["calls"]
     print(f"unread ring buffer: {len(received)} kept, {stats['dropped_ringbuf_full']} counted as dropped, "
           f"{calls} calls made")

@@ -20,11 +20,11 @@ from gotrace import header as probes_header
 from gotrace.capture.abi import AMD64
 from gotrace.capture.plan import BYTES, plan_function
 from gotrace.trace.args import CallRecord, pack_plan, parse_record
-from gotrace.cli import _args_summary
+from gotrace.output.args import ArgsSummary, call_json, format_call, format_value, quote, value_json
 from gotrace.errors import UsageError
 from gotrace.binary.gotypes import Kind, Param, Signature, basic, interface_type, slice_of, string_type, struct_of
 from gotrace.capture.sigparse import parse_signature
-from gotrace.capture.values import Interface, Text, call_json, decode_call, format_call, format_value, quote, value_json
+from gotrace.capture.values import Interface, Text, decode_call
 
 C = probes_header.constant
 
@@ -198,7 +198,7 @@ def test_record_layout_matches_header():
 
 def test_summary_counts_every_drop():
     stats = {"dropped_rate_limit": 7, "dropped_ringbuf_full": 3, "returns_without_entry": 0, "stale_entries": 0}
-    line = _args_summary(90, 0, stats, 1000, False)
+    line = ArgsSummary(90, 0, stats, 1000, False).text()
     assert line == ("gotrace: 90 calls shown; 10 dropped (7 over --max-rate 1000/s, "
                     "3 because the reader fell behind (ring buffer full))")
 
@@ -233,7 +233,7 @@ def test_stripped_binary_without_sig_says_to_give_one():
 def test_types_section_found_from_moduledata_alone(version, mode, monkeypatch):
     """Stripped binaries have no runtime.types symbol: moduledata must give the same address."""
     from gotrace.binary.gobinary import GoBinary
-    from gotrace.capture.values import RuntimeTypes
+    from gotrace.binary.rtypes import RuntimeTypes
 
     with GoBinary(gobuild.build("argstruth", version, mode)) as gobin:
         symbol = gobin.elf.symbol_vaddr("runtime.types")

@@ -13,6 +13,7 @@ import struct
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -23,18 +24,25 @@ from gotrace.bpf import kernel as kernelenv
 from gotrace import header as probes_header
 from gotrace.bpf.cache import MapSpec, ProgramImage
 from gotrace.errors import CapabilityError, UsageError
-from gotrace.trace.latency import SOURCE_PATH, LatencyTracer, TracedFunction
-from test_tracer_bpf import TRUTH_FUNCTIONS, finish_truth, goid_offset, start_truth, traced_functions
+from gotrace import header
+from gotrace.trace.latency import LatencyTracer, TracedFunction
+from test_tracer_bpf import TRUTH_FUNCTIONS, finish_truth, goid_offset, latency_tracer, start_truth, traced_functions
+
+SOURCE_PATH = header.PROBES_DIR / "latency.bpf.c"
 
 # Runs in a fresh Python: attach, run latencytruth, print what a user and this test check.
 TRACE_ONCE = r"""
 import json, subprocess, sys
 from gotrace.bpf import cache as bpfcache
-from gotrace.trace.latency import LatencyTracer, TracedFunction
+from gotrace.binary.gobinary import GoBinary
+from gotrace.trace.latency import LatencyTracer
+from gotrace.trace.tracer import traced_functions
 spec = json.loads(sys.argv[1])
 bpfcache.CACHE_DIR = bpfcache.Path(spec["cache_dir"])
-functions = [TracedFunction(i, name, entry, tuple(rets)) for i, (name, entry, rets) in enumerate(spec["functions"])]
-with LatencyTracer(spec["binary"], functions, pid=None, goid_offset=spec["goid_offset"]) as tracer:
+with GoBinary(spec["binary"]) as gobin:
+    functions = traced_functions(gobin, [gobin.probe_sites(fn) for fn in gobin.match(spec["functions"])])
+    tracer = LatencyTracer(gobin, functions, pid=None)
+with tracer:
     bcc_after_attach = "bcc" in sys.modules
     truth = subprocess.run([spec["binary"]], input=b"go\n", capture_output=True, check=True, timeout=120).stdout
     counts = tracer.read(reset=False)
@@ -43,7 +51,7 @@ print(json.dumps({
     "compiler_peak_rss_kb": tracer.bpf_compiler_peak_rss_kb,
     "compile_s": tracer.timings_s["bpf_compile"],
     "bcc_imported": bcc_after_attach or "bcc" in sys.modules,
-    "mode": tracer.attach_mode,
+    "mode": tracer.attached_by,
     "truth": {name: f["count"] for name, f in json.loads(truth)["functions"].items()},
     "counts": {fn.name: sum(counts[fn.func_id].buckets.values()) for fn in functions},
     "unmatched": {fn.name: counts[fn.func_id].unmatched for fn in functions},
@@ -55,8 +63,7 @@ def trace_once(binary: Path, functions: list[TracedFunction], cache_dir: Path) -
     spec = {
         "binary": str(binary),
         "cache_dir": str(cache_dir),
-        "goid_offset": goid_offset(binary),
-        "functions": [(fn.name, fn.entry_vaddr, list(fn.return_vaddrs)) for fn in functions],
+        "functions": [fn.name for fn in functions],
     }
     proc = subprocess.run([sys.executable, "-c", TRACE_ONCE, json.dumps(spec)], cwd=gobuild.REPO_ROOT,
                           capture_output=True, text=True, timeout=300)
@@ -186,7 +193,9 @@ def test_other_constants_are_another_entry(tmp_path, monkeypatch):
     hits = []
     try:
         for functions, offset in variants:
-            with LatencyTracer(str(binary), functions, pid=proc.pid, goid_offset=offset) as tracer:
+            as_if = SimpleNamespace(path=str(binary), arch="amd64",
+                                    runtime_offsets=SimpleNamespace(goid=offset, stack_hi=8))
+            with LatencyTracer(as_if, functions, pid=proc.pid) as tracer:
                 hits.append(tracer.bpf_cache_hit)
     finally:
         finish_truth(proc)
@@ -254,16 +263,16 @@ def test_percpu_layout_and_generation_round_trip_through_raw_map_fds(tmp_path, m
     binary = gobuild.build("latencytruth", "1.23.9", "default")
     functions = traced_functions(binary, ["main.work"])
     proc = start_truth(binary)
-    with LatencyTracer(str(binary), functions, pid=proc.pid, goid_offset=goid_offset(binary)) as tracer:
+    with latency_tracer(binary, functions, pid=proc.pid) as tracer:
         truth = finish_truth(proc)
         syscalls = bpfsys.Syscalls()
         tracer.read(reset=True)
         tracer.read(reset=True)
-        gen = syscalls.map_lookup_elem(tracer._loaded.map_fd("gt_gen"), struct.pack("<I", 0), 4)
+        gen = syscalls.map_lookup_elem(tracer.loaded().map_fd("gt_gen"), struct.pack("<I", 0), 4)
         assert struct.unpack("<I", gen) == (2,)
         ncpus = bpfsys.possible_cpus()
         entries_index = probes_header.constant("GT_FC_ENTRIES")  # of func_id 0
-        raw = syscalls.map_lookup_elem(tracer._loaded.map_fd("gt_func_counts"), struct.pack("<I", entries_index),
+        raw = syscalls.map_lookup_elem(tracer.loaded().map_fd("gt_func_counts"), struct.pack("<I", entries_index),
                                        bpfsys.percpu_value_size(8, ncpus))
         per_cpu = struct.unpack(f"<{ncpus}Q", raw)
         assert sum(per_cpu) == truth["main.work"]["count"]
@@ -275,12 +284,11 @@ def test_one_cached_program_serves_every_pid_and_still_traces_only_that_pid(tmp_
     monkeypatch.setattr(bpfcache, "CACHE_DIR", tmp_path)
     binary = gobuild.build("latencytruth", "1.23.9", "default")
     functions = traced_functions(binary, ["main.work"])
-    goid = goid_offset(binary)
     hits, counts = [], []
     for _ in range(2):
         traced, other = start_truth(binary), start_truth(binary)
         try:
-            with LatencyTracer(str(binary), functions, pid=traced.pid, goid_offset=goid) as tracer:
+            with latency_tracer(binary, functions, pid=traced.pid) as tracer:
                 hits.append(tracer.bpf_cache_hit)
                 other_truth = finish_truth(other)
                 traced_truth = finish_truth(traced)

@@ -8,10 +8,10 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from gotrace.output.histogram import LatencyHistogram, bucket_bounds, bucket_index, bucket_midpoint, max_trackable_ns
+from gotrace.output.events import header_line
 from gotrace.output.latency import (
     FunctionReport,
     format_duration,
-    header_line,
     latency_report_json,
     render_latency_text,
 )

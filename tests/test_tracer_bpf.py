@@ -31,6 +31,7 @@ from gotrace.output import histogram
 from gotrace import header as probes_header
 from gotrace.binary.gobinary import GoBinary
 from gotrace.trace.latency import LatencyTracer, TracedFunction
+from gotrace.trace.tracer import traced_functions as traced_in
 
 TRUTH_FUNCTIONS = [
     "main.work",
@@ -45,12 +46,17 @@ TRUTH_FUNCTIONS = [
 def traced_functions(binary: Path, names: list[str]) -> list[TracedFunction]:
     with GoBinary(binary) as gobin:
         found = {fn.name: fn for fn in gobin.match(names)}
-        functions = []
-        for func_id, name in enumerate(names):
-            probes = gobin.probe_sites(found[name])
-            assert probes.traceable, f"{name}: {probes.reason}"
-            functions.append(TracedFunction(func_id, name, probes.sites.entry_vaddr, probes.sites.return_vaddrs))
-        return functions
+        probes = [gobin.probe_sites(found[name]) for name in names]
+        for p in probes:
+            assert p.traceable, f"{p.function.name}: {p.reason}"
+        return traced_in(gobin, probes)
+
+
+def latency_tracer(binary: Path, functions: list[TracedFunction], *, pid: int | None,
+                   mode: str = "auto") -> LatencyTracer:
+    """A LatencyTracer of functions in binary (runtime offsets and arch read from it)."""
+    with GoBinary(binary) as gobin:
+        return LatencyTracer(gobin, functions, pid=pid, mode=mode)
 
 
 def goid_offset(binary: Path) -> int:
@@ -123,7 +129,7 @@ def test_latency_matches_program_own_timing(version, mode, by_pid):
     binary = gobuild.build("latencytruth", version, mode)
     functions = traced_functions(binary, TRUTH_FUNCTIONS)
     proc = start_truth(binary) if by_pid else None
-    tracer = LatencyTracer(str(binary), functions, pid=proc.pid if by_pid else None, goid_offset=goid_offset(binary))
+    tracer = latency_tracer(binary, functions, pid=proc.pid if by_pid else None)
     with tracer:
         if proc is None:
             proc = start_truth(binary)  # started after attaching: "every process running ./bin"
@@ -139,10 +145,9 @@ def test_perf_link_attach_path_counts_the_same():
     binary = gobuild.build("latencytruth", "1.23.9", "default")
     functions = traced_functions(binary, TRUTH_FUNCTIONS)
     proc = start_truth(binary)
-    tracer = LatencyTracer(str(binary), functions, pid=proc.pid, goid_offset=goid_offset(binary))
-    tracer.attach_mode = "perf_link"
+    tracer = latency_tracer(binary, functions, pid=proc.pid, mode="perf_link")
     with tracer:
-        assert tracer.attach_mode == "perf_link"
+        assert tracer.attached_by == "perf_link"
         assert_matches_truth(tracer, functions, finish_truth(proc))
 
 
@@ -151,7 +156,7 @@ def test_reset_starts_a_new_report():
     binary = gobuild.build("latencytruth", "1.23.9", "default")
     functions = traced_functions(binary, ["main.work", "main.mayPanic"])
     proc = start_truth(binary)
-    with LatencyTracer(str(binary), functions, pid=proc.pid, goid_offset=goid_offset(binary)) as tracer:
+    with latency_tracer(binary, functions, pid=proc.pid) as tracer:
         truth = finish_truth(proc)
         first = tracer.read(reset=True)
         assert sum(first[0].buckets.values()) == truth["main.work"]["count"]
@@ -160,21 +165,37 @@ def test_reset_starts_a_new_report():
         assert all(counts.buckets == {} and counts.unmatched == 0 for counts in second.values())
 
 
+class _Offsets:
+    def __init__(self, goid, stack_hi=8):
+        self.goid, self.stack_hi = goid, stack_hi
+
+
+class _Binary:
+    """What a tracer reads of a GoBinary before attaching, given directly (validation needs no real binary)."""
+
+    def __init__(self, goid=152, arch="amd64"):
+        self.path, self.arch, self.runtime_offsets = "/bin/true", arch, _Offsets(goid)
+
+
+def _fn(func_id=0, name="main.work", returns=(0x1010,)):
+    return TracedFunction(func_id, name, 0x1000, tuple(returns), 0x1000, tuple(returns))
+
+
 def test_attach_refuses_bad_input_before_touching_the_kernel():
-    fn = TracedFunction(0, "main.work", 0x1000, (0x1010,))
     with pytest.raises(Exception, match="ids must be 0..n-1"):
-        LatencyTracer("/bin/true", [TracedFunction(1, "main.work", 0x1000, (0x1010,))], pid=None, goid_offset=152)
+        LatencyTracer(_Binary(), [_fn(1)], pid=None)
     with pytest.raises(Exception, match="no return instruction"):
-        LatencyTracer("/bin/true", [TracedFunction(0, "main.f", 0x1000, ())], pid=None, goid_offset=152)
+        LatencyTracer(_Binary(), [_fn(0, "main.f", ())], pid=None)
     with pytest.raises(Exception, match="goid_offset must be an integer"):
-        LatencyTracer("/bin/true", [fn], pid=None, goid_offset="152; evil()")  # type: ignore[arg-type]
+        LatencyTracer(_Binary(goid="152; evil()"), [_fn()], pid=None)
     with pytest.raises(Exception, match="unsupported architecture"):
-        LatencyTracer("/bin/true", [fn], pid=None, goid_offset=152, arch="riscv64")
+        LatencyTracer(_Binary(arch="riscv64"), [_fn()], pid=None)
+    with pytest.raises(Exception, match="attach mode must be one of"):
+        LatencyTracer(_Binary(), [_fn()], pid=None, mode="kprobe")
 
 
 def test_bpf_source_holds_only_numbers_from_the_caller():
-    fn = TracedFunction(0, 'main.evil"); system("x', 0x1000, (0x1010,))
-    source = LatencyTracer("/bin/true", [fn], pid=4242, goid_offset=160).bpf_source()
+    source = LatencyTracer(_Binary(goid=160), [_fn(0, 'main.evil"); system("x')], pid=4242).bpf_source()
     assert "evil" not in source
     assert "#define GT_CFG_GOID_OFFSET 160" in source
     assert "4242" not in source  # the pid goes to the gt_target map, so one cached program serves every pid
@@ -236,7 +257,7 @@ def test_thousand_functions_attach_fast_count_exactly_and_detach_clean(many_func
     names = [f"main.f{i}" for i in range(MANY)]
     functions = traced_functions(many_functions_binary, names)
     fds_before, events_before = open_fd_count(), tracefs_uprobe_events()
-    tracer = LatencyTracer(str(many_functions_binary), functions, pid=None, goid_offset=goid_offset(many_functions_binary))
+    tracer = latency_tracer(many_functions_binary, functions, pid=None)
     started = time.monotonic()
     tracer.attach()
     attach_s = time.monotonic() - started
@@ -269,8 +290,8 @@ def test_kernel_without_uprobe_multi_falls_back_to_perf_links(many_functions_bin
 
     monkeypatch.setattr(bpfsys.Syscalls, "link_create_uprobe_multi", no_uprobe_multi)
     functions = traced_functions(many_functions_binary, ["main.f0", "main.f999"])
-    with LatencyTracer(str(many_functions_binary), functions, pid=None, goid_offset=goid_offset(many_functions_binary)) as tracer:
-        assert tracer.attach_mode == "perf_link"
+    with latency_tracer(many_functions_binary, functions, pid=None) as tracer:
+        assert tracer.attached_by == "perf_link"
         subprocess.run([str(many_functions_binary)], input=b"\n", capture_output=True, check=True)
         counts = tracer.read(reset=False)
     assert [sum(counts[f.func_id].buckets.values()) for f in functions] == [3, 3]
@@ -278,11 +299,12 @@ def test_kernel_without_uprobe_multi_falls_back_to_perf_links(many_functions_bin
 
 DETACH_WITHOUT_TRACEFS = r"""
 import subprocess, sys
-from gotrace.trace.latency import LatencyTracer, TracedFunction
-binary, goid_offset, *sites = sys.argv[1:]
-functions = [TracedFunction(i, f"f{i}", int(entry), tuple(int(r) for r in rets.split(",")))
-             for i, (entry, rets) in enumerate(zip(sites[0::2], sites[1::2]))]
-tracer = LatencyTracer(binary, functions, pid=None, goid_offset=int(goid_offset))
+from gotrace.binary.gobinary import GoBinary
+from gotrace.trace.latency import LatencyTracer
+from gotrace.trace.tracer import traced_functions
+binary, *names = sys.argv[1:]
+with GoBinary(binary) as gobin:
+    tracer = LatencyTracer(gobin, traced_functions(gobin, [gobin.probe_sites(fn) for fn in gobin.match(names)]), pid=None)
 tracer.attach()
 subprocess.run([binary], input=b"\n", capture_output=True, check=True)
 assert sum(tracer.read(reset=False)[0].buckets.values()) == 3
@@ -297,7 +319,6 @@ def test_detach_is_clean_and_quiet_without_tracefs(many_functions_binary):
     if shutil.which("unshare") is None:
         pytest.fail("unshare (util-linux) is needed to unmount tracefs privately")
     functions = traced_functions(many_functions_binary, ["main.f0", "main.f1"])
-    sites = [str(a) for f in functions for a in (f.entry_vaddr, ",".join(map(str, f.return_vaddrs)))]
     script = (
         "umount /sys/kernel/tracing 2>/dev/null; umount /sys/kernel/debug 2>/dev/null; "
         'test ! -e /sys/kernel/tracing/uprobe_events || { echo "tracefs still mounted" >&2; exit 9; }; '
@@ -306,7 +327,7 @@ def test_detach_is_clean_and_quiet_without_tracefs(many_functions_binary):
     env = dict(os.environ, PYTHONPATH=str(gobuild.REPO_ROOT))
     proc = subprocess.run(
         ["unshare", "--mount", "--propagation", "private", "sh", "-c", script, sys.executable, DETACH_WITHOUT_TRACEFS,
-         str(many_functions_binary), str(goid_offset(many_functions_binary)), *sites],
+         str(many_functions_binary), *(f.name for f in functions)],
         capture_output=True, text=True, env=env, timeout=120,
     )
     assert proc.returncode == 0, proc.stderr
