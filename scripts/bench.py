@@ -48,6 +48,8 @@ PYTHON = str(REPO / ".venv" / "bin" / "python")
 CADDY_DEFAULT = Path("/var/cache/gotrace/caddy/bin/caddy")
 HOTLOOP_FUNC = "main.hot"
 STARTUP_FUNC = "net/http.(*conn).serve"
+# caddy is stripped: `args` takes the signature from --sig (receiver first; context.Context is an interface).
+STARTUP_ARGS_SIG = "func(c unsafe.Pointer, ctx any)"
 SCALE_PATTERN = "net/http.*"
 SCALE_SIZES = (10, 100, 1000)
 ATTACHED_TIMEOUT_S = 120.0
@@ -229,10 +231,12 @@ class FloorProbes:
         self.bpf.cleanup()
 
 
-def gotrace_latency(pid: int, func: str, env_extra: dict[str, str] | None = None) -> "GotraceRun":
+def gotrace_latency(pid: int, func: str, env_extra: dict[str, str] | None = None,
+                    command: tuple[str, ...] = ("latency",)) -> "GotraceRun":
+    """gotrace `command` -p pid func --json, run until its "Tracing ..." line (command may add options)."""
     env = dict(os.environ, **(env_extra or {}))
     started = time.perf_counter()
-    proc = subprocess.Popen([*GOTRACE, "latency", "-p", str(pid), func, "--json"],
+    proc = subprocess.Popen([*GOTRACE, command[0], "-p", str(pid), func, "--json", *command[1:]],
                             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, cwd=REPO)
     seen: list[str] = []
     header = read_line_until(proc.stderr, re.compile(r"^Tracing "), ATTACHED_TIMEOUT_S, seen)
@@ -240,7 +244,7 @@ def gotrace_latency(pid: int, func: str, env_extra: dict[str, str] | None = None
     if header is None:
         proc.kill()
         proc.wait()
-        raise BenchError(f"gotrace latency -p {pid} {func} did not attach: {' | '.join(seen[-3:]) or 'no output'}")
+        raise BenchError(f"gotrace {command[0]} -p {pid} {func} did not attach: {' | '.join(seen[-3:]) or 'no output'}")
     return GotraceRun(proc, attached_s, seen)
 
 
@@ -423,16 +427,24 @@ PHASES = (("imports", "imports inside the latency command"), ("elf_analysis", "E
           ("attach", "attach (uprobe_multi links)"))
 
 
+ARGS_COMMAND = ("args", "--sig", STARTUP_ARGS_SIG)
+
+
 def bench_startup(args, caddy: Caddy) -> dict:
-    def one() -> dict:
-        run = gotrace_latency(caddy.pid, STARTUP_FUNC, {"GOTRACE_TIMINGS": "1"})
+    def one(command=("latency",)) -> dict:
+        run = gotrace_latency(caddy.pid, STARTUP_FUNC, {"GOTRACE_TIMINGS": "1"}, command)
         timings = run.timings()
         _, rss_mb = run.stop()
         return {"total_s": run.attached_s, "rss_mb": rss_mb, **timings}
 
     clear_bpf_cache()
     cold = one()
-    return {"cold": cold, "runs": [one() for _ in range(args.startup_runs)]}
+    cold_args = one(ARGS_COMMAND)
+    runs, args_runs = [], []
+    for _ in range(args.startup_runs):  # interleaved, so both see the same machine
+        runs.append(one())
+        args_runs.append(one(ARGS_COMMAND))
+    return {"cold": cold, "runs": runs, "cold_args": cold_args, "args_runs": args_runs}
 
 
 def print_startup(args, caddy: Caddy, r: dict, go_version: str) -> dict:
@@ -454,8 +466,15 @@ def print_startup(args, caddy: Caddy, r: dict, go_version: str) -> dict:
     cold = r["cold"]
     print(f"  cold run (cache emptied first: a child process imports bcc, clang compiles): total {cold['total_s']:.3f} s, "
           f"of which BPF compile {cold.get('bpf_compile', float('nan')):.3f} s")
+    args_total = median([x["total_s"] for x in r["args_runs"]])
+    args_cold = r["cold_args"]
+    print(f"  gotrace args -p PID '{STARTUP_FUNC}' --sig '{STARTUP_ARGS_SIG}', same runs interleaved: "
+          f"warm median {args_total:.3f} s ({args_total / total:.2f}x latency's), "
+          f"BPF load {median([x.get('bpf_compile', float('nan')) for x in r['args_runs']]):.3f} s; "
+          f"cold {args_cold['total_s']:.3f} s")
+    print("  args runs: " + " ".join(f"{x['total_s']:.3f}" for x in r["args_runs"]) + " s")
     print()
-    return {"startup_s": total, "startup_cold_s": cold["total_s"]}
+    return {"startup_s": total, "startup_cold_s": cold["total_s"], "startup_args_s": args_total}
 
 
 # -- scale ------------------------------------------------------------------------------------
@@ -464,8 +483,9 @@ def scale_worker(binary: str, pid: int, n: int) -> None:
     """One scale measurement in this process: prints one JSON line."""
     t0 = time.perf_counter()
     from gotrace.binary.gobinary import GoBinary
-    from gotrace.commands.latency import LatencyPlan, traced_functions
+    from gotrace.commands.latency import LatencyPlan
     from gotrace.trace.latency import LatencyTracer
+    from gotrace.trace.tracer import traced_functions
 
     with GoBinary.open(binary) as gobin:
         traced = []
@@ -478,11 +498,9 @@ def scale_worker(binary: str, pid: int, n: int) -> None:
         if len(traced) < n:
             raise BenchError(f"only {len(traced)} traceable functions match {SCALE_PATTERN}")
         plan = LatencyPlan(traced, [])
-        offsets = gobin.runtime_offsets
         t1 = time.perf_counter()
         rss_before_attach = current_rss_mb()
-        tracer = LatencyTracer(gobin.path, traced_functions(plan), pid=pid, goid_offset=offsets.goid,
-                               stack_hi_offset=offsets.stack_hi, arch=gobin.arch)
+        tracer = LatencyTracer(gobin, traced_functions(gobin, plan.traced), pid=pid)
         tracer.attach()
         t2 = time.perf_counter()
         tracer.read(reset=True)
@@ -490,7 +508,7 @@ def scale_worker(binary: str, pid: int, n: int) -> None:
         tracer.close()
         t4 = time.perf_counter()
     print(json.dumps({"functions": n, "sites": plan.n_sites, "analysis_s": t1 - t0, "attach_total_s": t2 - t1,
-                      "read_s": t3 - t2, "detach_s": t4 - t3, "mode": tracer.attach_mode, **tracer.timings_s,
+                      "read_s": t3 - t2, "detach_s": t4 - t3, "mode": tracer.attached_by, **tracer.timings_s,
                       "rss_before_attach_mb": rss_before_attach,
                       "compiler_rss_mb": None if tracer.bpf_compiler_peak_rss_kb is None
                       else tracer.bpf_compiler_peak_rss_kb / 1024,
