@@ -14,7 +14,6 @@ import os
 import subprocess
 from pathlib import Path
 
-import pytest
 
 import gobuild
 
