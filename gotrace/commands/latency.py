@@ -102,8 +102,8 @@ def latency(request: LatencyRequest) -> Iterator[object]:
             return
         for skipped in plan.skipped:
             yield Skipped(skipped.function.name, skipped.reason)
-        target_info = {"binary": target.display, "pid": target.pid, "go_version": gobin.go_version}
         with attached(target, make_tracer) as (tracer, stop):
+            target_info = {"binary": target.display, "pid": target.pid, "go_version": gobin.go_version}
             warning = slow_detach(tracer.attached_by, plan.n_sites)
             if warning is not None:
                 yield warning
