@@ -78,11 +78,21 @@ def clang_command(clang: str, source: Path, arch: str, output: Path) -> list[str
 @dataclass(frozen=True)
 class CompileResult:
     output: Path
-    peak_rss_kb: int  # clang's own peak RSS (ru_maxrss of that child)
+    peak_rss_kb: int  # clang's own VmHWM, sampled every SAMPLE_S while it ran (0 if never read)
+
+
+SAMPLE_S = 0.01
 
 
 def compile_object(source: Path, arch: str, output: Path, clang: str | None = None) -> CompileResult:
-    """Compile source for arch into output with clang; CapabilityError (one line, clang's first error) on failure."""
+    """Compile source for arch into output with clang; CapabilityError (one line, clang's first error) on failure.
+
+    clang's peak RSS is its VmHWM read from /proc while it runs (the last
+    reading at most SAMPLE_S before it exits), not wait4's ru_maxrss: a child
+    started with vfork (as subprocess does) carries its parent's high-water
+    mark across exec, so ru_maxrss would report gotrace's own peak whenever
+    that is the larger.
+    """
     clang = clang or find_clang()
     if clang is None:
         raise CapabilityError("no clang to compile the BPF programs with: apt-get install clang")
@@ -91,14 +101,31 @@ def compile_object(source: Path, arch: str, output: Path, clang: str | None = No
         proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     except OSError as exc:
         raise CapabilityError(f"cannot run {clang} ({exc.strerror}): apt-get install clang") from None
+    peak_rss_kb = 0
     with proc:
-        stderr = proc.stderr.read()
-        _, status, usage = os.wait4(proc.pid, 0)
-        proc.returncode = os.waitstatus_to_exitcode(status)
+        while True:
+            peak_rss_kb = max(peak_rss_kb, _vm_hwm_kb(proc.pid))
+            try:
+                _, stderr = proc.communicate(timeout=SAMPLE_S)
+                break
+            except subprocess.TimeoutExpired:
+                continue
     if proc.returncode != 0:
         raise CapabilityError(f"{clang} could not compile {Path(source).name} for {arch} "
                               f"({_why(proc.returncode, stderr.decode('utf-8', 'replace'))})")
-    return CompileResult(Path(output), usage.ru_maxrss)
+    return CompileResult(Path(output), peak_rss_kb)
+
+
+def _vm_hwm_kb(pid: int) -> int:
+    """VmHWM of process pid in kB; 0 when it cannot be read (not started yet, or exited)."""
+    try:
+        with open(f"/proc/{pid}/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0
 
 
 def _why(returncode: int, stderr: str) -> str:
