@@ -22,7 +22,7 @@ import gobuild
 from gotrace.bpf import features
 from gotrace.bpf.syscalls import Syscalls
 from gotrace.output.doctor import CommandLine, DoctorReport, FeatureLine, ProgramLine, render_doctor_text
-from test_hardening import bpf_denied_by_seccomp, bpf_denied_by_user_namespace
+from test_hardening import as_nobody, bpf_denied_by_seccomp, bpf_denied_by_user_namespace
 from test_tracer_bpf import finish_truth, latency_tracer, start_truth, traced_functions
 
 GOTRACE = [sys.executable, "-m", "gotrace"]
@@ -106,3 +106,14 @@ def test_text_report_names_what_is_missing_per_command():
     assert "latency   NO  missing: root or CAP_BPF and CAP_PERFMON (run as root: sudo); BPF cookies (Linux 5.15+)" \
         in text
     assert "lockdown    confidentiality" in text
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to switch to another user")
+def test_not_root_exits_3_and_says_run_as_root():
+    proc = doctor(as_nobody)
+    assert proc.returncode == 3, proc.stdout + proc.stderr
+    report = json.loads(proc.stdout)
+    assert report["privileges_ok"] is False and report["capabilities"] == []
+    commands = {c["command"]: c for c in report["commands"]}
+    assert commands["latency"]["missing"] == ["root or CAP_BPF and CAP_PERFMON (run as root: sudo)"]
+    assert commands["funcs"]["ok"] is True

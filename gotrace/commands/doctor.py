@@ -78,7 +78,7 @@ def _command_line(command: str, host: features.HostFeatures, arch: str | None,
         missing.append(f"a supported machine (x86_64 or aarch64, not {host.machine})")
     if not host.privileges.can_trace:
         missing.append(f"root or {' and '.join(host.privileges.missing)} (run as root: sudo)")
-    if not host.bpf_syscall.available:
+    elif not host.bpf_syscall.available:  # with the privileges, something else refuses bpf()
         missing.append(f"bpf() ({host.bpf_syscall.detail}; seccomp or a user namespace?)")
     if host.cookies.available is False:
         missing.append("BPF cookies (Linux 5.15+)")
