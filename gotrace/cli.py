@@ -35,6 +35,7 @@ def cli() -> None:
       gotrace latency ./server 'main.(*Server).handle'
       gotrace latency -p 4242 'net/http.(*conn).serve' -d 10
       gotrace args ./server main.work
+      gotrace doctor
     """
 
 
@@ -170,6 +171,35 @@ def args_cmd(args, pid, command, duration, as_json, max_events, str_len, sigs, m
     request = ArgsRequest(args, pid=pid, command=command, duration_s=duration, max_events=max_events,
                           str_len=str_len, sigs=tuple(sigs), max_rate=max_rate, print_bpf=print_bpf, timings=timings)
     _show(run_args(request), as_json=as_json)
+
+
+# -- doctor -----------------------------------------------------------------------------
+
+@cli.command("doctor")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def doctor_cmd(as_json: bool) -> None:
+    """What this host can trace, and with which kernel mechanisms.
+
+    Tries each kernel feature gotrace uses (BPF ring buffer, BPF cookies,
+    uprobe_multi and perf-event links) and loads each command's BPF
+    programs, then says which mechanism each command will use and what is
+    missing. Exits 0 when this host can trace, 3 when it cannot. Attaches
+    nothing to any process.
+
+    \b
+    Examples:
+      sudo gotrace doctor
+      sudo gotrace doctor --json
+    """
+    from gotrace.commands.doctor import doctor, exit_code
+    from gotrace.output.doctor import doctor_json, render_doctor_text
+
+    report = doctor()
+    if as_json:
+        click.echo(json.dumps(doctor_json(report)))
+    else:
+        click.echo(render_doctor_text(report), nl=False)
+    sys.exit(exit_code(report))
 
 
 # -- entry point --------------------------------------------------------------------------

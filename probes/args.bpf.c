@@ -9,42 +9,38 @@
  * pending record keyed like latency's starts, (tgid, goid, g.stack.hi - SP);
  * the return side joins it with the results and sends the whole call.
  *
- * Configuration arrives as -D constants (see gotrace.h); the process to trace
- * is in gt_target[0], written by user space after loading. No other text is
- * ever added to this file.
+ * The run's settings are in gt_config[0] (see gotrace.h), written by user
+ * space before attaching, as are the plans; gt_arg_plans gets its size
+ * (nfuncs * 2) from the loader. Nothing about a run is compiled in.
  */
-#include <uapi/linux/ptrace.h>
+#include "bpf_abi.h"
 #define GT_NO_BUCKET_CODE
 #include "gotrace.h"
 
-#if !defined(GT_CFG_ARCH) || !defined(GT_CFG_GOID_OFFSET) || \
-    !defined(GT_CFG_STACK_HI_OFFSET) || !defined(GT_CFG_NFUNCS)
-#error "gotrace: GT_CFG_* constants must be given by the loader"
-#endif
+/* nfuncs * 2 plans (GT_SIDE_*), sized by the loader. */
+GT_MAP(gt_arg_plans, BPF_MAP_TYPE_ARRAY, sizeof(__u32), sizeof(struct gt_arg_plan), 2, 0);
+GT_MAP(gt_args_pending, BPF_MAP_TYPE_LRU_HASH, sizeof(struct gt_start_key), sizeof(struct gt_args_pending),
+       GT_ARGS_PENDING, 0);
+GT_MAP(gt_args_entry_scratch, BPF_MAP_TYPE_PERCPU_ARRAY, sizeof(__u32), sizeof(struct gt_args_pending), 1, 0);
+GT_MAP(gt_args_event_scratch, BPF_MAP_TYPE_PERCPU_ARRAY, sizeof(__u32), sizeof(struct gt_args_event), 1, 0);
+GT_MAP(gt_args_events, BPF_MAP_TYPE_RINGBUF, 0, 0, GT_ARGS_RINGBUF_PAGES * 4096, 0);
+GT_MAP(gt_args_cfg, BPF_MAP_TYPE_ARRAY, sizeof(__u32), sizeof(__u64), GT_ACFG_N, 0);
+GT_MAP(gt_args_rate, BPF_MAP_TYPE_ARRAY, sizeof(__u32), sizeof(struct gt_args_rate), 1, 0);
+GT_MAP(gt_args_stats, BPF_MAP_TYPE_PERCPU_ARRAY, sizeof(__u32), sizeof(__u64), GT_ASTAT_N, 0);
 
-BPF_ARRAY(gt_arg_plans, struct gt_arg_plan, GT_CFG_NFUNCS * 2);
-BPF_TABLE("lru_hash", struct gt_start_key, struct gt_args_pending, gt_args_pending, GT_ARGS_PENDING);
-BPF_PERCPU_ARRAY(gt_args_entry_scratch, struct gt_args_pending, 1);
-BPF_PERCPU_ARRAY(gt_args_event_scratch, struct gt_args_event, 1);
-BPF_RINGBUF_OUTPUT(gt_args_events, GT_ARGS_RINGBUF_PAGES);
-BPF_ARRAY(gt_args_cfg, __u64, GT_ACFG_N);
-BPF_ARRAY(gt_args_rate, struct gt_args_rate, 1);
-BPF_PERCPU_ARRAY(gt_args_stats, __u64, GT_ASTAT_N);
-BPF_ARRAY(gt_target, __u32, 1); /* tgid to trace, 0 for all; written by user space */
+char _license[] SEC("license") = "GPL";
 
 static __always_inline void gt_count(int stat)
 {
-    __u64 *slot = gt_args_stats.lookup(&stat);
+    __u64 *slot = bpf_map_lookup_elem(&gt_args_stats, &stat);
     if (slot)
         __sync_fetch_and_add(slot, 1);
 }
 
 /* Fills key for the current hit; 0 when it is not to be captured (counted). */
-static __always_inline int gt_make_key(struct pt_regs *ctx, struct gt_start_key *key)
+static __always_inline int gt_make_key(struct pt_regs *ctx, __u32 func_id, struct gt_start_key *key)
 {
-    int zero = 0;
-    __u32 *target = gt_target.lookup(&zero);
-    int status = gt_goroutine_key(ctx, target ? *target : 0, key);
+    int status = gt_goroutine_key(ctx, func_id, key);
 
     if (status == GT_KEY_NO_GOROUTINE)
         gt_count(GT_ASTAT_NO_GOROUTINE);
@@ -153,13 +149,13 @@ static __always_inline void gt_capture(struct pt_regs *ctx, struct gt_arg_plan *
 static __always_inline int gt_rate_allows(__u64 now_ns)
 {
     int zero = GT_ACFG_MAX_RATE;
-    __u64 *max_rate = gt_args_cfg.lookup(&zero);
+    __u64 *max_rate = bpf_map_lookup_elem(&gt_args_cfg, &zero);
     struct gt_args_rate *rate;
     int first = 0;
 
     if (!max_rate || *max_rate == 0)
         return 1;
-    rate = gt_args_rate.lookup(&first);
+    rate = bpf_map_lookup_elem(&gt_args_rate, &first);
     if (!rate)
         return 1;
     if (now_ns - rate->window_start_ns >= 1000000000ULL) {
@@ -177,20 +173,20 @@ static __always_inline void gt_on_entry(struct pt_regs *ctx, __u32 func_id)
     int zero = 0;
     int plan_index;
 
-    if (func_id >= GT_CFG_NFUNCS || !gt_make_key(ctx, &key))
+    if (!gt_make_key(ctx, func_id, &key))
         return;
     plan_index = func_id * 2 + GT_SIDE_ENTRY;
-    plan = gt_arg_plans.lookup(&plan_index);
-    pending = gt_args_entry_scratch.lookup(&zero);
+    plan = bpf_map_lookup_elem(&gt_arg_plans, &plan_index);
+    pending = bpf_map_lookup_elem(&gt_args_entry_scratch, &zero);
     if (!plan || !pending)
         return;
     pending->func_id = func_id;
     pending->entry_ip = PT_REGS_IP(ctx);
     gt_capture(ctx, plan, pending->data, GT_ARGS_DATA, &pending->ok_mask, &pending->fail_mask);
-    if (gt_args_pending.lookup(&key))
+    if (bpf_map_lookup_elem(&gt_args_pending, &key))
         gt_count(GT_ASTAT_STALE_ENTRIES);
     pending->start_ns = bpf_ktime_get_ns();
-    if (gt_args_pending.update(&key, pending) != 0)
+    if (bpf_map_update_elem(&gt_args_pending, &key, pending, BPF_ANY) != 0)
         gt_count(GT_ASTAT_PENDING_FAILED);
 }
 
@@ -205,29 +201,29 @@ static __always_inline void gt_on_return(struct pt_regs *ctx, __u32 func_id)
     int zero = 0;
     int plan_index;
 
-    if (func_id >= GT_CFG_NFUNCS || !gt_make_key(ctx, &key))
+    if (!gt_make_key(ctx, func_id, &key))
         return;
-    pending = gt_args_pending.lookup(&key);
+    pending = bpf_map_lookup_elem(&gt_args_pending, &key);
     if (!pending) {
         gt_count(GT_ASTAT_RETURNS_WITHOUT_ENTRY);
         return;
     }
     if (pending->func_id != func_id) {
         /* Left by a frame that never returned (panic): stale. */
-        gt_args_pending.delete(&key);
+        bpf_map_delete_elem(&gt_args_pending, &key);
         gt_count(GT_ASTAT_RETURNS_WITHOUT_ENTRY);
         return;
     }
     if (!gt_rate_allows(now_ns)) {
-        gt_args_pending.delete(&key);
+        bpf_map_delete_elem(&gt_args_pending, &key);
         gt_count(GT_ASTAT_RATE_LIMITED);
         return;
     }
     plan_index = func_id * 2 + GT_SIDE_RETURN;
-    plan = gt_arg_plans.lookup(&plan_index);
-    event = gt_args_event_scratch.lookup(&zero);
+    plan = bpf_map_lookup_elem(&gt_arg_plans, &plan_index);
+    event = bpf_map_lookup_elem(&gt_args_event_scratch, &zero);
     if (!plan || !event) {
-        gt_args_pending.delete(&key);
+        bpf_map_delete_elem(&gt_args_pending, &key);
         return;
     }
     event->start_ns = pending->start_ns;
@@ -239,17 +235,18 @@ static __always_inline void gt_on_return(struct pt_regs *ctx, __u32 func_id)
     event->args_ok = pending->ok_mask;
     event->args_fail = pending->fail_mask;
     bpf_probe_read_kernel(event->args, sizeof(event->args), pending->data);
-    gt_args_pending.delete(&key);
+    bpf_map_delete_elem(&gt_args_pending, &key);
     gt_capture(ctx, plan, event->res, GT_RES_DATA, &event->res_ok, &event->res_fail);
     /* Flags 0: the kernel's adaptive wake-up. The reader is woken when a record
      * lands in a buffer it had emptied, so each call shows at once at a low call
      * rate, and a busy reader is not woken once per record at a high one. */
-    if (gt_args_events.ringbuf_output(event, sizeof(*event), 0) != 0)
+    if (bpf_ringbuf_output(&gt_args_events, event, sizeof(*event), 0) != 0)
         gt_count(GT_ASTAT_RINGBUF_FULL);
     else
         gt_count(GT_ASTAT_EVENTS);
 }
 
+SEC("uprobe/gt_args_entry")
 int gt_args_entry(struct pt_regs *ctx)
 {
     __u64 cookie = bpf_get_attach_cookie(ctx);
@@ -261,6 +258,7 @@ int gt_args_entry(struct pt_regs *ctx)
     return 0;
 }
 
+SEC("uprobe/gt_args_return")
 int gt_args_return(struct pt_regs *ctx)
 {
     gt_on_return(ctx, (__u32)bpf_get_attach_cookie(ctx));

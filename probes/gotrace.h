@@ -1,9 +1,11 @@
 /* gotrace.h: the one definition of constants and map layouts shared by the
  * BPF programs in probes/ and by user space (gotrace/header.py reads the
- * `#define GT_*` integer constants below; bcc derives the struct layouts).
+ * `#define GT_*` integer constants below; Python packs the structs with the
+ * same layouts).
  *
  * Only plain `#define GT_NAME <integer>` lines are read by Python: keep every
- * constant user space needs in that form.
+ * constant user space needs in that form. The programs include bpf_abi.h
+ * (types, helpers, map declarations) before this file.
  */
 #ifndef GOTRACE_H
 #define GOTRACE_H
@@ -23,17 +25,12 @@
 #define GT_HIST_NBUCKETS 4864 /* (GT_HIST_MAX_EXP - GT_HIST_SUB_BITS + 1) << GT_HIST_SUB_BITS */
 
 /* ---- Latency tracing (probes/latency.bpf.c) ----
- * Compile-time configuration, given by user space as -D flags (numbers only,
- * validated before use): GT_CFG_ARCH (one of GT_ARCH_*), GT_CFG_GOID_OFFSET and
- * GT_CFG_STACK_HI_OFFSET (byte offsets in runtime.g), GT_CFG_NFUNCS (functions
- * traced). The process to trace is not compiled in, so that a compiled program
- * cached by gotrace.bpfcache serves every pid: user space writes it to
- * gt_target[0] after loading (0: every process running the binary).
- * The uprobe's BPF cookie is the traced function's id, 0..GT_CFG_NFUNCS-1.
+ * Nothing about a run is compiled in: one object per architecture serves
+ * every binary, Go version and process. User space writes the run's settings
+ * to gt_config[0] (struct gt_config below) before attaching, and sizes the
+ * maps that depend on the number of functions when it creates them.
+ * The uprobe's BPF cookie is the traced function's id, 0..nfuncs-1.
  */
-#define GT_ARCH_AMD64 1
-#define GT_ARCH_ARM64 2
-
 #define GT_MAX_FUNCS 65536
 /* Open calls remembered at once (LRU: calls lost to panics cannot fill it). */
 #define GT_START_ENTRIES 65536
@@ -57,6 +54,14 @@
 #define GT_STAT_N 6
 
 /* The report generation lives in gt_gen[0]; user space bumps it at each reset. */
+
+/* gt_config[0], written by user space before the probes are attached. */
+struct gt_config {
+    __u32 target_tgid;     /* the process to trace; 0: every process running the binary */
+    __u32 nfuncs;          /* functions traced: a cookie (function id) at or above is ignored */
+    __u32 goid_offset;     /* byte offset of goid in runtime.g */
+    __u32 stack_hi_offset; /* byte offset of stack.hi in runtime.g */
+};
 
 struct gt_start_key {
     __u64 goid;
@@ -108,9 +113,8 @@ static __always_inline __u32 gt_hist_bucket(__u64 v)
  * C text. Each operation fills bytes of a side's buffer: value images in Go's
  * memory layout (from registers or from the stack at SP), then memory behind
  * pointers found in those images (string bytes, slice elements, an itab's
- * type word, an interface's data). Configuration as -D flags: GT_CFG_ARCH,
- * GT_CFG_GOID_OFFSET, GT_CFG_STACK_HI_OFFSET, GT_CFG_NFUNCS; the process to
- * trace in gt_target[0] (as for latency).
+ * type word, an interface's data). The run's settings are in gt_config[0]
+ * (as for latency); gt_arg_plans holds nfuncs * 2 plans.
  */
 #define GT_SIDE_ENTRY 0
 #define GT_SIDE_RETURN 1
@@ -199,8 +203,8 @@ struct gt_args_rate {
     __u64 count;
 };
 
-/* ---- BPF programs only: the goroutine a probe hit runs on ----
- * Compiled where the loader gives GT_CFG_ARCH (never in user-space builds of
+/* ---- BPF programs only: the run's settings and the goroutine a probe hit runs on ----
+ * Compiled where the build gives GT_CFG_ARCH (never in user-space builds of
  * this header). Keys pair an entry with its return: (tgid, goid,
  * g.stack.hi - SP); g is in R14 on amd64 and R28 on arm64 in every Go
  * (ABIInternal) function. At the post-prologue entry site and at a `ret`, SP
@@ -217,27 +221,34 @@ struct gt_args_rate {
 #error "gotrace: unsupported GT_CFG_ARCH"
 #endif
 
+GT_MAP(gt_config, BPF_MAP_TYPE_ARRAY, sizeof(__u32), sizeof(struct gt_config), 1, 0);
+
 enum gt_key_status {
     GT_KEY_OK = 1,
-    GT_KEY_OTHER_PROCESS = 0,  /* not the traced process */
+    GT_KEY_OTHER_PROCESS = 0,  /* not the traced process, or not a function of this run */
     GT_KEY_NO_GOROUTINE = -1,  /* g register was 0 (assembly, cgo callback) */
     GT_KEY_READ_FAULT = -2,    /* g.goid or g.stack.hi could not be read */
 };
 
-/* Fills *key for the current hit; target_tgid 0 accepts every process. */
-static __always_inline int gt_goroutine_key(struct pt_regs *ctx, __u32 target_tgid, struct gt_start_key *key)
+/* Fills *key for a hit of function func_id (the probe's cookie). One array
+ * lookup (inlined by the verifier) gives the run's settings. */
+static __always_inline int gt_goroutine_key(struct pt_regs *ctx, __u32 func_id, struct gt_start_key *key)
 {
+    __u32 zero = 0;
+    struct gt_config *cfg = bpf_map_lookup_elem(&gt_config, &zero);
     __u64 g = GT_G_REG(ctx);
     __u64 stack_hi = 0;
     __u64 goid = 0;
     __u64 tgid = bpf_get_current_pid_tgid() >> 32;
 
-    if (target_tgid != 0 && tgid != target_tgid)
+    if (!cfg || func_id >= cfg->nfuncs)
+        return GT_KEY_OTHER_PROCESS;
+    if (cfg->target_tgid != 0 && tgid != cfg->target_tgid)
         return GT_KEY_OTHER_PROCESS;
     if (g == 0)
         return GT_KEY_NO_GOROUTINE;
-    if (bpf_probe_read_user(&goid, sizeof(goid), (void *)(g + GT_CFG_GOID_OFFSET)) != 0 ||
-        bpf_probe_read_user(&stack_hi, sizeof(stack_hi), (void *)(g + GT_CFG_STACK_HI_OFFSET)) != 0)
+    if (bpf_probe_read_user(&goid, sizeof(goid), (void *)(g + cfg->goid_offset)) != 0 ||
+        bpf_probe_read_user(&stack_hi, sizeof(stack_hi), (void *)(g + cfg->stack_hi_offset)) != 0)
         return GT_KEY_READ_FAULT;
     key->goid = goid;
     key->tgid = (__u32)tgid;

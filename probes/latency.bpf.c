@@ -8,31 +8,29 @@
  * goroutine survives thread migration, the distance from the stack top
  * survives stack copies and separates recursive calls.
  *
- * Configuration arrives as -D constants (see gotrace.h); no other text is
- * ever added to this file.
+ * The run's settings are in gt_config[0] (see gotrace.h), written by user
+ * space before attaching; the maps sized by the number of functions get
+ * their size from the loader. Nothing about a run is compiled in.
  */
-#include <uapi/linux/ptrace.h>
+#include "bpf_abi.h"
 #include "gotrace.h"
 
-#if !defined(GT_CFG_ARCH) || !defined(GT_CFG_GOID_OFFSET) || \
-    !defined(GT_CFG_STACK_HI_OFFSET) || !defined(GT_CFG_NFUNCS) || \
-    !defined(GT_CFG_HIST_ENTRIES)
-#error "gotrace: GT_CFG_* constants must be given by the loader"
-#endif
-
-BPF_TABLE("lru_hash", struct gt_start_key, struct gt_start_val, gt_starts, GT_START_ENTRIES);
+GT_MAP(gt_starts, BPF_MAP_TYPE_LRU_HASH, sizeof(struct gt_start_key), sizeof(struct gt_start_val), GT_START_ENTRIES, 0);
 /* Cumulative counts; user space reports differences between reads. No
  * preallocation: an element freed by user space is never reused under a
- * program still holding it. */
-BPF_F_TABLE("percpu_hash", struct gt_hist_key, __u64, gt_hist, GT_CFG_HIST_ENTRIES, BPF_F_NO_PREALLOC);
-BPF_PERCPU_ARRAY(gt_func_counts, __u64, GT_CFG_NFUNCS * GT_FC_N);
-BPF_PERCPU_ARRAY(gt_stats, __u64, GT_STAT_N);
-BPF_ARRAY(gt_gen, __u32, 1);
-BPF_ARRAY(gt_target, __u32, 1); /* tgid to trace, 0 for all; written by user space */
+ * program still holding it. Sized by the loader (GT_HIST_*). */
+GT_MAP(gt_hist, BPF_MAP_TYPE_PERCPU_HASH, sizeof(struct gt_hist_key), sizeof(__u64), GT_HIST_MIN_ENTRIES,
+       BPF_F_NO_PREALLOC);
+/* nfuncs * GT_FC_N counters, sized by the loader. */
+GT_MAP(gt_func_counts, BPF_MAP_TYPE_PERCPU_ARRAY, sizeof(__u32), sizeof(__u64), GT_FC_N, 0);
+GT_MAP(gt_stats, BPF_MAP_TYPE_PERCPU_ARRAY, sizeof(__u32), sizeof(__u64), GT_STAT_N, 0);
+GT_MAP(gt_gen, BPF_MAP_TYPE_ARRAY, sizeof(__u32), sizeof(__u32), 1, 0);
+
+char _license[] SEC("license") = "GPL";
 
 static __always_inline void gt_count(int stat)
 {
-    __u64 *slot = gt_stats.lookup(&stat);
+    __u64 *slot = bpf_map_lookup_elem(&gt_stats, &stat);
     if (slot)
         __sync_fetch_and_add(slot, 1);
 }
@@ -40,17 +38,15 @@ static __always_inline void gt_count(int stat)
 static __always_inline void gt_func_count(__u32 func_id, __u32 which)
 {
     int index = func_id * GT_FC_N + which;
-    __u64 *slot = gt_func_counts.lookup(&index);
+    __u64 *slot = bpf_map_lookup_elem(&gt_func_counts, &index);
     if (slot)
         __sync_fetch_and_add(slot, 1);
 }
 
 /* Fills key for the current hit; 0 when it is not to be timed (counted). */
-static __always_inline int gt_make_key(struct pt_regs *ctx, struct gt_start_key *key)
+static __always_inline int gt_make_key(struct pt_regs *ctx, __u32 func_id, struct gt_start_key *key)
 {
-    int zero = 0;
-    __u32 *target = gt_target.lookup(&zero);
-    int status = gt_goroutine_key(ctx, target ? *target : 0, key);
+    int status = gt_goroutine_key(ctx, func_id, key);
 
     if (status == GT_KEY_NO_GOROUTINE)
         gt_count(GT_STAT_NO_GOROUTINE);
@@ -62,29 +58,31 @@ static __always_inline int gt_make_key(struct pt_regs *ctx, struct gt_start_key 
 static __always_inline __u32 gt_current_gen(void)
 {
     int zero = 0;
-    __u32 *gen = gt_gen.lookup(&zero);
+    __u32 *gen = bpf_map_lookup_elem(&gt_gen, &zero);
     return gen ? *gen : 0;
 }
 
+SEC("uprobe/gt_entry")
 int gt_entry(struct pt_regs *ctx)
 {
     __u32 func_id = (__u32)bpf_get_attach_cookie(ctx);
     struct gt_start_key key = {};
     struct gt_start_val val = {};
 
-    if (func_id >= GT_CFG_NFUNCS || !gt_make_key(ctx, &key))
+    if (!gt_make_key(ctx, func_id, &key))
         return 0;
     gt_func_count(func_id, GT_FC_ENTRIES);
-    if (gt_starts.lookup(&key))
+    if (bpf_map_lookup_elem(&gt_starts, &key))
         gt_count(GT_STAT_STALE_STARTS);
     val.func_id = func_id;
     val.gen = gt_current_gen();
     val.start_ns = bpf_ktime_get_ns();
-    if (gt_starts.update(&key, &val) != 0)
+    if (bpf_map_update_elem(&gt_starts, &key, &val, BPF_ANY) != 0)
         gt_count(GT_STAT_START_UPDATE_FAILED);
     return 0;
 }
 
+SEC("uprobe/gt_return")
 int gt_return(struct pt_regs *ctx)
 {
     __u64 now_ns = bpf_ktime_get_ns();
@@ -95,16 +93,16 @@ int gt_return(struct pt_regs *ctx)
     __u64 one = 1;
     __u64 *slot;
 
-    if (func_id >= GT_CFG_NFUNCS || !gt_make_key(ctx, &key))
+    if (!gt_make_key(ctx, func_id, &key))
         return 0;
-    start = gt_starts.lookup(&key);
+    start = bpf_map_lookup_elem(&gt_starts, &key);
     if (!start) {
         gt_count(GT_STAT_RETURNS_WITHOUT_ENTRY);
         return 0;
     }
     if (start->func_id != func_id) {
         /* A start left by a frame that never returned (panic): stale. */
-        gt_starts.delete(&key);
+        bpf_map_delete_elem(&gt_starts, &key);
         gt_count(GT_STAT_RETURNS_WITHOUT_ENTRY);
         return 0;
     }
@@ -112,14 +110,14 @@ int gt_return(struct pt_regs *ctx)
     hkey.bucket = gt_hist_bucket(now_ns - start->start_ns);
     if (start->gen == gt_current_gen())
         gt_func_count(func_id, GT_FC_RETURNS_SAME_GEN);
-    gt_starts.delete(&key);
+    bpf_map_delete_elem(&gt_starts, &key);
 
-    slot = gt_hist.lookup(&hkey);
+    slot = bpf_map_lookup_elem(&gt_hist, &hkey);
     if (slot) {
         __sync_fetch_and_add(slot, 1);
-    } else if (gt_hist.update(&hkey, &one) != 0) {
+    } else if (bpf_map_update_elem(&gt_hist, &hkey, &one, BPF_ANY) != 0) {
         /* Another CPU may have created it meanwhile: per-CPU, so retry once. */
-        slot = gt_hist.lookup(&hkey);
+        slot = bpf_map_lookup_elem(&gt_hist, &hkey);
         if (slot)
             __sync_fetch_and_add(slot, 1);
         else

@@ -212,6 +212,7 @@ class FloorProbes:
         from gotrace.bpf import kernel as kernelenv
 
         kernelenv.check_can_trace(need_tracefs=True)
+        kernelenv.use_kernel_headers()  # bcc compiles against kernel headers (gotrace itself needs none)
         import bcc
 
         self.binary = str(binary)

@@ -16,8 +16,8 @@ Go binaries (see tests/gobuild.py):
 BPF (the ``bpf`` marker):
 
 * A test marked ``@pytest.mark.bpf`` first checks that BPF works here: root,
-  bcc importable, bcc can compile and load a program, the kernel has
-  uprobes. Tests may also call ``need_bpf()`` themselves.
+  the kernel loads a program through bpf() (gotrace's own system calls, no
+  bcc), the kernel has uprobes. Tests may also call ``need_bpf()`` themselves.
 * When that check fails the test SKIPS, unless BPF is required: env ``CI``
   set (non-empty) or ``GOTRACE_FORCE_BPF=1``. Then it FAILS with the reason.
 * Under that same rule, any other skip of a ``bpf``-marked test (an
@@ -83,17 +83,12 @@ def service_matrix() -> dict[tuple[str, str, str], Path]:
 # --- BPF availability -------------------------------------------------------
 
 BPF_PROBE_PROGRAM = r"""
-import sys
-try:
-    from gotrace.bpf.kernel import use_kernel_headers  # points bcc at gotrace's kernel-header tree
-except ImportError:
-    pass
-else:
-    use_kernel_headers()
-from bcc import BPF
-b = BPF(text="int gotrace_probe(void *ctx) { return 0; }")
-b.load_func("gotrace_probe", BPF.KPROBE)
-b.cleanup()
+import os, struct
+from gotrace.bpf.syscalls import BPF_PROG_TYPE_KPROBE, Syscalls
+sys = Syscalls()
+os.close(sys.map_create(2, 4, 4, 1, 0, b"gotrace_probe"))
+exit_0 = struct.pack("<BBhi", 0xB7, 0, 0, 0) + struct.pack("<BBhi", 0x95, 0, 0, 0)  # r0 = 0; exit
+os.close(sys.prog_load(BPF_PROG_TYPE_KPROBE, exit_0, b"GPL", b"gotrace_probe", 0))
 """
 
 
@@ -110,27 +105,20 @@ def bpf_unavailable_reason() -> str | None:
     if not any(Path(p).exists() for p in ("/sys/bus/event_source/devices/uprobe", "/sys/kernel/tracing/uprobe_events",
                                            "/sys/kernel/debug/tracing/uprobe_events")):
         return "the kernel has no uprobe support (no uprobe event source)"
-    env = dict(os.environ)
-    if "BCC_KERNEL_SOURCE" not in env:
-        for tree in (Path("/var/cache/gotrace/kernel-headers") / os.uname().release, Path("/tmp/khdr")):
-            if tree.is_dir():
-                env["BCC_KERNEL_SOURCE"] = str(tree)
-                break
     try:
         proc = subprocess.run(
             [sys.executable, "-c", BPF_PROBE_PROGRAM],
             cwd=gobuild.REPO_ROOT,
-            env=env,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
             timeout=120,
         )
     except subprocess.TimeoutExpired:
-        return "bcc took over 120 s to compile and load a trivial BPF program"
+        return "loading a trivial BPF program took over 120 s"
     if proc.returncode != 0:
         last = proc.stdout.strip().splitlines()[-1:] or ["(no output)"]
-        return f"bcc cannot compile and load a BPF program: {last[0]}"
+        return f"the kernel does not load a BPF program: {last[0]}"
     return None
 
 

@@ -3,8 +3,9 @@
 Run through the real command line, as a user would meet them:
 
 * not root, BPF refused by the kernel (seccomp filter as in Docker's default
-  profile; a user namespace as in a rootless container), no kernel headers:
-  exit 3 and one line saying what is missing and what to do;
+  profile; a user namespace as in a rootless container): exit 3 and one line
+  saying what is missing and what to do;
+* no kernel headers and no bcc anywhere: tracing works as usual;
 * tracefs unmounted: tracing works and detaches as usual, without noise;
 * the -p process is gone before tracing starts: exit 2, one line; it exits
   while traced: final report with the right counts, exit 0;
@@ -211,48 +212,29 @@ def test_bpf_refused_exit_3_one_line(deny):
     assert "kernel headers" not in line, f"blames the headers for a refused bpf(): {line}"
 
 
-# -- kernel headers -------------------------------------------------------------------
+# -- no kernel headers, no bcc ----------------------------------------------------------
 
 
 @pytest.mark.bpf
-def test_no_kernel_headers_in_named_tree(tmp_path):
-    """BCC_KERNEL_SOURCE names a directory without headers."""
+def test_traces_without_any_kernel_headers_or_bcc(tmp_path):
+    """/usr/src, /lib/modules, gotrace's header tree and bcc's Python module hidden under empty tmpfs mounts,
+    BCC_KERNEL_SOURCE pointing at an empty directory, an empty BPF cache: a checkout compiles its programs with
+    clang alone, and counts every call."""
+    binary = service_binary()
+    hide = [d for d in (Path("/usr/src"), Path("/lib/modules"), Path("/var/cache/gotrace/kernel-headers"),
+                        Path("/usr/lib/python3/dist-packages/bcc"), Path("/var/cache/gotrace/bpf")) if d.is_dir()]
+    script = "".join(f"mount -t tmpfs gotrace-test-empty {d} && " for d in hide)
+    argv = latency_cmd("-c", f"{binary} -n 300 -json", str(binary), "main.work", "--json")
     empty = tmp_path / "no-headers"
     empty.mkdir()
-    proc = run(latency_cmd(str(service_binary()), "main.work", "-d", "1"),
-               env=clean_env(BCC_KERNEL_SOURCE=str(empty)))
-    assert proc.returncode == 3, proc.stderr
-    line = one_line(proc)
-    assert "scripts/kernel-headers" in line and str(empty) in line
-
-
-@pytest.mark.bpf
-def test_no_kernel_headers_anywhere():
-    """Neither /lib/modules/$(uname -r)/build nor gotrace's cached tree: both hidden under
-    empty tmpfs mounts in a private mount namespace."""
-    release = os.uname().release
-    hide = [d for d in (Path("/lib/modules") / release, Path("/var/cache/gotrace/kernel-headers")) if d.is_dir()]
-    script = "".join(f"mount -t tmpfs gotrace-test-empty {d} && " for d in hide)
-    argv = latency_cmd(str(service_binary()), "main.work", "-d", "1")
-    env = clean_env()
-    env.pop("BCC_KERNEL_SOURCE", None)
     proc = run(["unshare", "--mount", "--propagation", "private", "sh", "-c", script + 'exec "$@"', "sh", *argv],
-               env=env)
-    assert proc.returncode == 3, proc.stderr
-    line = one_line(proc)
-    assert "kernel headers" in line and "scripts/kernel-headers" in line and release in line
-
-
-@pytest.mark.bpf
-def test_unusable_kernel_headers_one_line(tmp_path):
-    """A header tree that exists but cannot compile the probes: exit 3, one line, not clang's pages of errors."""
-    broken = tmp_path / "broken-headers"
-    (broken / "include").mkdir(parents=True)
-    proc = run(latency_cmd(str(service_binary()), "main.work", "-d", "1"),
-               env=clean_env(BCC_KERNEL_SOURCE=str(broken)))
-    assert proc.returncode == 3, proc.stderr
-    line = one_line(proc)
-    assert "kernel-headers" in line
+               env=clean_env(BCC_KERNEL_SOURCE=str(empty)), timeout=180)
+    assert proc.returncode == 0, proc.stderr
+    objects = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+    (summary,) = [o for o in objects if "calls" in o]
+    (report,) = [o for o in objects if "functions" in o]
+    assert function_report(report, "main.work")["count"] == summary["calls"]["main.work"] > 0
+    assert "header" not in proc.stderr and "bcc" not in proc.stderr
 
 
 # -- tracefs unmounted ---------------------------------------------------------------

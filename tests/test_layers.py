@@ -1,4 +1,4 @@
-"""The layers of gotrace's package, read from its imports: every edge must point down.
+r"""The layers of gotrace's package, read from its imports: every edge must point down.
 
     cli  ->  commands  ->  trace  ->  bpf
                |   |         \----->  capture  ->  binary

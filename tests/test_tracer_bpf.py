@@ -194,12 +194,14 @@ def test_attach_refuses_bad_input_before_touching_the_kernel():
         LatencyTracer(_Binary(), [_fn()], pid=None, mode="kprobe")
 
 
-def test_bpf_source_holds_only_numbers_from_the_caller():
+def test_bpf_source_is_the_same_program_for_every_run_and_numbers_in_its_config():
     source = LatencyTracer(_Binary(goid=160), [_fn(0, 'main.evil"); system("x')], pid=4242).bpf_source()
     assert "evil" not in source
-    assert "#define GT_CFG_GOID_OFFSET 160" in source
-    assert "4242" not in source  # the pid goes to the gt_target map, so one cached program serves every pid
-    assert "int gt_entry(struct pt_regs *ctx)" in source
+    settings, program = source.split("\n", 1)
+    assert "target_tgid=4242" in settings and "goid_offset=160" in settings and "nfuncs=1" in settings
+    # Nothing of the run is in the C: one compiled object serves every binary, pid and Go version.
+    assert program == (probes_header.PROBES_DIR / "latency.bpf.c").read_text()
+    assert "int gt_entry(struct pt_regs *ctx)" in program
 
 
 # --- many functions ------------------------------------------------------------

@@ -1,23 +1,36 @@
-"""Compiles a probes/*.bpf.c program with bcc, its configuration given as -D flags.
+"""Compiles probes/<program>.bpf.c into a BPF object file for one architecture with clang: when the package is built, and at run time only when no usable object was shipped.
 
-Configuration is only ever validated integers (`GT_CFG_*` compile-time
-constants); no text from the user reaches the C source. Compilation runs with
-the process's stderr captured, so bcc's and clang's diagnostics never spill
-onto the user's terminal: a failure becomes one CapabilityError line quoting
-the first diagnostic.
+Plain `clang -target bpfel`, no kernel headers (`-nostdinc`): the programs
+restate the little kernel ABI they use (probes/bpf_abi.h), so the object is
+the same whatever machine builds it, and one object per architecture (the
+layout of pt_regs, the one compile-time setting, GT_CFG_ARCH) loads on every
+kernel with the helpers and map types it uses. `-mcpu=v3` (Linux 5.1+
+instructions; the atomic fetch-and-add of args' rate limit needs 5.12) is
+below what the programs need anyway (BPF cookies, Linux 5.15).
+
+This module only runs clang: setup.py imports it to build the package's
+objects, gotrace.bpf.cache to compile on a host that got none. Nothing about
+a run (pid, offsets, sizes) is ever compiled in.
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
-import tempfile
+import shutil
+import signal
+import subprocess
+from dataclasses import dataclass
 from pathlib import Path
 
-from gotrace import header as probes_header
 from gotrace.errors import CapabilityError, UsageError
 
-ARCH_CONSTANTS = {"amd64": "GT_ARCH_AMD64", "arm64": "GT_ARCH_ARM64"}
+PROGRAMS = ("latency", "args")  # probes/<name>.bpf.c
+ARCHES = ("amd64", "arm64")
+ARCH_MACROS = {"amd64": "GT_ARCH_AMD64", "arm64": "GT_ARCH_ARM64"}
+MACHINE_ARCHES = {"x86_64": "amd64", "aarch64": "arm64"}
+CLANG_ENV = "GOTRACE_CLANG"  # a clang to use instead of the first one on PATH
+CLANG_NAMES = ("clang", "clang-20", "clang-19", "clang-18", "clang-17", "clang-16", "clang-15", "clang-14")
+CFLAGS = ("-target", "bpfel", "-mcpu=v3", "-O2", "-g0", "-nostdinc", "-Wall", "-Wno-unused-function")
 
 
 def validated_int(label: str, value: object, low: int, high: int) -> int:
@@ -27,53 +40,104 @@ def validated_int(label: str, value: object, low: int, high: int) -> int:
     return value
 
 
-def arch_constant(arch: str) -> int:
-    """The GT_ARCH_* value of `arch`; UsageError for an architecture gotrace does not trace."""
-    if arch not in ARCH_CONSTANTS:
+def validated_arch(arch: str) -> str:
+    """arch if gotrace has programs for it; UsageError otherwise."""
+    if arch not in ARCHES:
         raise UsageError(f"unsupported architecture {arch!r}: gotrace traces amd64 and arm64 binaries")
-    return probes_header.constant(ARCH_CONSTANTS[arch])
+    return arch
 
 
-def source_text(source_path: Path, config: dict[str, int]) -> str:
-    """The C text as compiled: the configuration as #defines, then the program."""
-    lines = ["/* configuration passed to the compiler as -D flags */"]
-    lines += [f"#define {name} {value}" for name, value in config.items()]
-    return "\n".join(lines) + "\n\n" + source_path.read_text()
+def host_arch() -> str | None:
+    """The Go name of this machine's architecture (amd64, arm64), None for one gotrace does not support."""
+    return MACHINE_ARCHES.get(os.uname().machine)
 
 
-@contextlib.contextmanager
-def _captured_stderr():
-    """Redirect fd 2 (where bcc and clang write) to a temporary file; yields a
-    function returning what was written."""
-    with tempfile.TemporaryFile() as sink:
-        saved = os.dup(2)
+def object_name(program: str, arch: str) -> str:
+    """The file name of program's object for arch: `latency.amd64.o`."""
+    return f"{program}.{arch}.o"
+
+
+def find_clang() -> str | None:
+    """The clang to compile with: $GOTRACE_CLANG, else the first of CLANG_NAMES on PATH; None when there is none."""
+    configured = os.environ.get(CLANG_ENV)
+    if configured:
+        return shutil.which(configured)
+    for name in CLANG_NAMES:
+        found = shutil.which(name)
+        if found:
+            return found
+    return None
+
+
+def clang_command(clang: str, source: Path, arch: str, output: Path) -> list[str]:
+    """The command that compiles source (with the headers of its directory) for arch into output."""
+    return [clang, *CFLAGS, f"-DGT_CFG_ARCH={ARCH_MACROS[validated_arch(arch)]}", f"-I{Path(source).parent}",
+            "-c", str(source), "-o", str(output)]
+
+
+@dataclass(frozen=True)
+class CompileResult:
+    output: Path
+    peak_rss_kb: int  # clang's own VmHWM, sampled every SAMPLE_S while it ran (0 if never read)
+
+
+SAMPLE_S = 0.01
+
+
+def compile_object(source: Path, arch: str, output: Path, clang: str | None = None) -> CompileResult:
+    """Compile source for arch into output with clang; CapabilityError (one line, clang's first error) on failure.
+
+    clang's peak RSS is its VmHWM read from /proc while it runs (the last
+    reading at most SAMPLE_S before it exits), not wait4's ru_maxrss: a child
+    started with vfork (as subprocess does) carries its parent's high-water
+    mark across exec, so ru_maxrss would report gotrace's own peak whenever
+    that is the larger.
+    """
+    clang = clang or find_clang()
+    if clang is None:
+        raise CapabilityError("no clang to compile the BPF programs with: apt-get install clang")
+    command = clang_command(clang, source, arch, output)
+    try:
+        proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    except OSError as exc:
+        raise CapabilityError(f"cannot run {clang} ({exc.strerror}): apt-get install clang") from None
+    peak_rss_kb = 0
+    with proc:
+        while True:
+            peak_rss_kb = max(peak_rss_kb, _vm_hwm_kb(proc.pid))
+            try:
+                _, stderr = proc.communicate(timeout=SAMPLE_S)
+                break
+            except subprocess.TimeoutExpired:
+                continue
+    if proc.returncode != 0:
+        raise CapabilityError(f"{clang} could not compile {Path(source).name} for {arch} "
+                              f"({_why(proc.returncode, stderr.decode('utf-8', 'replace'))})")
+    return CompileResult(Path(output), peak_rss_kb)
+
+
+def _vm_hwm_kb(pid: int) -> int:
+    """VmHWM of process pid in kB; 0 when it cannot be read (not started yet, or exited)."""
+    try:
+        with open(f"/proc/{pid}/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0
+
+
+def _why(returncode: int, stderr: str) -> str:
+    """How clang failed: the signal that killed it, else its first error line, else its last line or status."""
+    if returncode < 0:
         try:
-            os.dup2(sink.fileno(), 2)
-            yield lambda: (sink.seek(0), sink.read().decode("utf-8", "replace"))[1]
-        finally:
-            os.dup2(saved, 2)
-            os.close(saved)
-
-
-def _first_diagnostic(text: str) -> str:
-    for line in text.splitlines():
+            name = signal.Signals(-returncode).name
+        except ValueError:
+            name = "an unknown signal"
+        return f"killed by signal {-returncode}, {name}; out of memory?"
+    for line in stderr.splitlines():
         if "error:" in line or "fatal" in line.lower():
             return " ".join(line.split())[:200]
-    return ""
-
-
-def compile_program(source_path: Path, config: dict[str, int]):
-    """A compiled bcc.BPF of `source_path` with `config` as -D constants."""
-    try:
-        import bcc
-    except ImportError as exc:
-        raise CapabilityError(f"bcc's Python module cannot be imported ({exc}): reinstall python3-bpfcc") from None
-
-    cflags = [f"-I{probes_header.PROBES_DIR}"] + [f"-D{name}={value}" for name, value in config.items()]
-    with _captured_stderr() as diagnostics:
-        try:
-            return bcc.BPF(src_file=os.fsencode(source_path), cflags=cflags)
-        except Exception as exc:  # bcc raises bare Exception; clang's messages went to fd 2
-            detail = _first_diagnostic(diagnostics()) or str(exc)
-    raise CapabilityError(
-        f"bcc could not compile the BPF program ({detail}): check the kernel headers (run scripts/kernel-headers)")
+    lines = stderr.strip().splitlines()
+    return " ".join(lines[-1].split())[:200] if lines else f"exit status {returncode}"

@@ -1,19 +1,22 @@
-"""Checks that this machine can trace (root, bpf() allowed, bcc, kernel headers, uprobes) and points bcc at usable headers.
+"""Checks that this process may trace (privileges, bpf() allowed), naming exactly what is missing; and kernel-header lookup for tools built on bcc.
 
 Every failure is a CapabilityError (exit 3) whose one-line message says what
-to run. The one side effect: when the running kernel has no headers under
-/lib/modules but scripts/kernel-headers built a tree for it, BCC_KERNEL_SOURCE
-is set to that tree for this process (bcc reads it when compiling).
+to do. gotrace itself needs no kernel headers and no bcc: its BPF programs
+are compiled objects (gotrace.bpf.cache). use_kernel_headers() is for code
+that still compiles with bcc (scripts/bench's floor of empty bcc uprobes):
+when the running kernel has no headers under /lib/modules but
+scripts/kernel-headers built a tree for it, it sets BCC_KERNEL_SOURCE to that
+tree for this process.
 """
 
 from __future__ import annotations
 
 import ctypes
 import errno
-import importlib.util
 import os
 import struct
 import subprocess
+from dataclasses import dataclass
 from pathlib import Path
 
 from gotrace.errors import CapabilityError
@@ -22,28 +25,75 @@ HEADERS_CACHE = Path("/var/cache/gotrace/kernel-headers")
 MODULES_DIR = Path("/lib/modules")
 UPROBE_PMU_TYPE = Path("/sys/bus/event_source/devices/uprobe/type")
 TRACEFS_DIR = Path("/sys/kernel/tracing")
+PROC_STATUS = Path("/proc/self/status")
 
 _DEBIAN_ARCH = {"x86_64": "amd64", "aarch64": "arm64"}
 _SYS_BPF = {"x86_64": 321, "aarch64": 280}
 _BPF_MAP_CREATE = 0
 _BPF_MAP_TYPE_ARRAY = 2
 
+# Capability numbers (linux/capability.h) that decide whether BPF tracing is allowed.
+CAP_SYS_ADMIN = 21
+CAP_PERFMON = 38
+CAP_BPF = 39
+
+
+@dataclass(frozen=True)
+class Privileges:
+    """Who this process is to the kernel, as far as loading tracing programs goes."""
+
+    euid: int
+    capabilities: frozenset[str]  # of CAP_SYS_ADMIN, CAP_PERFMON, CAP_BPF: those in the effective set
+
+    @property
+    def can_trace(self) -> bool:
+        """Root, CAP_SYS_ADMIN, or both CAP_BPF and CAP_PERFMON (Linux 5.8+) allow uprobes and tracing programs."""
+        caps = self.capabilities
+        return self.euid == 0 or "CAP_SYS_ADMIN" in caps or {"CAP_BPF", "CAP_PERFMON"} <= caps
+
+    @property
+    def missing(self) -> list[str]:
+        """What is missing for can_trace, for a message (empty when nothing is)."""
+        if self.can_trace:
+            return []
+        return sorted({"CAP_BPF", "CAP_PERFMON"} - self.capabilities)
+
+
+def privileges(status_path: Path | None = None) -> Privileges:
+    """This process's effective uid and tracing capabilities (from /proc/self/status CapEff)."""
+    effective = 0
+    try:
+        for line in (status_path or PROC_STATUS).read_text().splitlines():
+            if line.startswith("CapEff:"):
+                effective = int(line.split()[1], 16)
+                break
+    except (OSError, ValueError, IndexError):
+        pass
+    names = {"CAP_SYS_ADMIN": CAP_SYS_ADMIN, "CAP_PERFMON": CAP_PERFMON, "CAP_BPF": CAP_BPF}
+    return Privileges(os.geteuid(), frozenset(name for name, bit in names.items() if effective >> bit & 1))
+
 
 def check_can_trace(*, need_tracefs: bool = False) -> None:
-    """Raise CapabilityError unless this process can compile BPF with bcc and attach uprobes.
+    """Raise CapabilityError unless this process may load BPF programs and attach uprobes.
 
-    gotrace's latency tracer attaches through BPF links and never needs
-    tracefs; pass need_tracefs=True for code that attaches through bcc's
-    attach_uprobe, which needs it to detach (mounted here when missing).
+    gotrace attaches through BPF links and never needs tracefs; pass
+    need_tracefs=True for code that attaches through bcc's attach_uprobe,
+    which needs it to detach (mounted here when missing).
     """
-    if os.geteuid() != 0:
-        raise CapabilityError("tracing needs root to load BPF programs and attach uprobes: run as root (sudo)")
-    check_bcc()
-    uprobe_pmu_type()
-    use_kernel_headers()
+    check_privileges()
     check_bpf_syscall()
     if need_tracefs:
         ensure_tracefs()
+
+
+def check_privileges(found: Privileges | None = None) -> None:
+    """CapabilityError unless this process is root or has CAP_BPF and CAP_PERFMON."""
+    found = found or privileges()
+    if not found.can_trace:
+        raise CapabilityError(
+            "tracing needs root to load BPF programs and attach uprobes: run as root (sudo), or give gotrace "
+            f"{' and '.join(found.missing)}"
+        )
 
 
 def check_bpf_syscall() -> None:
@@ -53,7 +103,7 @@ def check_bpf_syscall() -> None:
     denies bpf()), a user namespace (rootless containers: uid 0 without
     capabilities over the host kernel) or a kernel built without
     CONFIG_BPF_SYSCALL all refuse it. Creating and closing a one-element
-    array map tells, before bcc compiles anything and blames the headers.
+    array map tells, before anything else is tried.
     """
     number = _SYS_BPF.get(os.uname().machine)
     if number is None:
@@ -76,18 +126,6 @@ def check_bpf_syscall() -> None:
     raise CapabilityError(f"the kernel refuses to create a BPF map ({os.strerror(err)}): gotrace needs Linux 5.15+ with BPF")
 
 
-def check_bcc() -> None:
-    """Raise CapabilityError when bcc's Python module is not installed (looked up, not imported: a cached program never needs it)."""
-    try:
-        found = importlib.util.find_spec("bcc") is not None
-    except (ImportError, ValueError):
-        found = False
-    if not found:
-        raise CapabilityError(
-            "bcc's Python module is missing: apt-get install python3-bpfcc (a virtualenv needs --system-site-packages)"
-        )
-
-
 def uprobe_pmu_type() -> int:
     """The perf event type number of the kernel's uprobe PMU; CapabilityError when the kernel has none."""
     try:
@@ -99,7 +137,7 @@ def uprobe_pmu_type() -> int:
 
 
 def use_kernel_headers() -> Path:
-    """The kernel headers bcc will use; sets BCC_KERNEL_SOURCE to gotrace's cached tree when that is the only option."""
+    """The kernel headers bcc will use (for tools built on bcc, not gotrace); sets BCC_KERNEL_SOURCE to gotrace's cached tree when that is the only option."""
     configured = os.environ.get("BCC_KERNEL_SOURCE")
     if configured:
         if not (Path(configured) / "include").is_dir():

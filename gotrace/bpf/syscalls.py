@@ -34,6 +34,14 @@ def percpu_value_size(value_size: int, ncpus: int) -> int:
     return (value_size + 7) // 8 * 8 * ncpus
 
 
+def verifier_reason(log: str) -> str:
+    """The line of a verifier log that says why a program was refused: the last one before the statistics lines."""
+    lines = [line.strip() for line in log.splitlines() if line.strip()]
+    while lines and lines[-1].startswith(("processed ", "verification time", "stack depth", "max_states_per_insn")):
+        lines.pop()
+    return lines[-1] if lines else ""
+
+
 def _name_bytes(name: bytes) -> bytes:
     return name[: _BPF_OBJ_NAME_LEN - 1].ljust(_BPF_OBJ_NAME_LEN, b"\0")
 
@@ -89,7 +97,11 @@ class Syscalls:
         return map_type, key_size, value_size, max_entries, flags, name.rstrip(b"\0")
 
     def prog_load(self, prog_type: int, insns: bytes, license: bytes, name: bytes, expected_attach_type: int) -> int:
-        """BPF_PROG_LOAD: the fd of the verified program; on refusal, OSError whose strerror ends with the verifier's last line."""
+        """BPF_PROG_LOAD: the fd of the verified program.
+
+        On refusal, OSError whose strerror ends with the verifier's reason, and
+        whose `verifier_log` attribute (when the kernel gave one) is the whole log.
+        """
         insns_buf = ctypes.create_string_buffer(insns, len(insns))
         license_buf = ctypes.create_string_buffer(license)
 
@@ -122,8 +134,10 @@ class Syscalls:
             return load(1, log)
         except OSError:
             pass
-        lines = [line for line in log.value.decode("utf-8", "replace").splitlines() if line.strip()]
-        raise OSError(first.errno, f"{os.strerror(first.errno)}: {lines[-1] if lines else 'no verifier log'}")
+        text = log.value.decode("utf-8", "replace")
+        refused = OSError(first.errno, f"{os.strerror(first.errno)}: {verifier_reason(text) or 'no verifier log'}")
+        refused.verifier_log = text  # type: ignore[attr-defined]
+        raise refused
 
     def map_lookup_elem(self, map_fd: int, key: bytes, value_size: int) -> bytes | None:
         """BPF_MAP_LOOKUP_ELEM: the value under key (value_size bytes; per-CPU maps: see percpu_value_size), None if absent."""

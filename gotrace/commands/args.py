@@ -69,7 +69,7 @@ def args(request: ArgsRequest) -> Iterator[object]:
         with attached(target, make_tracer) as (tracer, stop):
             if request.timings is not None:
                 yield Timings({**request.timings, "elf_analysis": analysed - started, **tracer.timings_s},
-                              tracer.bpf_compiler_peak_rss_kb)
+                              tracer.bpf_compiler_peak_rss_kb, tracer.bpf_origin)
             yield Started(len(plan.traced), plan.n_sites, target.pid, gobin.go_version, target.display)
             ending = Ending(target, stop, request.duration_s)
 

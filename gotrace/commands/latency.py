@@ -109,7 +109,7 @@ def latency(request: LatencyRequest) -> Iterator[object]:
                 yield warning
             if request.timings is not None:
                 yield Timings({**request.timings, "elf_analysis": analysed - started, **tracer.timings_s},
-                              tracer.bpf_compiler_peak_rss_kb)
+                              tracer.bpf_compiler_peak_rss_kb, tracer.bpf_origin)
             yield Started(len(plan.traced), plan.n_sites, target.pid, gobin.go_version, target.display)
             ending = Ending(target, stop, request.duration_s)
             last = ending.started

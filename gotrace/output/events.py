@@ -50,13 +50,17 @@ def header_line(n_functions: int, n_sites: int, pid: int | None, go_version: str
 
 @dataclass(frozen=True)
 class Timings:
-    """GOTRACE_TIMINGS=1: seconds each start-up phase took, and the compile child's peak RSS on a cache miss."""
+    """GOTRACE_TIMINGS=1: seconds each start-up phase took, where the BPF programs came from, and the peak RSS
+    of clang when it had to compile them."""
 
     phases_s: dict[str, float]
     compiler_peak_rss_kb: int | None = None
+    bpf_origin: str | None = None  # "shipped", "cached" or "compiled"
 
     def text(self) -> str:
         line = "gotrace: timings " + " ".join(f"{name}_s={value:.4f}" for name, value in self.phases_s.items())
+        if self.bpf_origin:
+            line += f"\ngotrace: bpf programs {self.bpf_origin}"
         if self.compiler_peak_rss_kb:
             line += f"\ngotrace: bpf compile child peak RSS {self.compiler_peak_rss_kb / 1024:.1f} MB"
         return line

@@ -14,7 +14,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from gotrace import header
-from gotrace.bpf import cache, compiler
+from gotrace.bpf import compiler
+from gotrace.bpf.image import LoadedImage
 from gotrace.bpf.ringbuf import RingBuffer
 from gotrace.capture.plan import FunctionPlan
 from gotrace.errors import UsageError
@@ -100,7 +101,7 @@ class ArgsTracer(Tracer):
     sends; what it drops is counted in stats().
     """
 
-    SOURCE = "args.bpf.c"
+    PROGRAM = "args"
     ENTRY_PROGRAM = b"gt_args_entry"
     RETURN_PROGRAM = b"gt_args_return"
 
@@ -111,7 +112,10 @@ class ArgsTracer(Tracer):
         self._plans = [pack_plan(ops) for fn in self.functions for ops in (fn.entry_ops, fn.return_ops)]
         self._ring: RingBuffer | None = None
 
-    def setup_maps(self, loaded: cache.LoadedImage) -> None:
+    def map_sizes(self) -> dict[str, int]:
+        return {"gt_arg_plans": len(self._plans)}
+
+    def setup_maps(self, loaded: LoadedImage) -> None:
         plans_fd = loaded.map_fd("gt_arg_plans")
         for index, blob in enumerate(self._plans):
             self._sys.map_update_elem(plans_fd, struct.pack("<I", index), blob)
@@ -129,9 +133,8 @@ class ArgsTracer(Tracer):
                         if vaddr != fn.entry_vaddr]
         return [(self.ENTRY_PROGRAM, entries), (self.RETURN_PROGRAM, returns)]
 
-    def opened(self, loaded: cache.LoadedImage) -> None:
-        spec = next(spec for spec in loaded.image.maps if spec.name == "gt_args_events")
-        self._ring = RingBuffer(loaded.map_fd("gt_args_events"), spec.max_entries)
+    def opened(self, loaded: LoadedImage) -> None:
+        self._ring = RingBuffer(loaded.map_fd("gt_args_events"), loaded.map_spec("gt_args_events").max_entries)
 
     def closing(self) -> None:
         ring, self._ring = self._ring, None

@@ -43,7 +43,7 @@ def hist_entries(nfuncs: int) -> int:
 class LatencyTracer(Tracer):
     """Per-goroutine latency histograms of the given functions of one Go binary."""
 
-    SOURCE = "latency.bpf.c"
+    PROGRAM = "latency"
     ENTRY_PROGRAM = b"gt_entry"
     RETURN_PROGRAM = b"gt_return"
 
@@ -53,8 +53,9 @@ class LatencyTracer(Tracer):
         self._fc_base: list[int] = [0] * (len(self.functions) * header.constant("GT_FC_N"))
         self._gen = 0
 
-    def extra_config(self) -> dict[str, int]:
-        return {"GT_CFG_HIST_ENTRIES": hist_entries(len(self.functions))}
+    def map_sizes(self) -> dict[str, int]:
+        return {"gt_func_counts": len(self.functions) * header.constant("GT_FC_N"),
+                "gt_hist": hist_entries(len(self.functions))}
 
     def read(self, *, reset: bool) -> dict[int, FunctionCounts]:
         """Counts per func_id since the last reset (all functions, zero-call ones included).
@@ -70,7 +71,7 @@ class LatencyTracer(Tracer):
                                       struct.pack("<I", self._gen & 0xFFFFFFFF))
         fc_n = header.constant("GT_FC_N")
         _, fc_sums = self.percpu_sums("gt_func_counts", 4, len(self.functions) * fc_n)
-        hist_keys, hist_sums = self.percpu_sums("gt_hist", 8, self._config["GT_CFG_HIST_ENTRIES"])
+        hist_keys, hist_sums = self.percpu_sums("gt_hist", 8, hist_entries(len(self.functions)))
         result = {fn.func_id: FunctionCounts(buckets={}, unmatched=0) for fn in self.functions}
         hist_now: dict[int, int] = {}
         for packed, total in zip(memoryview(hist_keys).cast("Q"), hist_sums):

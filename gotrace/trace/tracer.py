@@ -6,14 +6,15 @@ binary. This base class does everything the programs share:
 
 * validate: at least one function, at most GT_MAX_FUNCS, ids 0..n-1, each
   with a return site;
-* configure: the -D constants every program takes (arch, runtime.g offsets,
-  number of functions), plus what the subclass adds;
-* load: from gotrace.bpf.cache (compiled by bcc in a child process only when
-  no earlier run left the program there); this process never imports bcc;
-* attach: the process filter goes in the gt_target map, the subclass fills
-  its own maps, then both programs go on their sites (uprobe_multi links, or
-  perf-event links before Linux 6.6), each site's BPF cookie naming its
-  function;
+* configure: nothing is compiled in. The settings every program reads (the
+  process to trace, the number of functions, runtime.g offsets) go in its
+  gt_config map; the maps sized by the number of functions get their size
+  when they are created (map_sizes); the subclass fills its own maps;
+* load: the object the package ships for this architecture (or one compiled
+  here with clang when there is none, or when this kernel's verifier refuses
+  the shipped one), through gotrace.bpf.cache; loaded with raw bpf();
+* attach: both programs go on their sites (uprobe_multi links, or perf-event
+  links before Linux 6.6), each site's BPF cookie naming its function;
 * read: per-CPU counter maps summed here; the rest is the subclass's;
 * close: detach, then free programs and maps.
 
@@ -24,6 +25,7 @@ setting (`mode`, "auto" by default); how the probes were attached is a result
 
 from __future__ import annotations
 
+import os
 import struct
 import time
 from collections.abc import Sequence
@@ -34,11 +36,13 @@ from typing import ClassVar
 from gotrace import header
 from gotrace.binary.gobinary import FunctionProbes, GoBinary
 from gotrace.bpf import cache, compiler, kernel, uprobes
+from gotrace.bpf.image import LoadedImage, ProgramRejected
 from gotrace.bpf.syscalls import Syscalls, percpu_value_size, possible_cpus
-from gotrace.errors import UsageError
+from gotrace.errors import CapabilityError, UsageError
 
 MAX_PID = 2**22  # PID_MAX_LIMIT on 64-bit Linux
 MAX_G_OFFSET = 4096  # bytes into runtime.g; the real offsets are below 200
+CONFIG_STRUCT = struct.Struct("<IIII")  # struct gt_config of probes/gotrace.h
 
 
 @dataclass(frozen=True)
@@ -92,7 +96,7 @@ class Tracer:
     every process running the binary, now or started later.
     """
 
-    SOURCE: ClassVar[str]  # file name in probes/
+    PROGRAM: ClassVar[str]  # probes/<PROGRAM>.bpf.c
     ENTRY_PROGRAM: ClassVar[bytes]
     RETURN_PROGRAM: ClassVar[bytes]
 
@@ -104,30 +108,36 @@ class Tracer:
         if mode not in uprobes.MODES:
             raise UsageError(f"attach mode must be one of {', '.join(uprobes.MODES)}, not {mode!r}")
         self.mode = mode
+        self.arch = compiler.validated_arch(gobin.arch)
         offsets = gobin.runtime_offsets
-        self._config = {
-            "GT_CFG_ARCH": compiler.arch_constant(gobin.arch),
-            "GT_CFG_GOID_OFFSET": compiler.validated_int("goid_offset", offsets.goid, 0, MAX_G_OFFSET),
-            "GT_CFG_STACK_HI_OFFSET": compiler.validated_int("stack_hi_offset", offsets.stack_hi, 0, MAX_G_OFFSET),
-            "GT_CFG_NFUNCS": len(self.functions),
-            **self.extra_config(),
+        # struct gt_config of probes/gotrace.h, in its field order.
+        self.config = {
+            "target_tgid": self.pid or 0,
+            "nfuncs": len(self.functions),
+            "goid_offset": compiler.validated_int("goid_offset", offsets.goid, 0, MAX_G_OFFSET),
+            "stack_hi_offset": compiler.validated_int("stack_hi_offset", offsets.stack_hi, 0, MAX_G_OFFSET),
         }
         self._sys = Syscalls()
         self._ncpus = possible_cpus()
-        self._loaded: cache.LoadedImage | None = None  # maps and programs in the kernel
+        self._loaded: LoadedImage | None = None  # maps and programs in the kernel
         self._uprobes: uprobes.UprobeSet | None = None  # closing it detaches
         self.attached_by: str | None = None  # "uprobe_multi" or "perf_link", once attached
         self.timings_s: dict[str, float] = {}  # seconds per phase of attach(): prepare, bpf_compile, attach
-        self.bpf_cache_hit: bool | None = None  # whether attach() found the program compiled
-        self.bpf_compiler_peak_rss_kb: int | None = None  # VmHWM of the compile child on a miss
+        self.bpf_origin: str | None = None  # where the programs came from: "shipped", "cached" or "compiled"
+        self.bpf_compiler_peak_rss_kb: int | None = None  # clang's peak RSS when attach() had to compile
+
+    @property
+    def bpf_cache_hit(self) -> bool | None:
+        """Whether attach() loaded programs compiled before this run (shipped or cached), None before attach()."""
+        return None if self.bpf_origin is None else self.bpf_origin != "compiled"
 
     # -- what a program adds -------------------------------------------------
 
-    def extra_config(self) -> dict[str, int]:
-        """-D constants of this program beyond the common ones."""
+    def map_sizes(self) -> dict[str, int]:
+        """max_entries of this program's maps whose size depends on the run (by map name)."""
         return {}
 
-    def setup_maps(self, loaded: cache.LoadedImage) -> None:
+    def setup_maps(self, loaded: LoadedImage) -> None:
         """Fill this program's own maps after loading, before attaching."""
 
     def site_groups(self) -> list[tuple[bytes, list[tuple[int, int]]]]:
@@ -136,7 +146,7 @@ class Tracer:
         returns = [(offset, fn.func_id) for fn in self.functions for offset in fn.return_file_offsets]
         return [(self.ENTRY_PROGRAM, entries), (self.RETURN_PROGRAM, returns)]
 
-    def opened(self, loaded: cache.LoadedImage) -> None:
+    def opened(self, loaded: LoadedImage) -> None:
         """Called once the probes are attached (a reader may open here)."""
 
     def closing(self) -> None:
@@ -146,11 +156,14 @@ class Tracer:
 
     @property
     def source_path(self) -> Path:
-        return header.PROBES_DIR / self.SOURCE
+        return cache.source_path(self.PROGRAM)
 
     def bpf_source(self) -> str:
-        """The C text as compiled: the -D configuration as #defines, then the program."""
-        return compiler.source_text(self.source_path, self._config)
+        """The program's C text, after a comment giving this run's gt_config values and map sizes."""
+        settings = " ".join(f"{name}={value}" for name, value in self.config.items())
+        sizes = " ".join(f"{name}={value}" for name, value in self.map_sizes().items())
+        return (f"/* {self.source_path.name} for {self.arch}; gt_config[0]: {settings}"
+                + (f"; max_entries: {sizes}" if sizes else "") + " */\n" + self.source_path.read_text())
 
     @property
     def n_sites(self) -> int:
@@ -169,28 +182,45 @@ class Tracer:
             return
         started = time.perf_counter()
         kernel.check_can_trace()
-        headers_dir = kernel.use_kernel_headers()
+        machine_arch = compiler.host_arch()
+        if self.arch != machine_arch:
+            raise UsageError(f"{self.binary_path} is an {self.arch} binary and this machine is "
+                             f"{machine_arch or os.uname().machine}: trace it on an {self.arch} machine")
         compile_started = time.perf_counter()
         self.timings_s["prepare"] = compile_started - started
-        found = cache.compiled(self.source_path, self._config, (self.ENTRY_PROGRAM, self.RETURN_PROGRAM), headers_dir)
-        self.bpf_cache_hit, self.bpf_compiler_peak_rss_kb = found.cache_hit, found.compiler_peak_rss_kb
+        found = cache.find_program(self.PROGRAM, self.arch)
         attach_started = time.perf_counter()
         self.timings_s["bpf_compile"] = attach_started - compile_started
         try:
-            self._loaded = found.image.instantiate(self._sys)
-            self._sys.map_update_elem(self._loaded.map_fd("gt_target"), struct.pack("<I", 0),
-                                      struct.pack("<I", self.pid or 0))
-            self.setup_maps(self._loaded)
-            self._uprobes = uprobes.attach_sites(
-                self.binary_path, self.site_groups(), pid=self.pid, load_program=self._loaded.load_program,
-                mode=self.mode, site_name=lambda func_id: self.functions[func_id].name)
-            self.attached_by = self._uprobes.mode
-            self.opened(self._loaded)
+            try:
+                self._load_and_attach(found)
+            except ProgramRejected as rejected:
+                if found.origin != "shipped":
+                    raise
+                self.close()
+                # This kernel's verifier refused the shipped object: a local clang's code may pass.
+                try:
+                    found = cache.find_program(self.PROGRAM, self.arch, use_shipped=False)
+                except CapabilityError as exc:
+                    raise CapabilityError(f"{rejected}; compiling the program here instead failed: {exc}") from None
+                self._load_and_attach(found)
         except BaseException:
             self.close()
             raise
         finally:
             self.timings_s["attach"] = time.perf_counter() - attach_started
+
+    def _load_and_attach(self, found: cache.Found) -> None:
+        self.bpf_origin, self.bpf_compiler_peak_rss_kb = found.origin, found.compiler_peak_rss_kb
+        self._loaded = found.image.instantiate(self._sys, self.map_sizes())
+        self._sys.map_update_elem(self._loaded.map_fd("gt_config"), struct.pack("<I", 0),
+                                  CONFIG_STRUCT.pack(*self.config.values()))
+        self.setup_maps(self._loaded)
+        self._uprobes = uprobes.attach_sites(
+            self.binary_path, self.site_groups(), pid=self.pid, load_program=self._loaded.load_program,
+            mode=self.mode, site_name=lambda func_id: self.functions[func_id].name)
+        self.attached_by = self._uprobes.mode
+        self.opened(self._loaded)
 
     def close(self) -> None:
         """Detach every probe and free the BPF programs and maps. Safe to call twice."""
@@ -204,7 +234,7 @@ class Tracer:
 
     # -- reading ---------------------------------------------------------------
 
-    def loaded(self) -> cache.LoadedImage:
+    def loaded(self) -> LoadedImage:
         if self._loaded is None:
             raise RuntimeError(f"{type(self).__name__}.attach() was not called (or close() was)")
         return self._loaded
