@@ -2,10 +2,12 @@
 
 An entry is what loading needs: each program's instructions as bcc emitted
 them (its map references written as map indexes), the specification of every
-map they reference, and the license. It lives in CACHE_DIR under a key that
-hashes everything the instructions depend on: the program's source and
-header, the -D constants, the kernel release, the kernel headers bcc used,
-bcc's installation and FORMAT_VERSION. Entries are written atomically
+map they reference, and the license. It lives in CACHE_DIR
+(/var/cache/gotrace/bpf, or the directory the environment variable
+GOTRACE_BPF_CACHE names, read once at import) under a key that hashes
+everything the instructions depend on: the program's source and header, the
+-D constants, the kernel release, the kernel headers bcc used, bcc's
+installation and FORMAT_VERSION. Entries are written atomically
 (temporary file, then rename) and carry a checksum of their contents; an
 entry that is missing, unreadable, damaged or of another format is a miss,
 never an error: the caller compiles again and stores a fresh one.
@@ -45,7 +47,9 @@ from gotrace import header as probes_header
 from gotrace.bpf.syscalls import BPF_PROG_TYPE_KPROBE, Syscalls
 from gotrace.errors import CapabilityError, GotraceError
 
-CACHE_DIR = Path("/var/cache/gotrace/bpf")
+DEFAULT_CACHE_DIR = Path("/var/cache/gotrace/bpf")
+CACHE_DIR_ENV = "GOTRACE_BPF_CACHE"
+CACHE_DIR = Path(os.environ.get(CACHE_DIR_ENV) or DEFAULT_CACHE_DIR)
 FORMAT_VERSION = 1
 
 _INSN_SIZE = 8
