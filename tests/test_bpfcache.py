@@ -2,22 +2,24 @@
 
 Live tests trace testdata/latencytruth, which counts its own calls, in fresh
 processes (a process that once imported bcc cannot show that it does not)
-with a cache directory of their own. Damaged entries and changed -D constants
+with a cache directory of their own; those that trace every process of the
+binary run a private copy of it. Damaged entries and changed -D constants
 must mean compiling again, never an error or a wrong program.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import struct
-import subprocess
 import sys
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 
-import gobuild
+from support import gobuild
+from support.cli import run_command
 from gotrace.bpf import cache as bpfcache
 from gotrace.bpf import syscalls as bpfsys
 from gotrace.bpf import kernel as kernelenv
@@ -49,7 +51,6 @@ with tracer:
 print(json.dumps({
     "hit": tracer.bpf_cache_hit,
     "compiler_peak_rss_kb": tracer.bpf_compiler_peak_rss_kb,
-    "compile_s": tracer.timings_s["bpf_compile"],
     "bcc_imported": bcc_after_attach or "bcc" in sys.modules,
     "mode": tracer.attached_by,
     "truth": {name: f["count"] for name, f in json.loads(truth)["functions"].items()},
@@ -65,8 +66,7 @@ def trace_once(binary: Path, functions: list[TracedFunction], cache_dir: Path) -
         "cache_dir": str(cache_dir),
         "functions": [fn.name for fn in functions],
     }
-    proc = subprocess.run([sys.executable, "-c", TRACE_ONCE, json.dumps(spec)], cwd=gobuild.REPO_ROOT,
-                          capture_output=True, text=True, timeout=300)
+    proc = run_command([sys.executable, "-c", TRACE_ONCE, json.dumps(spec)], timeout=300)
     assert proc.returncode == 0, proc.stderr
     return json.loads(proc.stdout)
 
@@ -83,14 +83,13 @@ def cache_entries(cache_dir: Path) -> list[Path]:
 
 
 @pytest.mark.bpf
-def test_neither_a_miss_nor_a_hit_imports_bcc_in_the_tracer_and_both_count_the_same(tmp_path):
-    binary = gobuild.build("latencytruth", "1.23.9", "default")
+def test_neither_a_miss_nor_a_hit_imports_bcc_in_the_tracer_and_both_count_the_same(tmp_path, private_binary):
+    binary = private_binary(gobuild.build("latencytruth", "1.23.9", "default"))
     functions = traced_functions(binary, TRUTH_FUNCTIONS)
     first = trace_once(binary, functions, tmp_path)
     assert first["hit"] is False
     assert first["bcc_imported"] is False  # bcc and clang ran in the compiling child, which has exited
     assert first["compiler_peak_rss_kb"] > 50 * 1024  # the child's own VmHWM: it really imported bcc and compiled
-    assert first["compile_s"] > 0.05  # bpf_compile includes the child's run
     assert len(cache_entries(tmp_path)) == 1
     second = trace_once(binary, functions, tmp_path)
     assert second["hit"] is True
@@ -107,8 +106,8 @@ def test_neither_a_miss_nor_a_hit_imports_bcc_in_the_tracer_and_both_count_the_s
 
 @pytest.mark.bpf
 @pytest.mark.parametrize("damage", ["garbage", "truncated", "flipped_byte", "empty"])
-def test_damaged_entry_is_compiled_again(tmp_path, damage):
-    binary = gobuild.build("latencytruth", "1.23.9", "default")
+def test_damaged_entry_is_compiled_again(tmp_path, private_binary, damage):
+    binary = private_binary(gobuild.build("latencytruth", "1.23.9", "default"))
     functions = traced_functions(binary, ["main.work", "main.recurse"])
     assert trace_once(binary, functions, tmp_path)["hit"] is False
     (entry,) = cache_entries(tmp_path)
@@ -132,8 +131,8 @@ def test_damaged_entry_is_compiled_again(tmp_path, damage):
 
 
 @pytest.mark.bpf
-def test_unwritable_cache_directory_still_traces(tmp_path):
-    binary = gobuild.build("latencytruth", "1.23.9", "default")
+def test_unwritable_cache_directory_still_traces(tmp_path, private_binary):
+    binary = private_binary(gobuild.build("latencytruth", "1.23.9", "default"))
     functions = traced_functions(binary, ["main.work"])
     blocker = tmp_path / "not-a-directory"
     blocker.write_bytes(b"")
@@ -205,6 +204,29 @@ def test_other_constants_are_another_entry(tmp_path, monkeypatch):
         finish_truth(proc)
     assert hits == [False, False, False, True]
     assert len(cache_entries(tmp_path)) == 3
+
+
+SHOW_CACHE_DIR = "from gotrace.bpf import cache; print(cache.CACHE_DIR)"
+
+
+def test_cache_directory_is_GOTRACE_BPF_CACHE_when_set(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "GOTRACE_BPF_CACHE"}
+    shown = []
+    for value in (None, "", str(tmp_path / "mine")):
+        if value is not None:
+            env["GOTRACE_BPF_CACHE"] = value
+        proc = run_command([sys.executable, "-c", SHOW_CACHE_DIR], env=env)
+        assert proc.returncode == 0, proc.stderr
+        shown.append(proc.stdout.strip())
+    assert shown == ["/var/cache/gotrace/bpf", "/var/cache/gotrace/bpf", str(tmp_path / "mine")]
+
+
+def test_this_session_has_a_bpf_cache_of_its_own():
+    """tests/conftest.py points GOTRACE_BPF_CACHE at a directory of this session before gotrace is imported,
+    so another run of the suite on this machine cannot decide what compiles and what loads from the cache."""
+    assert bpfcache.CACHE_DIR == Path(os.environ["GOTRACE_BPF_CACHE"])
+    assert bpfcache.CACHE_DIR != bpfcache.DEFAULT_CACHE_DIR
+    assert bpfcache.CACHE_DIR.name.startswith("gotrace-tests-bpf-cache-")
 
 
 def test_key_depends_on_every_constant_not_their_order(tmp_path):
