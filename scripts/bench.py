@@ -21,7 +21,8 @@ floor, or to the target), since raw times on a shared VM say little alone.
 gotrace caches the compiled BPF program (gotrace.bpf.cache). Start-up and
 scale are measured both ways: one cold run with the cache emptied first (a
 child process imports bcc and clang compiles), then warm runs that load the cached program. The
-bench empties /var/cache/gotrace/bpf for that; it refills as gotrace runs.
+bench empties gotrace's cache directory for that (/var/cache/gotrace/bpf, or
+$GOTRACE_BPF_CACHE when set); it refills as gotrace runs.
 """
 
 from __future__ import annotations
@@ -33,7 +34,6 @@ import re
 import select
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -45,7 +45,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 GOTRACE = [str(REPO / ".venv" / "bin" / "gotrace")]
 PYTHON = str(REPO / ".venv" / "bin" / "python")
-CADDY_DEFAULT = Path("/var/cache/gotrace/caddy/bin/caddy")
+CADDY_DEFAULT = Path("/var/cache/gotrace/thirdparty/caddy/bin/caddy")
 HOTLOOP_FUNC = "main.hot"
 STARTUP_FUNC = "net/http.(*conn).serve"
 # caddy is stripped: `args` takes the signature from --sig (receiver first; context.Context is an interface).
@@ -119,12 +119,6 @@ def verdict(value: float, target: float) -> str:
     return f"{value / target:.2f} of target  {'OK' if value <= target else 'MISSED'}"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def gotrace_commit() -> str:
     out = subprocess.run(["git", "-C", str(REPO), "log", "-1", "--format=%h %s"], capture_output=True, text=True)
     return out.stdout.strip()[:72] or "unknown"
@@ -153,9 +147,8 @@ class Caddy:
         self.binary = binary
         self._dir = tempfile.TemporaryDirectory(prefix="gotrace-bench-caddy-")
         env = dict(os.environ, XDG_DATA_HOME=self._dir.name, XDG_CONFIG_HOME=self._dir.name, HOME=self._dir.name)
-        port = free_port()
         self.proc = subprocess.Popen(
-            [str(binary), "file-server", "--listen", f"127.0.0.1:{port}", "--root", self._dir.name],
+            [str(binary), "file-server", "--listen", "127.0.0.1:0", "--root", self._dir.name],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
         seen: list[str] = []
         if read_line_until(self.proc.stderr, re.compile(r"serving static files|server running"), 30, seen) is None:
@@ -327,7 +320,7 @@ class Bpftrace:
 
 
 def bench_overhead(args) -> dict:
-    import gobuild
+    from support import gobuild
     from gotrace.binary.gobinary import GoBinary
 
     binary = gobuild.build("hotloop", gobuild.SYSTEM_GO_VERSION)

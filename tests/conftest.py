@@ -1,10 +1,18 @@
-"""Shared pytest fixtures: Go test binaries of the build matrix, and the rule that decides when BPF tests skip.
+"""Shared pytest fixtures: Go test binaries, isolation from other runs on the machine, processes, caddy, and the rule that decides when BPF tests skip.
 
-Go binaries (see tests/gobuild.py):
+The helpers behind the fixtures live in tests/support/ (see its __init__).
+
+Isolation (support.hermetic): before anything imports gotrace, this file
+points GOTRACE_BPF_CACHE at a fresh directory of this session, so the
+session compiles and caches its own BPF programs (removed at the end).
+A test that traces every process of a binary (no pid) copies it first with
+the ``private_binary`` fixture and runs the program from the copy.
+
+Go binaries (see tests/support/gobuild.py):
 
 * ``testbin(program, version, mode="default", arch="amd64")`` builds (or
   takes from the cache) one binary and returns its path. It is gobuild.build,
-  also importable directly: ``from gobuild import build``.
+  also importable directly: ``from support.gobuild import build``.
 * A test with an argument named ``go_target`` runs once per (version, mode,
   arch) of ``gobuild.matrix()``, ``go_target_amd64`` once per amd64
   combination (binaries that can run here). Both are ``GoTarget`` tuples;
@@ -12,6 +20,16 @@ Go binaries (see tests/gobuild.py):
   ``matrix`` marker, so ``-m 'not matrix'`` leaves them out.
 * ``service_matrix`` (session scope) builds the service for the whole
   matrix once, in one process, and maps (version, mode, arch) to its path.
+* ``private_binary(path)`` copies a binary into a temporary directory of
+  its own (same file name, its own inode) and returns the copy's path.
+
+Processes and third-party programs:
+
+* ``spawn(argv, **popen_kwargs)`` starts a support.processes.Running; the
+  processes still running when the test ends are killed.
+* ``caddy`` (session scope): the path of the caddy binary scripts/thirdparty
+  installs. When it cannot be installed the tests using it skip, or fail
+  when env ``CI`` is set.
 
 BPF (the ``bpf`` marker):
 
@@ -28,6 +46,7 @@ from __future__ import annotations
 
 import functools
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -35,7 +54,18 @@ from typing import NamedTuple
 
 import pytest
 
-import gobuild
+from support import hermetic
+
+# First, before any module imports gotrace (which reads the variable once).
+SESSION_BPF_CACHE = hermetic.use_private_bpf_cache()
+
+from support import caddy as caddy_support  # noqa: E402
+from support import gobuild  # noqa: E402
+from support.processes import Spawner  # noqa: E402
+
+
+def pytest_unconfigure(config):
+    shutil.rmtree(SESSION_BPF_CACHE, ignore_errors=True)
 
 
 class GoTarget(NamedTuple):
@@ -71,6 +101,33 @@ def pytest_generate_tests(metafunc):
 def testbin():
     """The builder: testbin(program, version, mode="default", arch="amd64") -> Path of the binary."""
     return gobuild.build
+
+
+@pytest.fixture
+def private_binary(tmp_path_factory):
+    """private_binary(path) -> a copy of that binary (same file name, its own inode) in a directory of its own,
+    to run and to trace by path. (Not in tmp_path, which stays the test's own.)"""
+    return lambda binary: hermetic.private_copy(binary, tmp_path_factory.mktemp("private-binary"))
+
+
+@pytest.fixture
+def spawn():
+    """spawn(argv, **popen_kwargs) -> support.processes.Running; every process still running at the end of the
+    test is killed."""
+    spawner = Spawner()
+    yield spawner
+    spawner.kill_all()
+
+
+@pytest.fixture(scope="session")
+def caddy() -> Path:
+    """The caddy binary (scripts/thirdparty installs it once); skips, or fails under CI, when it cannot."""
+    try:
+        return caddy_support.install()
+    except caddy_support.CaddyUnavailable as exc:
+        if os.environ.get("CI"):
+            pytest.fail(str(exc), pytrace=False)
+        pytest.skip(str(exc))
 
 
 @pytest.fixture(scope="session")

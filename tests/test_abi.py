@@ -14,7 +14,7 @@ import pytest
 from elftools.dwarf.dwarf_expr import DWARFExprParser
 from elftools.dwarf.locationlists import BaseAddressEntry, LocationEntry, LocationParser
 
-from dwarf_programs import ABI_CASE_FUNCTIONS, ARCHES, TOOLCHAINS, build_snippet
+from support.dwarf_programs import ABI_CASE_FUNCTIONS, ARCHES, TOOLCHAINS, build_snippet
 from gotrace.capture.abi import AMD64, ArchABI, Location, arg_width, assign
 from gotrace.binary.dwarfinfo import DwarfInfo
 from gotrace.binary.elffile import ElfImage

@@ -1,13 +1,14 @@
 """Acceptance tests of binary analysis and `gotrace funcs` over the whole build matrix of testdata/service.
 
-Every toolchain x build mode x arch of tests/gobuild.py is checked against
+Every toolchain x build mode x arch of tests/support/gobuild.py is checked against
 tools that know nothing of gotrace:
 
 * the functions `gotrace funcs --json` lists equal `go tool nm`'s text
   symbols of the same toolchain, modulo the exclusions documented (and
   themselves checked) in EXCLUSIONS below;
 * a stripped build (`-ldflags='-s -w'`: no .symtab, no DWARF) lists the same
-  functions at the same entries as its unstripped twin;
+  functions at the same entries as its unstripped twin (a stripped PIE as
+  its PIE twin);
 * the `returns` offsets equal the `ret` instructions of binutils `objdump`
   (amd64) or `llvm-objdump` (arm64) for every `main.*` function and a seeded
   random sample of the rest;
@@ -33,8 +34,8 @@ from pathlib import Path
 
 import pytest
 
-import gobuild
-from clirun import run_gotrace
+from support import gobuild
+from support.cli import run_gotrace
 from gotrace.binary.functab import normalize_name
 from gotrace.binary.gobinary import GoBinary
 
@@ -215,26 +216,35 @@ def normalized_pairs(doc: dict) -> list[tuple[str, int]]:
     return [(normalize_name(f["name"]), f["entry"]) for f in doc["functions"]]
 
 
+def check_twins(full_binary: Path, stripped_binary: Path) -> tuple[dict, dict]:
+    """The listings of a build and of its stripped twin, checked: no .symtab in the twin, and the same Go
+    version, the same functions at the same entries, the same return sites (same code) in both."""
+    full, stripped = listing(full_binary), listing(stripped_binary)
+    with GoBinary.open(stripped_binary) as gobin:
+        assert gobin.elf.has_symtab() is False
+    assert stripped["go_version"] == full["go_version"]
+    assert normalized_pairs(stripped) == normalized_pairs(full)
+    assert [f["returns"] for f in stripped["functions"]] == [f["returns"] for f in full["functions"]]
+    return full, stripped
+
+
 @pytest.mark.parametrize("version, arch", TWINS)
 def test_stripped_build_lists_the_same_functions(version, arch):
     """.symtab spells `.abi0`, exact generic shapes and `.` where pclntab writes `·`;
     normalize_name makes both spellings one."""
-    full = listing(gobuild.build(PROGRAM, version, "default", arch))
     stripped_binary = gobuild.build(PROGRAM, version, "stripped", arch)
-    stripped = listing(stripped_binary)
-    assert GoBinary.open(stripped_binary).elf.has_symtab() is False
-    assert stripped["go_version"] == full["go_version"]
+    full, stripped = check_twins(gobuild.build(PROGRAM, version, "default", arch), stripped_binary)
     assert full["go_version"].startswith(f"go{version}")
-    assert len(stripped["functions"]) == len(full["functions"])
-    assert normalized_pairs(stripped) == normalized_pairs(full)
     # The .symtab spelling finds the function in the stripped build too.
     dotted = [f["name"] for f in stripped["functions"] if "\u00b7" in f["name"]]
     if dotted:
         code, out, err = run_gotrace("funcs", str(stripped_binary), dotted[0].replace("\u00b7", "."), "--json")
         assert code == 0, err
         assert [f["name"] for f in json.loads(out)["functions"]] == [dotted[0]]
-    # Same code, same return sites.
-    assert [f["returns"] for f in stripped["functions"]] == [f["returns"] for f in full["functions"]]
+
+
+WITHOUT_MIDDLE_DOT = {"1.27.3"}
+"""Toolchains of the matrix whose pclntab names no function of the service with `·` (checked below)."""
 
 
 @pytest.mark.parametrize("version, arch", TWINS)
@@ -243,8 +253,10 @@ def test_runtime_spelling_finds_the_function_in_the_unstripped_build(version, ar
     finds the same function in the unstripped build, whose .symtab spells it `type:.eq.T.1`."""
     stripped = listing(gobuild.build(PROGRAM, version, "stripped", arch))
     dotted = [f for f in stripped["functions"] if "\u00b7" in f["name"]]
-    if not dotted:
-        pytest.skip(f"Go {version}'s pclntab names no function with a middle dot")
+    if version in WITHOUT_MIDDLE_DOT:
+        assert dotted == []
+        return
+    assert dotted
     binary = gobuild.build(PROGRAM, version, "default", arch)
     fn = dotted[0]
     code, out, err = run_gotrace("funcs", str(binary), fn["name"], "--json")
@@ -253,9 +265,11 @@ def test_runtime_spelling_finds_the_function_in_the_unstripped_build(version, ar
     assert (found["name"], found["entry"]) == (fn["name"].replace("\u00b7", "."), fn["entry"])
 
 
-def test_stripped_pie_twin():
-    if "stripped-pie" not in gobuild.MODES:
-        pytest.skip("the build matrix has no stripped PIE mode (tests/gobuild.py MODES)")
+@pytest.mark.parametrize("version", gobuild.TOOLCHAINS)
+def test_stripped_pie_lists_the_same_functions_as_its_pie_twin(version):
+    """A stripped PIE (`-buildmode=pie -ldflags='-s -w'`: no .symtab, pclntab in .data.rel.ro.gopclntab up to
+    Go 1.25) lists the same functions at the same entries, with the same return sites, as its PIE twin."""
+    check_twins(gobuild.build(PROGRAM, version, "pie"), gobuild.build(PROGRAM, version, "stripped-pie"))
 
 
 # --- 3. return sites against objdump ----------------------------------------------------

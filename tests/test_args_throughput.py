@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
-import sys
 import time
 
 import pytest
 
-import gobuild
+from support import gobuild
+from support.cli import run_gotrace_process
 from gotrace.capture.plan import plan_args
 from gotrace.commands.args import args_functions
 from gotrace.trace.args import ArgsTracer
@@ -33,9 +32,8 @@ def _binary():
 def run_bench(seconds: float, goroutines: int, rate: float, max_rate: int) -> tuple[int, int, int, float, str]:
     """(calls made, shown, dropped, calls per second made, stderr) of one traced bench run."""
     binary = _binary()
-    cmd = [sys.executable, "-m", "gotrace", "args", "--json", "--max-rate", str(max_rate),
-           "-c", f"{binary} -bench {seconds} -g {goroutines} -rate {rate}", str(binary), "main.fnBench"]
-    proc = subprocess.run(cmd, cwd=gobuild.REPO_ROOT, capture_output=True, text=True, timeout=300)
+    proc = run_gotrace_process("args", "--json", "--max-rate", max_rate,
+                               "-c", f"{binary} -bench {seconds} -g {goroutines} -rate {rate}", binary, "main.fnBench")
     assert proc.returncode == 0, proc.stderr
     lines = [json.loads(line) for line in proc.stdout.splitlines()]
     made = next(line for line in lines if "calls" in line)
@@ -49,12 +47,14 @@ def run_bench(seconds: float, goroutines: int, rate: float, max_rate: int) -> tu
     return made["calls"], shown, dropped, made["calls"] / made["seconds"], proc.stderr
 
 
-def test_keeps_up_with_an_unpaced_program_and_accounts_for_every_call():
+def test_an_unpaced_program_has_every_call_accounted_for():
+    """As fast as two goroutines can call: every call is shown or counted as dropped. (How many calls per second
+    gotrace keeps up with is scripts/bench's to measure.)"""
     calls, shown, dropped, per_second, stderr = run_bench(3, goroutines=2, rate=0, max_rate=0)
     print(f"unpaced, 2 goroutines: {per_second:.0f} calls/s made under tracing, {shown} shown, {dropped} dropped")
+    assert calls > 0
     assert shown + dropped == calls, stderr
     assert "returns without a recorded entry" not in stderr
-    assert per_second > 1000
 
 
 @pytest.mark.parametrize("rate", [1000, 4000])

@@ -17,18 +17,16 @@ from __future__ import annotations
 import base64
 import json
 import os
-import subprocess
-import sys
 from collections import defaultdict
 from pathlib import Path
 
 import pytest
 
-import gobuild
+from support import gobuild
+from support.cli import run_gotrace_process
 
 pytestmark = pytest.mark.bpf
 
-GOTRACE = [sys.executable, "-m", "gotrace"]
 PATTERNS = ["main.fn*", "main.(*Counter).Add", "main.Counter.Get"]
 KNOWN_ERRORS = {"*errors.errorString", "*fmt.wrapError", "*fmt.wrapErrors"}
 STR_LEN = 64
@@ -137,15 +135,13 @@ def _same(want, got) -> bool:
 def trace_truth(binary: Path, tmp_path: Path, sigs: bool, as_json: bool = True) -> tuple[list, list[dict], str]:
     """Run argstruth under gotrace args -c; (truth lines, gotrace output lines, stderr)."""
     truth_path = tmp_path / "truth.jsonl"
-    cmd = GOTRACE + ["args", "-c", f"{binary} -truth {truth_path}", str(binary), *PATTERNS,
-                     "--str-len", str(STR_LEN), "--max-rate", "0"]
+    cmd = ["args", "-c", f"{binary} -truth {truth_path}", binary, *PATTERNS, "--str-len", STR_LEN, "--max-rate", 0]
     if as_json:
         cmd.append("--json")
     if sigs:
         for name, text in SIGS.items():
             cmd += ["--sig", f"{name}={text}"]
-    proc = subprocess.run(cmd, cwd=gobuild.REPO_ROOT, capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "GOTRACE_DEBUG": "1"})
+    proc = run_gotrace_process(*cmd, env={**os.environ, "GOTRACE_DEBUG": "1"})
     assert proc.returncode == 0, proc.stderr
     truth = [json.loads(line) for line in truth_path.read_text().splitlines()]
     lines = proc.stdout.splitlines()

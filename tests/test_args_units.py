@@ -8,14 +8,12 @@ user-space path, with no kernel involved.
 
 from __future__ import annotations
 
-import json
 import struct
-import subprocess
-import sys
 
 import pytest
 
-import gobuild
+from support import gobuild
+from support.cli import run_gotrace_process
 from gotrace import header as probes_header
 from gotrace.capture.abi import AMD64
 from gotrace.capture.plan import BYTES, plan_function
@@ -206,14 +204,9 @@ def test_summary_counts_every_drop():
 # -- CLI errors (no root needed: they happen before any BPF) ----------------------------
 
 
-def _gotrace(*args) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "gotrace", *args], capture_output=True, text=True,
-                          cwd=gobuild.REPO_ROOT, timeout=120)
-
-
 def test_sig_that_does_not_fit_the_function_is_refused():
     binary = str(gobuild.build("argstruth", gobuild.TOOLCHAINS[-1], "stripped"))
-    proc = _gotrace("args", binary, "main.fnStr", "--sig", "func(x int) int")
+    proc = run_gotrace_process("args", binary, "main.fnStr", "--sig", "func(x int) int")
     assert proc.returncode == 2
     assert proc.stderr.startswith("gotrace: --sig of main.fnStr needs 8 bytes of argument area but the function has 32")
     assert len(proc.stderr.strip().splitlines()) == 1
@@ -221,10 +214,10 @@ def test_sig_that_does_not_fit_the_function_is_refused():
 
 def test_stripped_binary_without_sig_says_to_give_one():
     binary = str(gobuild.build("argstruth", gobuild.TOOLCHAINS[-1], "stripped"))
-    proc = _gotrace("args", binary, "main.fnStr")
+    proc = run_gotrace_process("args", binary, "main.fnStr")
     assert proc.returncode == 2
     assert "no DWARF" in proc.stderr and "--sig" in proc.stderr
-    proc = _gotrace("args", binary, "main.fn*", "--sig", "func(x int)")
+    proc = run_gotrace_process("args", binary, "main.fn*", "--sig", "func(x int)")
     assert proc.returncode == 2 and "NAME=func" in proc.stderr
 
 

@@ -1,31 +1,33 @@
-"""`scripts/bench --quick` runs and prints every section with its ratios (a smoke test: no timing is checked)."""
+"""`scripts/bench --quick` runs and prints every section with its ratios (a smoke test: no timing is checked).
+
+The bench empties gotrace's BPF cache for its cold runs: it gets a cache directory of its own
+(GOTRACE_BPF_CACHE), so that no other gotrace filling or using the same directory meanwhile can
+turn a cold run warm, nor lose its entries to the bench.
+"""
 
 from __future__ import annotations
 
+import os
 import re
-import subprocess
-from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parent.parent
-CADDY = Path("/var/cache/gotrace/caddy/bin/caddy")
-NUMBER = r"(\d+\.\d+)"
+from support.cli import run_command
+from support.gobuild import REPO_ROOT
+
+NUMBER = r"(-?\d+\.\d+)"  # a ratio of two noisy differences may come out below 0 in a --quick run
 
 
 @pytest.mark.bpf
-def test_quick_bench_prints_every_section_with_ratios():
-    if not CADDY.is_file() and not (REPO / "scripts" / "thirdparty").exists():
-        pytest.skip("caddy is not installed: run scripts/test (or scripts/thirdparty)")
-    proc = subprocess.run([str(REPO / "scripts" / "bench"), "--quick", "--no-bpftrace"], capture_output=True,
-                          text=True, timeout=600)
+def test_quick_bench_prints_every_section_with_ratios(caddy, tmp_path):
+    env = dict(os.environ, GOTRACE_BPF_CACHE=str(tmp_path / "bpf-cache"))
+    proc = run_command([str(REPO_ROOT / "scripts" / "bench"), "--quick", "--no-bpftrace"], env=env, timeout=600)
     out = proc.stdout
     assert proc.returncode == 0, proc.stderr[-2000:]
     for header in ("== Overhead per traced call", "== Start-up: gotrace latency -p PID", "== Scale: attach and detach",
                    "== Memory: peak RSS of gotrace ==", "== Targets =="):
         assert header in out, f"missing section {header!r} in:\n{out}"
-    ratio = float(re.search(rf"gotrace/floor = {NUMBER}", out).group(1))
-    assert ratio > 0.5  # tracing costs about what the kernel's floor costs, not nothing and not nonsense
+    assert re.search(rf"gotrace/floor = {NUMBER} \(median of per-round ratios", out), out  # its value is bench's
     assert re.search(r"gotrace counted (\d+) calls of \1 per round \(all calls seen\)", out), out
     for name in ("BPF compile", "ELF analysis", "attach (uprobe_multi links)", "total: invocation to probes attached"):
         assert re.search(rf"{re.escape(name)}.*{NUMBER} s", out), f"no {name} figure in:\n{out}"

@@ -22,7 +22,8 @@ from types import SimpleNamespace
 
 import pytest
 
-import gobuild
+from support import gobuild
+from support.cli import run_command
 from gotrace import header
 from gotrace.binary.gobinary import GoBinary
 from gotrace.bpf import cache as bpfcache
@@ -422,3 +423,26 @@ def test_one_program_serves_every_pid_and_still_traces_only_that_pid(tmp_path, m
     assert origins[1] in ("cached", "shipped") and origins[0] in ("compiled", "shipped")
     assert len(cache_entries(tmp_path)) == (1 if origins[0] == "compiled" else 0)
 
+
+
+SHOW_CACHE_DIR = "from gotrace.bpf import cache; print(cache.CACHE_DIR)"
+
+
+def test_cache_directory_is_GOTRACE_BPF_CACHE_when_set(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "GOTRACE_BPF_CACHE"}
+    shown = []
+    for value in (None, "", str(tmp_path / "mine")):
+        if value is not None:
+            env["GOTRACE_BPF_CACHE"] = value
+        proc = run_command([sys.executable, "-c", SHOW_CACHE_DIR], env=env)
+        assert proc.returncode == 0, proc.stderr
+        shown.append(proc.stdout.strip())
+    assert shown == ["/var/cache/gotrace/bpf", "/var/cache/gotrace/bpf", str(tmp_path / "mine")]
+
+
+def test_this_session_has_a_bpf_cache_of_its_own():
+    """tests/conftest.py points GOTRACE_BPF_CACHE at a directory of this session before gotrace is imported,
+    so another run of the suite on this machine cannot decide what compiles and what loads from the cache."""
+    assert bpfcache.CACHE_DIR == Path(os.environ["GOTRACE_BPF_CACHE"])
+    assert bpfcache.CACHE_DIR != bpfcache.DEFAULT_CACHE_DIR
+    assert bpfcache.CACHE_DIR.name.startswith("gotrace-tests-bpf-cache-")

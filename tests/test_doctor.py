@@ -18,7 +18,7 @@ import sys
 
 import pytest
 
-import gobuild
+from support import gobuild
 from gotrace.bpf import features
 from gotrace.bpf.syscalls import Syscalls
 from gotrace.output.doctor import CommandLine, DoctorReport, FeatureLine, ProgramLine, render_doctor_text

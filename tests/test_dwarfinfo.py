@@ -7,7 +7,7 @@ import subprocess
 
 import pytest
 
-from dwarf_programs import ARCHES, TOOLCHAINS, build_snippet
+from support.dwarf_programs import ARCHES, TOOLCHAINS, build_snippet
 from gotrace.binary.dwarfinfo import DwarfInfo, package_of, takes_dictionary
 from gotrace.errors import BinaryError
 from gotrace.binary.gotypes import Kind

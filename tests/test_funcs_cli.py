@@ -14,17 +14,15 @@ import re
 import shutil
 import struct
 import subprocess
-import sys
 from functools import lru_cache
 from pathlib import Path
 
 import pytest
 
-import gobuild
-from clirun import run_gotrace
+from support import gobuild
+from support.cli import run_gotrace, run_gotrace_process
 
 VERSION = gobuild.TOOLCHAINS[-1]
-REPO = Path(__file__).resolve().parent.parent
 
 CONTRACT_TOP_KEYS = {"binary", "go_version", "arch", "functions"}
 EXTRA_TOP_KEYS = {"module"}  # gotrace extension: the main module path from .go.buildinfo
@@ -44,12 +42,6 @@ def stripped() -> Path:
     return gobuild.build("service", VERSION, "stripped", "amd64")
 
 
-
-
-def run_module(*argv: str, timeout: float = 120) -> subprocess.CompletedProcess:
-    """`python -m gotrace ARGV...` as a separate process."""
-    return subprocess.run([sys.executable, "-m", "gotrace", *argv], cwd=REPO, capture_output=True,
-                          text=True, timeout=timeout)
 
 
 def funcs_json(path: Path | str, *patterns: str) -> dict:
@@ -261,18 +253,18 @@ def test_several_patterns_give_the_union_in_entry_order(binary):
     "MAIN.WORK",              # names are case-sensitive
 ])
 def test_regex_syntax_is_literal(binary, pattern):
-    proc = run_module("funcs", str(binary), pattern)
+    proc = run_gotrace_process("funcs", str(binary), pattern)
     assert_one_line_error(proc, "no function matches", repr(pattern))
 
 
 def test_typo_gets_a_suggestion(binary):
-    proc = run_module("funcs", str(binary), "main.wrok")
+    proc = run_gotrace_process("funcs", str(binary), "main.wrok")
     line = assert_one_line_error(proc, "no function matches 'main.wrok'")
     assert re.search(r"did you mean [^?]*\bmain\.work\b", line)
 
 
 def test_inlined_function_is_diagnosed(stripped):
-    proc = run_module("funcs", str(stripped), "main.tiny")
+    proc = run_gotrace_process("funcs", str(stripped), "main.tiny")
     assert_one_line_error(proc, "main.tiny is inlined at every call site")
 
 
@@ -280,28 +272,28 @@ def test_inlined_function_is_diagnosed(stripped):
 
 
 def test_missing_file(tmp_path):
-    assert_one_line_error(run_module("funcs", str(tmp_path / "nope"), "main.work"), "no such file")
+    assert_one_line_error(run_gotrace_process("funcs", str(tmp_path / "nope"), "main.work"), "no such file")
 
 
 def test_directory(tmp_path):
-    assert_one_line_error(run_module("funcs", str(tmp_path)), "is a directory")
+    assert_one_line_error(run_gotrace_process("funcs", str(tmp_path)), "is a directory")
 
 
 def test_text_file(tmp_path):
     path = tmp_path / "notes.txt"
     path.write_text("hello, this is not a program\n" * 20)
-    assert_one_line_error(run_module("funcs", str(path), "--json"), "not an ELF")
+    assert_one_line_error(run_gotrace_process("funcs", str(path), "--json"), "not an ELF")
 
 
 def test_empty_file(tmp_path):
     path = tmp_path / "empty"
     path.write_bytes(b"")
-    assert_one_line_error(run_module("funcs", str(path)), "not an ELF")
+    assert_one_line_error(run_gotrace_process("funcs", str(path)), "not an ELF")
 
 
 def test_non_go_elf():
     ls = shutil.which("ls") or "/bin/ls"
-    assert_one_line_error(run_module("funcs", ls), "not a Go binary")
+    assert_one_line_error(run_gotrace_process("funcs", ls), "not a Go binary")
 
 
 @pytest.mark.parametrize("cut", ["64", "1024", "half"])
@@ -310,8 +302,8 @@ def test_truncated_go_binary(binary, tmp_path, cut):
     size = len(data) // 2 if cut == "half" else int(cut)
     path = tmp_path / f"service-{cut}"
     path.write_bytes(data[:size])
-    assert_one_line_error(run_module("funcs", str(path), "main.work"), str(path), "truncated")
-    assert_one_line_error(run_module("funcs", str(path), "--json"), "truncated")
+    assert_one_line_error(run_gotrace_process("funcs", str(path), "main.work"), str(path), "truncated")
+    assert_one_line_error(run_gotrace_process("funcs", str(path), "--json"), "truncated")
 
 
 # pcHeader fields overwritten in a copy: (offset in the header, bytes, what the error says).
@@ -334,8 +326,8 @@ def test_corrupt_pclntab(build, field, tmp_path, request):
     data[header + offset:header + offset + len(blob)] = blob
     path = tmp_path / "service"
     path.write_bytes(data)
-    assert_one_line_error(run_module("funcs", str(path), "main.work"), str(path), message)
-    assert_one_line_error(run_module("funcs", str(path), "--json"), message)
+    assert_one_line_error(run_gotrace_process("funcs", str(path), "main.work"), str(path), message)
+    assert_one_line_error(run_gotrace_process("funcs", str(path), "--json"), message)
 
 
 def test_go_version_too_old(binary, tmp_path):
@@ -351,7 +343,7 @@ def test_go_version_too_old(binary, tmp_path):
     data[start + 33:start + 33 + len(new)] = new
     path = tmp_path / "service"
     path.write_bytes(data)
-    assert_one_line_error(run_module("funcs", str(path), "main.work"), "built by go1.16.1", "Go 1.17 or newer")
+    assert_one_line_error(run_gotrace_process("funcs", str(path), "main.work"), "built by go1.16.1", "Go 1.17 or newer")
 
 
 @pytest.mark.parametrize("pattern, message", [
@@ -361,35 +353,35 @@ def test_go_version_too_old(binary, tmp_path):
     ("\u2603.snowman", "no function matches"),
 ])
 def test_bad_patterns(binary, pattern, message):
-    assert_one_line_error(run_module("funcs", str(binary), pattern), message)
+    assert_one_line_error(run_gotrace_process("funcs", str(binary), pattern), message)
 
 
 def test_missing_target():
-    assert_one_line_error(run_module("funcs"), "missing TARGET")
-    assert_one_line_error(run_module("funcs", "--json"), "missing TARGET")
+    assert_one_line_error(run_gotrace_process("funcs"), "missing TARGET")
+    assert_one_line_error(run_gotrace_process("funcs", "--json"), "missing TARGET")
 
 
 def test_bad_option(binary):
-    assert_one_line_error(run_module("funcs", "--bogus", str(binary)), "--bogus", "gotrace funcs --help")
-    assert_one_line_error(run_module("funcs", "-p", "abc", "main.work"), "-p", "gotrace funcs --help")
+    assert_one_line_error(run_gotrace_process("funcs", "--bogus", str(binary)), "--bogus", "gotrace funcs --help")
+    assert_one_line_error(run_gotrace_process("funcs", "-p", "abc", "main.work"), "-p", "gotrace funcs --help")
 
 
 def test_pid_that_does_not_exist():
     pid_max = int(Path("/proc/sys/kernel/pid_max").read_text())
     assert not Path(f"/proc/{pid_max + 1}").exists()
-    assert_one_line_error(run_module("funcs", "-p", str(pid_max + 1), "main.work"), f"no process with pid {pid_max + 1}")
+    assert_one_line_error(run_gotrace_process("funcs", "-p", str(pid_max + 1), "main.work"), f"no process with pid {pid_max + 1}")
 
 
 # --- success paths ------------------------------------------------------------------------
 
 
 def test_python_m_gotrace_funcs(binary):
-    proc = run_module("funcs", str(binary), "main.*", "--json")
+    proc = run_gotrace_process("funcs", str(binary), "main.*", "--json")
     assert proc.returncode == 0, proc.stderr
     assert proc.stderr == ""
     assert json.loads(proc.stdout) == funcs_json(binary, "main.*")
 
-    proc = run_module("funcs", str(binary), "main.work")
+    proc = run_gotrace_process("funcs", str(binary), "main.work")
     assert proc.returncode == 0 and proc.stderr == ""
     assert proc.stdout.splitlines()[-1].split()[-1] == "main.work"
 
@@ -415,7 +407,7 @@ def funcs_json_pid(pid: int, *patterns: str) -> dict:
 
 
 def test_help_has_examples():
-    proc = run_module("funcs", "--help")
+    proc = run_gotrace_process("funcs", "--help")
     assert proc.returncode == 0
     assert "Examples:" in proc.stdout
     assert "gotrace funcs ./server 'main.*'" in proc.stdout

@@ -29,8 +29,6 @@ import random
 import re
 import signal
 import struct
-import subprocess
-import sys
 import time
 import traceback
 import zlib
@@ -41,7 +39,8 @@ import pytest
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
-import gobuild
+from support import gobuild
+from support.cli import run_gotrace_process
 from gotrace.binary.dwarfinfo import DwarfInfo
 from gotrace.errors import GotraceError
 from gotrace.commands.funcs import describe_functions
@@ -519,11 +518,7 @@ def test_cli_on_damaged_binaries(bases, tmp_path):
         target = tmp_path / "service"
         with damaged(base, ops) as path:
             target.write_bytes(path.read_bytes())
-        proc = subprocess.run(
-            [sys.executable, "-m", "gotrace", "funcs", str(target), "main.*"],
-            cwd=gobuild.REPO_ROOT, capture_output=True, text=True, timeout=60,
-            env={**os.environ, "GOTRACE_DEBUG": ""},
-        )
+        proc = run_gotrace_process("funcs", target, "main.*", timeout=60, env={**os.environ, "GOTRACE_DEBUG": ""})
         what = describe(base, ops)
         assert "Traceback" not in proc.stderr, what
         assert proc.returncode in (0, 2), f"exit {proc.returncode}: {proc.stderr!r} ({what})"

@@ -1,4 +1,4 @@
-"""Tests of tests/gobuild.py: every build mode yields the binary it claims, the cache works, the service runs."""
+"""Tests of tests/support/gobuild.py: every build mode yields the binary it claims, the cache works, the service runs."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import pytest
 from elftools.elf.dynamic import DynamicSection
 from elftools.elf.elffile import ELFFile
 
-import gobuild
+from support import gobuild
 
 EXPECTED_MACHINE = {"amd64": "EM_X86_64", "arm64": "EM_AARCH64"}
 
@@ -218,12 +218,10 @@ def test_go_tool_nm_agrees_with_the_elf_symtab():
 def test_cache_hit_returns_the_same_file_without_rebuilding():
     first = gobuild.build("service", "1.21.13", "pie")
     before = first.stat()
-    t0 = time.monotonic()
     second = gobuild.build("service", "1.21.13", "pie")
     assert second == first
     after = second.stat()
-    assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
-    assert time.monotonic() - t0 < 1.0
+    assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)  # the same file, not rebuilt
 
 
 HELLO = """\

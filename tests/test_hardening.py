@@ -35,21 +35,16 @@ from pathlib import Path
 
 import pytest
 
-import gobuild
+from support import gobuild
+from support.cli import gotrace_argv, run_command
+from support.processes import Running
 
-REPO = gobuild.REPO_ROOT
-GOTRACE = [sys.executable, "-m", "gotrace"]
 SERVICE_VERSION = "1.23.9"
 NOBODY = 65534
 
 
 def service_binary() -> Path:
     return gobuild.build("service", SERVICE_VERSION, "default")
-
-
-def run(argv: list[str], *, env: dict | None = None, timeout: float = 120, **kw) -> subprocess.CompletedProcess:
-    return subprocess.run(argv, cwd=REPO, env=env if env is not None else dict(os.environ),
-                          capture_output=True, text=True, timeout=timeout, **kw)
 
 
 def one_line(proc: subprocess.CompletedProcess) -> str:
@@ -59,10 +54,6 @@ def one_line(proc: subprocess.CompletedProcess) -> str:
     assert len(lines) == 1, f"expected one line on stderr, got {len(lines)}:\n{proc.stderr}"
     assert lines[0].startswith("gotrace: "), lines[0]
     return lines[0]
-
-
-def latency_cmd(*args: str) -> list[str]:
-    return GOTRACE + ["latency", *args]
 
 
 def clean_env(**extra: str) -> dict:
@@ -97,28 +88,13 @@ class HeldService:
             self.proc.wait()
 
 
-def start_tracer(args: list[str], env: dict | None = None) -> subprocess.Popen:
-    return subprocess.Popen(args, cwd=REPO, env=env or clean_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
-
-
-def wait_for_header(tracer: subprocess.Popen, timeout: float = 120) -> str:
-    """The "Tracing ..." line gotrace prints once every probe is attached."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        ready, _, _ = select.select([tracer.stderr], [], [], 0.5)
-        if ready:
-            line = tracer.stderr.readline()
-            if line.startswith("Tracing "):
-                return line
-            if not line and tracer.poll() is not None:
-                break
-            pytest.fail(f"unexpected line before the header: {line!r}")
-        elif tracer.poll() is not None:
-            break
-    tracer.kill()
-    out, err = tracer.communicate()
-    pytest.fail(f"gotrace did not start tracing (exit {tracer.returncode}): {err}")
+def start_tracer(spawn, *args: str) -> Running:
+    """`gotrace latency ARGS`, running; returns once it printed its "Tracing ..." line (every probe attached),
+    which must be its first line."""
+    tracer = spawn(gotrace_argv("latency", *args), env=clean_env())
+    tracer.wait_line("stderr", r"^Tracing ")
+    assert tracer.stderr.startswith("Tracing "), f"unexpected lines before the header: {tracer.stderr!r}"
+    return tracer
 
 
 def function_report(report: dict, name: str) -> dict:
@@ -135,7 +111,7 @@ def as_nobody(argv: list[str]) -> list[str]:
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to switch to another user")
 def test_not_root_exit_3_one_line():
-    proc = run(as_nobody(latency_cmd(str(service_binary()), "main.work", "-d", "1")), env=clean_env())
+    proc = run_command(as_nobody(gotrace_argv("latency", str(service_binary()), "main.work", "-d", "1")), env=clean_env())
     assert proc.returncode == 3, proc.stderr
     line = one_line(proc)
     assert "root" in line and "sudo" in line
@@ -145,7 +121,7 @@ def test_not_root_exit_3_one_line():
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to switch to another user")
 def test_not_root_funcs_still_works():
     """`gotrace funcs` needs no root (CLI contract)."""
-    proc = run(as_nobody(GOTRACE + ["funcs", str(service_binary()), "main.work"]), env=clean_env())
+    proc = run_command(as_nobody(gotrace_argv("funcs", service_binary(), "main.work")), env=clean_env())
     assert proc.returncode == 0, proc.stderr
     assert "main.work" in proc.stdout
 
@@ -155,7 +131,7 @@ def test_not_root_with_pid_exit_3_one_line():
     """-p PID of another user's process: not being root is the problem, exit 3 like any other."""
     service = HeldService("-n", "1")
     try:
-        proc = run(as_nobody(latency_cmd("-p", str(service.pid), "main.work", "-d", "1")), env=clean_env())
+        proc = run_command(as_nobody(gotrace_argv("latency", "-p", str(service.pid), "main.work", "-d", "1")), env=clean_env())
     finally:
         service.kill()
     line = one_line(proc)
@@ -205,7 +181,7 @@ def bpf_denied_by_user_namespace(argv: list[str]) -> list[str]:
                          ids=["seccomp", "user-namespace"])
 @pytest.mark.bpf
 def test_bpf_refused_exit_3_one_line(deny):
-    proc = run(deny(latency_cmd(str(service_binary()), "main.work", "-d", "1")), env=clean_env())
+    proc = run_command(deny(gotrace_argv("latency", str(service_binary()), "main.work", "-d", "1")), env=clean_env())
     assert proc.returncode == 3, proc.stderr
     line = one_line(proc)
     assert "BPF" in line or "bpf" in line
@@ -224,11 +200,11 @@ def test_traces_without_any_kernel_headers_or_bcc(tmp_path):
     hide = [d for d in (Path("/usr/src"), Path("/lib/modules"), Path("/var/cache/gotrace/kernel-headers"),
                         Path("/usr/lib/python3/dist-packages/bcc"), Path("/var/cache/gotrace/bpf")) if d.is_dir()]
     script = "".join(f"mount -t tmpfs gotrace-test-empty {d} && " for d in hide)
-    argv = latency_cmd("-c", f"{binary} -n 300 -json", str(binary), "main.work", "--json")
+    argv = gotrace_argv("latency", "-c", f"{binary} -n 300 -json", str(binary), "main.work", "--json")
     empty = tmp_path / "no-headers"
     empty.mkdir()
-    proc = run(["unshare", "--mount", "--propagation", "private", "sh", "-c", script + 'exec "$@"', "sh", *argv],
-               env=clean_env(BCC_KERNEL_SOURCE=str(empty)), timeout=180)
+    proc = run_command(["unshare", "--mount", "--propagation", "private", "sh", "-c", script + 'exec "$@"', "sh", *argv],
+                       env=clean_env(BCC_KERNEL_SOURCE=str(empty)), timeout=180)
     assert proc.returncode == 0, proc.stderr
     objects = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
     (summary,) = [o for o in objects if "calls" in o]
@@ -248,8 +224,8 @@ def test_traces_without_tracefs():
     unmount = ("umount /sys/kernel/tracing 2>/dev/null; umount /sys/kernel/debug/tracing 2>/dev/null; "
                "umount /sys/kernel/debug 2>/dev/null; "
                "if [ -e /sys/kernel/tracing/uprobe_events ]; then echo tracefs still mounted >&2; exit 99; fi; ")
-    argv = latency_cmd("-c", f"{binary} -n 300 -json", str(binary), "main.work", "--json")
-    proc = run(["unshare", "--mount", "--propagation", "private", "sh", "-c", unmount + 'exec "$@"', "sh", *argv],
+    argv = gotrace_argv("latency", "-c", f"{binary} -n 300 -json", str(binary), "main.work", "--json")
+    proc = run_command(["unshare", "--mount", "--propagation", "private", "sh", "-c", unmount + 'exec "$@"', "sh", *argv],
                env=clean_env(), timeout=180)
     assert proc.returncode == 0, proc.stderr
     objects = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
@@ -273,7 +249,7 @@ def dead_pid() -> int:
 
 def test_pid_gone_before_start():
     pid = dead_pid()
-    proc = run(latency_cmd("-p", str(pid), "main.work", "-d", "1"), env=clean_env())
+    proc = run_command(gotrace_argv("latency", "-p", str(pid), "main.work", "-d", "1"), env=clean_env())
     assert proc.returncode == 2, proc.stderr
     line = one_line(proc)
     assert str(pid) in line and "no process" in line
@@ -281,7 +257,7 @@ def test_pid_gone_before_start():
 
 def test_funcs_pid_gone_before_start():
     pid = dead_pid()
-    proc = run(GOTRACE + ["funcs", "-p", str(pid), "main.work"], env=clean_env())
+    proc = run_command(gotrace_argv("funcs", "-p", pid, "main.work"), env=clean_env())
     assert proc.returncode == 2, proc.stderr
     assert str(pid) in one_line(proc)
 
@@ -294,7 +270,7 @@ def test_pid_of_a_zombie():
         assert time.monotonic() < deadline
         time.sleep(0.01)
     try:
-        proc = run(latency_cmd("-p", str(child.pid), "main.work", "-d", "1"), env=clean_env())
+        proc = run_command(gotrace_argv("latency", "-p", str(child.pid), "main.work", "-d", "1"), env=clean_env())
     finally:
         child.wait()
     assert proc.returncode == 2, proc.stderr
@@ -304,7 +280,7 @@ def test_pid_of_a_zombie():
 def test_pid_not_a_go_program():
     sleeper = subprocess.Popen(["sleep", "60"])
     try:
-        proc = run(latency_cmd("-p", str(sleeper.pid), "main.work", "-d", "1"), env=clean_env())
+        proc = run_command(gotrace_argv("latency", "-p", str(sleeper.pid), "main.work", "-d", "1"), env=clean_env())
     finally:
         sleeper.kill()
         sleeper.wait()
@@ -313,44 +289,36 @@ def test_pid_not_a_go_program():
 
 
 @pytest.mark.bpf
-def test_target_exits_mid_trace_final_report():
+def test_target_exits_mid_trace_final_report(spawn):
     service = HeldService("-n", "500")
-    tracer = start_tracer(latency_cmd("-p", str(service.pid), "main.work", "main.(*Server).handle", "--json"))
     try:
-        wait_for_header(tracer)
+        tracer = start_tracer(spawn, "-p", str(service.pid), "main.work", "main.(*Server).handle", "--json")
         summary = service.go()
-        out, err = tracer.communicate(timeout=60)
+        status = tracer.finish(60)
     finally:
         service.kill()
-        if tracer.poll() is None:
-            tracer.kill()
-    assert tracer.returncode == 0, err
-    assert "Traceback" not in err
-    (report,) = [json.loads(line) for line in out.splitlines()]
+    assert status == 0, tracer.stderr
+    assert "Traceback" not in tracer.stderr
+    (report,) = [json.loads(line) for line in tracer.stdout.splitlines()]
     assert report["target"]["pid"] == service.pid
     for name in ("main.work", "main.(*Server).handle"):
         assert function_report(report, name)["count"] == summary["calls"][name] > 0, name
 
 
 @pytest.mark.bpf
-def test_two_gotraces_on_one_process():
+def test_two_gotraces_on_one_process(spawn):
     service = HeldService("-n", "400")
-    tracers = [start_tracer(latency_cmd("-p", str(service.pid), "main.work", "--json")) for _ in range(2)]
     try:
-        for tracer in tracers:
-            wait_for_header(tracer)
+        tracers = [start_tracer(spawn, "-p", str(service.pid), "main.work", "--json") for _ in range(2)]
         summary = service.go()
-        results = [tracer.communicate(timeout=60) for tracer in tracers]
+        statuses = [tracer.finish(60) for tracer in tracers]
     finally:
         service.kill()
-        for tracer in tracers:
-            if tracer.poll() is None:
-                tracer.kill()
     want = summary["calls"]["main.work"]
     assert want > 0
-    for tracer, (out, err) in zip(tracers, results):
-        assert tracer.returncode == 0, err
-        (report,) = [json.loads(line) for line in out.splitlines()]
+    for tracer, status in zip(tracers, statuses):
+        assert status == 0, tracer.stderr
+        (report,) = [json.loads(line) for line in tracer.stdout.splitlines()]
         work = function_report(report, "main.work")
         assert work["count"] == want and work["unmatched"] == 0, (work, want)
 
@@ -454,16 +422,14 @@ def read_line_sampling(stream, sampler: Sampler, timeout: float) -> str:
 
 
 @pytest.mark.bpf
-def test_flooded_maps_stay_bounded_and_count_unmatched():
+def test_flooded_maps_stay_bounded_and_count_unmatched(spawn):
     binary = gobuild.build("churn", CHURN_VERSION)
     churn = subprocess.Popen([str(binary), "-wait", "-pause", "-n", str(CHURN_LOST), "-live", str(CHURN_LIVE),
                               "-steady", str(CHURN_STEADY)],
                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    tracer = None
     try:
         assert churn.stdout.readline().startswith("ready pid=")
-        tracer = start_tracer(latency_cmd("-p", str(churn.pid), "main.lost", "main.park", "main.steady", "--json"))
-        wait_for_header(tracer)
+        tracer = start_tracer(spawn, "-p", str(churn.pid), "main.lost", "main.park", "main.steady", "--json")
         sampler = Sampler(tracer.pid)
         churn.stdin.write("go\n")
         churn.stdin.flush()
@@ -477,20 +443,19 @@ def test_flooded_maps_stay_bounded_and_count_unmatched():
         churn.stdin.flush()
         churn_out = read_line_sampling(churn.stdout, sampler, timeout=300)
         churn_err = churn.communicate(timeout=60)[1]
-        out, err = tracer.communicate(timeout=120)
+        status = tracer.finish(120)
     finally:
-        for proc in (churn, tracer):
-            if proc is not None and proc.poll() is None:
-                proc.kill()
-                proc.wait()
+        if churn.poll() is None:
+            churn.kill()
+            churn.wait()
 
     assert churn.returncode == 0, churn_err
     made = json.loads(churn_out)
     assert made == {"lost_calls": CHURN_LOST, "recovered": CHURN_LOST, "park_calls": CHURN_LIVE,
                     "park_returns": CHURN_LIVE, "steady_calls": CHURN_STEADY}
-    assert tracer.returncode == 0, err
-    assert "Traceback" not in err
-    (report,) = [json.loads(line) for line in out.splitlines()]
+    assert status == 0, tracer.stderr
+    assert "Traceback" not in tracer.stderr
+    (report,) = [json.loads(line) for line in tracer.stdout.splitlines()]
     lost = function_report(report, "main.lost")
     park = function_report(report, "main.park")
     steady = function_report(report, "main.steady")

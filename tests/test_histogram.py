@@ -79,9 +79,6 @@ def test_bucket_index_matches_the_headers_c_code(tmp_path):
         '    printf("%u\\n", gt_hist_bucket(strtoull(line, NULL, 10)));\n'
         "  return 0; }\n"
     )
-    header = probes_header.HEADER_PATH.read_text()
-    if "gt_hist_bucket" not in header:
-        pytest.skip("probes/gotrace.h has no gt_hist_bucket() yet")
     exe = tmp_path / "bucket"
     subprocess.run(["cc", "-O1", "-o", str(exe), str(source)], check=True)
     stdin = "".join(f"{v}\n" for v in values)

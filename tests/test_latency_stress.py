@@ -18,8 +18,9 @@ import re
 
 import pytest
 
-import gobuild
-from test_latency_cli import HANDLE, WORK, parse_service, parse_text_reports, run_gotrace, untraced_run
+from support import gobuild
+from support.cli import run_gotrace_process
+from test_latency_cli import HANDLE, WORK, parse_service, parse_text_reports, untraced_run
 
 TOOLCHAINS = ["1.19", "1.23.9", "1.27.3"]
 PATTERNS = ["main.*", "net.*", "sync.*"]
@@ -51,7 +52,7 @@ def anonymous_instances(report: dict, calls: dict) -> tuple[list[int], list[int]
 def test_hundreds_of_functions_under_goroutine_churn(version, mode):
     binary = gobuild.build("service", version, mode, "amd64")
     untraced = untraced_run(str(binary), *WORKLOAD)
-    proc = run_gotrace("-c", " ".join([str(binary), *WORKLOAD]), binary, *PATTERNS, timeout=600)
+    proc = run_gotrace_process("latency", "-c", " ".join([str(binary), *WORKLOAD]), binary, *PATTERNS, timeout=600)
 
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "Traceback" not in proc.stderr

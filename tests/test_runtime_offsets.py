@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from dwarf_programs import ARCHES, TOOLCHAINS, build_snippet, version_tuple
+from support.dwarf_programs import ARCHES, TOOLCHAINS, build_snippet, version_tuple
 from gotrace.binary.buildinfo import read_buildinfo
 from gotrace.binary.dwarfinfo import DwarfInfo
 from gotrace.binary.elffile import ElfImage

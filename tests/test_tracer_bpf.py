@@ -19,14 +19,13 @@ import shutil
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import gobuild
+from support import gobuild
 from gotrace.output import histogram
 from gotrace import header as probes_header
 from gotrace.binary.gobinary import GoBinary
@@ -125,8 +124,8 @@ def assert_matches_truth(tracer: LatencyTracer, functions: list[TracedFunction],
     [("1.23.9", "default", True), ("1.25.5", "pie", False)],
     ids=["go1.23-exe-pid", "go1.25-pie-every-process"],
 )
-def test_latency_matches_program_own_timing(version, mode, by_pid):
-    binary = gobuild.build("latencytruth", version, mode)
+def test_latency_matches_program_own_timing(version, mode, by_pid, private_binary):
+    binary = private_binary(gobuild.build("latencytruth", version, mode))  # every process of it: this test's only
     functions = traced_functions(binary, TRUTH_FUNCTIONS)
     proc = start_truth(binary) if by_pid else None
     tracer = latency_tracer(binary, functions, pid=proc.pid if by_pid else None)
@@ -211,7 +210,9 @@ MANY = 1000
 
 @pytest.fixture(scope="module")
 def many_functions_binary(tmp_path_factory) -> Path:
-    """A Go program with MANY small functions, each called 3 times after a line on stdin."""
+    """A Go program with MANY small functions, each called 3 times after a line on stdin.
+
+    Built into this session's own temporary directory: the tests below trace every process of it."""
     src = tmp_path_factory.mktemp("manyfuncs")
     funcs = "".join(
         f"//go:noinline\nfunc f{i}(x int) int {{\n\tif x < 0 {{\n\t\treturn -x\n\t}}\n\treturn x + {i}\n}}\n\n" for i in range(MANY)
@@ -249,38 +250,34 @@ def open_fd_count() -> int:
     return len(os.listdir("/proc/self/fd"))
 
 
-def tracefs_uprobe_events() -> str | None:
+def tracefs_uprobe_events() -> str:
     path = Path("/sys/kernel/tracing/uprobe_events")
-    return path.read_text() if path.exists() else None
+    return path.read_text() if path.exists() else ""
 
 
 @pytest.mark.bpf
-def test_thousand_functions_attach_fast_count_exactly_and_detach_clean(many_functions_binary):
+def test_thousand_functions_count_exactly_and_detach_clean(many_functions_binary):
+    """How fast 1000 functions attach and detach is scripts/bench's to measure; here: every call counted, and
+    nothing left behind."""
     names = [f"main.f{i}" for i in range(MANY)]
     functions = traced_functions(many_functions_binary, names)
-    fds_before, events_before = open_fd_count(), tracefs_uprobe_events()
+    fds_before = open_fd_count()
     tracer = latency_tracer(many_functions_binary, functions, pid=None)
-    started = time.monotonic()
     tracer.attach()
-    attach_s = time.monotonic() - started
     try:
         proc = subprocess.run([str(many_functions_binary)], input=b"\n", capture_output=True, timeout=60)
         assert proc.returncode == 0 and proc.stdout.strip() == str(3 * sum(range(MANY)) + MANY * 3).encode()
-        started = time.monotonic()
         counts = tracer.read(reset=True)
-        read_s = time.monotonic() - started
+        events_attached = tracefs_uprobe_events()
     finally:
-        started = time.monotonic()
         tracer.close()
-        detach_s = time.monotonic() - started
-    assert attach_s < 5, f"attaching {MANY} functions took {attach_s:.1f} s"
-    assert read_s < 0.5, f"reading {MANY} functions took {read_s:.2f} s"
-    assert detach_s < 5, f"detaching {MANY} functions took {detach_s:.1f} s"
     wrong = [f.name for f in functions if sum(counts[f.func_id].buckets.values()) != 3 or counts[f.func_id].unmatched]
     assert wrong == []
-    # Everything was held by file descriptors: all closed, nothing registered through tracefs.
+    # Everything was held by file descriptors: all closed, nothing registered through tracefs. (Only this
+    # binary's entries are looked for: other programs on the machine may register and remove their own.)
     assert open_fd_count() == fds_before
-    assert tracefs_uprobe_events() == events_before
+    assert str(many_functions_binary) not in events_attached
+    assert str(many_functions_binary) not in tracefs_uprobe_events()
 
 
 @pytest.mark.bpf

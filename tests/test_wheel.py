@@ -27,7 +27,7 @@ from pathlib import Path
 
 import pytest
 
-import gobuild
+from support import gobuild
 from gotrace.bpf import compiler
 from test_args_truth import PATTERNS, STR_LEN, score
 from test_tracer_bpf import TRUTH_FUNCTIONS

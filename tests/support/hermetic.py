@@ -1,0 +1,40 @@
+"""What keeps two runs of the test suite on one machine apart: private copies of traced binaries, a private BPF cache.
+
+* A probe placed on a binary for every process (the binary form, no pid)
+  fires in every process that runs that file, whoever started it. Tests
+  that trace that way copy the binary first (``private_copy``: its own
+  inode) and run the program from the copy, so another run's processes of
+  the shared cached build (tests/support/gobuild.py) are never counted.
+* gotrace caches compiled BPF programs in one directory (gotrace.bpf.cache,
+  default /var/cache/gotrace/bpf). The test session points it at a fresh
+  directory of its own through GOTRACE_BPF_CACHE (``use_private_bpf_cache``),
+  so whether a program is compiled or loaded from the cache depends on
+  this session alone; child processes inherit the variable.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+BPF_CACHE_ENV = "GOTRACE_BPF_CACHE"
+"""The environment variable gotrace.bpf.cache reads for its directory."""
+
+def private_copy(binary: Path, directory: Path) -> Path:
+    """A copy of `binary` in `directory`, with the same file name and its own inode."""
+    copy = directory / binary.name
+    shutil.copy2(binary, copy)
+    return copy
+
+
+def use_private_bpf_cache() -> Path:
+    """Create an empty BPF cache directory and point GOTRACE_BPF_CACHE at it; its path.
+
+    Call it before gotrace.bpf.cache is imported: gotrace reads the variable
+    once, when it starts.
+    """
+    directory = Path(tempfile.mkdtemp(prefix="gotrace-tests-bpf-cache-"))
+    os.environ[BPF_CACHE_ENV] = str(directory)
+    return directory
