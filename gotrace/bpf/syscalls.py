@@ -45,6 +45,7 @@ _PERF_ATTR_SIZE = 112  # PERF_ATTR_SIZE_VER5
 _BPF_MAP_CREATE = 0
 _BPF_MAP_LOOKUP_ELEM = 1
 _BPF_MAP_UPDATE_ELEM = 2
+_BPF_MAP_DELETE_ELEM = 3
 _BPF_PROG_LOAD = 5
 _BPF_OBJ_GET_INFO_BY_FD = 15
 _BPF_MAP_LOOKUP_BATCH = 24
@@ -144,6 +145,18 @@ class Syscalls:
         value_buf = ctypes.create_string_buffer(value, len(value))
         attr = struct.pack("<IIQQQ", map_fd, 0, ctypes.addressof(key_buf), ctypes.addressof(value_buf), 0)
         self._bpf(_BPF_MAP_UPDATE_ELEM, attr, 32, "BPF_MAP_UPDATE_ELEM")
+
+    def map_delete_elem(self, map_fd: int, key: bytes) -> bool:
+        """BPF_MAP_DELETE_ELEM: removes key; False when it was not there."""
+        key_buf = ctypes.create_string_buffer(key, len(key))
+        attr = struct.pack("<IIQQQ", map_fd, 0, ctypes.addressof(key_buf), 0, 0)
+        try:
+            self._bpf(_BPF_MAP_DELETE_ELEM, attr, 32, "BPF_MAP_DELETE_ELEM")
+        except OSError as exc:
+            if exc.errno == errno.ENOENT:
+                return False
+            raise
+        return True
 
     def perf_uprobe_open(self, pmu_type: int, path: bytes, file_offset: int, pid: int) -> int:
         """A perf event for a uprobe at `file_offset` of `path`; pid -1 means every process."""
