@@ -49,6 +49,16 @@ def header_line(n_functions: int, n_sites: int, pid: int | None, go_version: str
 
 
 @dataclass(frozen=True)
+class Serving:
+    """--prometheus: the metrics endpoint is up."""
+
+    url: str
+
+    def text(self) -> str:
+        return f"gotrace: serving Prometheus metrics at {self.url}"
+
+
+@dataclass(frozen=True)
 class Timings:
     """GOTRACE_TIMINGS=1: seconds each start-up phase took, and the compile child's peak RSS on a cache miss."""
 
