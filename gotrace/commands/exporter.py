@@ -1,7 +1,7 @@
 """The /metrics HTTP endpoint of `gotrace latency --prometheus HOST:PORT`: bind, serve snapshots, close.
 
 The server knows nothing of tracing: it calls `snapshot()` (which reads the
-tracer under the tracer's own lock) once per scrape, on the request's thread,
+tracer under the tracer's own lock) once per scrape, on the serving thread,
 and renders the result with gotrace.output.prometheus in the format the
 scraper asked for (protobuf with native histograms when the Accept header
 prefers it, else text). It lives in commands/ because it runs for as long as
@@ -15,7 +15,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler, HTTPServer
 
 from gotrace.errors import UsageError
 from gotrace.output.prometheus import (
@@ -28,6 +28,9 @@ from gotrace.output.prometheus import (
 )
 
 
+REQUEST_TIMEOUT_S = 10
+
+
 def parse_address(text: str) -> tuple[str, int]:
     """(host, port) of HOST:PORT or [IPV6]:PORT; UsageError saying what to write otherwise."""
     host, sep, port_text = text.rpartition(":")
@@ -38,8 +41,10 @@ def parse_address(text: str) -> tuple[str, int]:
     return host, int(port_text)
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
+class _Server(HTTPServer):
+    """One thread serves every request in turn: scrapes read the tracer under one lock anyway, and a thread
+    per request made glibc grow an arena per thread (RSS +1.5-4 MB over the first ~2,000 scrapes)."""
+
     allow_reuse_address = True  # SO_REUSEADDR: a port in TIME_WAIT is free, one another socket listens on is not
 
     def __init__(self, address: tuple[str, int], family: int, exporter: MetricsExporter) -> None:
@@ -50,7 +55,8 @@ class _Server(ThreadingHTTPServer):
 
 class _Handler(BaseHTTPRequestHandler):
     server: _Server
-    protocol_version = "HTTP/1.1"
+    protocol_version = "HTTP/1.0"  # one request per connection: a kept-alive scraper would hold the thread
+    timeout = REQUEST_TIMEOUT_S  # a client that stalls cannot hold the one serving thread longer
 
     def do_GET(self) -> None:  # noqa: N802 (http.server's name)
         path = self.path.split("?", 1)[0]
