@@ -155,32 +155,33 @@ def test_histogram_quantile_of_classic_buckets_within_5_percent_of_gotrace(name)
 
 # -- protobuf ------------------------------------------------------------------------------
 
+def read_varint(data: bytes, i: int) -> tuple[int, int]:
+    """(value, offset after it) of the base-128 varint at data[i]."""
+    shift = result = 0
+    while True:
+        byte = data[i]
+        i += 1
+        result |= (byte & 0x7F) << shift
+        shift += 7
+        if not byte & 0x80:
+            return result, i
+
+
 def read_fields(data: bytes) -> list[tuple[int, int, object]]:
     """A protobuf message's (field number, wire type, value): varints as int, 64-bit as bytes, length-delimited
     as bytes (the generic wire format; no schema)."""
     out, i = [], 0
-
-    def varint() -> int:
-        nonlocal i
-        shift = result = 0
-        while True:
-            byte = data[i]
-            i += 1
-            result |= (byte & 0x7F) << shift
-            shift += 7
-            if not byte & 0x80:
-                return result
-
     while i < len(data):
-        key = varint()
+        key, i = read_varint(data, i)
         number, wire = key >> 3, key & 7
         if wire == 0:
-            out.append((number, wire, varint()))
+            value, i = read_varint(data, i)
+            out.append((number, wire, value))
         elif wire == 1:
             out.append((number, wire, data[i:i + 8]))
             i += 8
         elif wire == 2:
-            n = varint()
+            n, i = read_varint(data, i)
             out.append((number, wire, data[i:i + n]))
             i += n
         else:
@@ -189,16 +190,10 @@ def read_fields(data: bytes) -> list[tuple[int, int, object]]:
 
 
 def read_delimited(data: bytes) -> list[bytes]:
+    """The messages of a varint-length-delimited stream."""
     messages, i = [], 0
     while i < len(data):
-        shift = n = 0
-        while True:
-            byte = data[i]
-            i += 1
-            n |= (byte & 0x7F) << shift
-            shift += 7
-            if not byte & 0x80:
-                break
+        n, i = read_varint(data, i)
         messages.append(data[i:i + n])
         i += n
     return messages
