@@ -173,6 +173,7 @@ def latency(request: LatencyRequest) -> Iterator[object]:
         if request.prometheus is not None:
             exporter = cleanup.enter_context(MetricsExporter(request.prometheus))
         with attached(target, make_tracer) as (tracer, stop):
+            target_info["pid"] = target.pid  # a -c command's pid exists from here on
             warning = slow_detach(tracer.attached_by, plan.n_sites)
             if warning is not None:
                 yield warning
