@@ -13,7 +13,7 @@ from gotrace.binary.gobinary import FunctionProbes, GoBinary
 from gotrace.commands.exporter import MetricsExporter
 from gotrace.commands.target import open_traced, tracing_target
 from gotrace.errors import PatternError
-from gotrace.output.events import BpfSource, Serving, Skipped, SlowDetach, Started, TargetExited, Timings
+from gotrace.output.events import AwaitingScrape, BpfSource, Serving, Skipped, SlowDetach, Started, TargetExited, Timings
 from gotrace.output.histogram import LatencyHistogram
 from gotrace.output.latency import FunctionReport, LatencyReport
 from gotrace.output.prometheus import MetricsSnapshot, SeriesCounts
@@ -138,9 +138,10 @@ def ticks(ending: Ending, interval_s: float | None, housekeeping_s: float | None
         time.sleep(wake)
 
 
-def wait_for_last_scrape(exporter: MetricsExporter, stop: StopFlag, grace_s: float = LAST_SCRAPE_GRACE_S) -> None:
-    """After a -c command exited: until a scrape has read the final counts, grace_s at most, or a signal."""
-    exited = time.monotonic()
+def wait_for_last_scrape(exporter: MetricsExporter, stop: StopFlag, exited: float,
+                         grace_s: float = LAST_SCRAPE_GRACE_S) -> None:
+    """After a -c command exited (noticed at `exited`, monotonic): until a scrape has read the final counts,
+    grace_s at most, or a signal."""
     while not stop and not exporter.scraped_since(exited) and time.monotonic() - exited < grace_s:
         time.sleep(0.05)
 
@@ -202,12 +203,14 @@ def latency(request: LatencyRequest) -> Iterator[object]:
                     tracer.retire_exited(request.keep_exited_s)
                 elif not request.quiet:
                     yield report()
+            exited_seen = time.monotonic()  # the counts are final from here when the target exited
             if not request.quiet:
                 yield report()
             if ending.reason == "target-exit" and target.exit_status is not None:
                 yield TargetExited(target.command[0], target.pid, target.exit_status)
-                if exporter is not None:
-                    wait_for_last_scrape(exporter, stop)
+                if exporter is not None and not exporter.scraped_since(exited_seen):
+                    yield AwaitingScrape(LAST_SCRAPE_GRACE_S)
+                    wait_for_last_scrape(exporter, stop, exited_seen)
             if exporter is not None:
                 exporter.close()  # before the probes and maps go
 

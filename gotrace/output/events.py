@@ -59,6 +59,16 @@ class Serving:
 
 
 @dataclass(frozen=True)
+class AwaitingScrape:
+    """--prometheus with -c: the command exited; /metrics stays up for one more scrape."""
+
+    grace_s: float
+
+    def text(self) -> str:
+        return f"gotrace: serving the final counts until the next scrape ({self.grace_s:.0f} s at most; Ctrl-C ends it)"
+
+
+@dataclass(frozen=True)
 class Timings:
     """GOTRACE_TIMINGS=1: seconds each start-up phase took, and the compile child's peak RSS on a cache miss."""
 
