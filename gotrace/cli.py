@@ -90,8 +90,15 @@ def target_options(f):
               help="Print a report every SECONDS (and reset).")
 @click.option("--unit", type=click.Choice(["auto", "ns", "us", "ms", "s"]), default="auto", show_default=True,
               help="Unit of the text report.")
+@click.option("--prometheus", metavar="HOST:PORT",
+              help="Serve Prometheus metrics at http://HOST:PORT/metrics while tracing (cumulative histograms; "
+                   "see the README for the metrics).")
+@click.option("-q", "--quiet", is_flag=True, help="Print no reports (with --prometheus: the metrics are the output).")
+@click.option("--keep-exited", type=click.FloatRange(min=0), default=300, show_default=True, metavar="SECONDS",
+              help="Every-process mode: an exited process's series stay in the metrics this long, then go.")
 @click.option("--print-bpf", is_flag=True, hidden=True, help="Print the BPF C source and exit.")
-def latency_cmd(args, pid, command, duration, as_json, interval, unit, print_bpf) -> None:
+def latency_cmd(args, pid, command, duration, as_json, interval, unit, prometheus, quiet, keep_exited,
+                print_bpf) -> None:
     """Latency histograms of Go functions, per goroutine, from entry to return.
 
     Probes go after each function's stack-check prologue and on every return
@@ -106,13 +113,15 @@ def latency_cmd(args, pid, command, duration, as_json, interval, unit, print_bpf
       gotrace latency -p 4242 'net/http.(*conn).serve' -d 10
       gotrace latency -c './server -n 1000' ./server 'main.*' --unit us
       gotrace latency ./server 'main.*' -i 5 --json
+      gotrace latency ./server 'main.(*Server).handle' --prometheus 127.0.0.1:9464 --quiet
     """
     started = time.perf_counter()
     from gotrace.commands.latency import LatencyRequest, latency
 
     timings = {"imports": time.perf_counter() - started} if os.environ.get("GOTRACE_TIMINGS") == "1" else None
     request = LatencyRequest(args, pid=pid, command=command, duration_s=duration, interval_s=interval,
-                             print_bpf=print_bpf, timings=timings)
+                             print_bpf=print_bpf, timings=timings, prometheus=prometheus, quiet=quiet,
+                             keep_exited_s=keep_exited)
     _show(latency(request), as_json=as_json, unit=unit)
 
 

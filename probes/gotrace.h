@@ -34,7 +34,8 @@
 #define GT_MAX_FUNCS 65536
 /* Open calls remembered at once (LRU: calls lost to panics cannot fill it). */
 #define GT_START_ENTRIES 65536
-/* Distinct (function, bucket) pairs the histogram map holds over a whole run. */
+/* Distinct (function, bucket, process) keys the histogram map holds at once;
+ * user space deletes the keys of processes that exited (every-process mode). */
 #define GT_HIST_MIN_ENTRIES 65536
 #define GT_HIST_ENTRIES_PER_FUNC 512
 #define GT_HIST_MAX_ENTRIES 1048576
@@ -75,9 +76,17 @@ struct gt_start_val {
     __u32 gen;
 };
 
+/* gt_hist keys: one per (function, bucket, process). Besides the bucket
+ * indexes 0..GT_HIST_NBUCKETS-1, two slots per (function, process) hold
+ * cumulative totals instead of a bucket's count: */
+#define GT_HIST_SLOT_SUM 4864     /* sum of the latencies, ns (GT_HIST_NBUCKETS) */
+#define GT_HIST_SLOT_UNWOUND 4865 /* calls found unwound: their start was replaced by a later entry at the
+                                   * same goroutine depth, or met by another function's return (panics) */
+
 struct gt_hist_key {
     __u32 func_id;
-    __u32 bucket;
+    __u32 bucket; /* a bucket index, or a GT_HIST_SLOT_* */
+    __u32 tgid;
 };
 
 #ifndef GT_NO_BUCKET_CODE

@@ -43,6 +43,28 @@ static __always_inline void gt_func_count(__u32 func_id, __u32 which)
         __sync_fetch_and_add(slot, 1);
 }
 
+/* Adds n to gt_hist[{func_id, slot, tgid}]: a bucket's count or a GT_HIST_SLOT_* total. */
+static __always_inline void gt_hist_add(__u32 func_id, __u32 slot, __u32 tgid, __u64 n)
+{
+    struct gt_hist_key hkey = {};
+    __u64 *value;
+
+    hkey.func_id = func_id;
+    hkey.bucket = slot;
+    hkey.tgid = tgid;
+    value = bpf_map_lookup_elem(&gt_hist, &hkey);
+    if (value) {
+        __sync_fetch_and_add(value, n);
+    } else if (bpf_map_update_elem(&gt_hist, &hkey, &n, BPF_ANY) != 0) {
+        /* Another CPU may have created it meanwhile: per-CPU, so retry once. */
+        value = bpf_map_lookup_elem(&gt_hist, &hkey);
+        if (value)
+            __sync_fetch_and_add(value, n);
+        else
+            gt_count(GT_STAT_HIST_FULL);
+    }
+}
+
 /* Fills key for the current hit; 0 when it is not to be timed (counted). */
 static __always_inline int gt_make_key(struct pt_regs *ctx, __u32 func_id, struct gt_start_key *key)
 {
@@ -68,12 +90,16 @@ int gt_entry(struct pt_regs *ctx)
     __u32 func_id = (__u32)bpf_get_attach_cookie(ctx);
     struct gt_start_key key = {};
     struct gt_start_val val = {};
+    struct gt_start_val *stale;
 
     if (!gt_make_key(ctx, func_id, &key))
         return 0;
     gt_func_count(func_id, GT_FC_ENTRIES);
-    if (bpf_map_lookup_elem(&gt_starts, &key))
+    stale = bpf_map_lookup_elem(&gt_starts, &key);
+    if (stale) {
         gt_count(GT_STAT_STALE_STARTS);
+        gt_hist_add(stale->func_id, GT_HIST_SLOT_UNWOUND, key.tgid, 1);
+    }
     val.func_id = func_id;
     val.gen = gt_current_gen();
     val.start_ns = bpf_ktime_get_ns();
@@ -89,9 +115,7 @@ int gt_return(struct pt_regs *ctx)
     __u32 func_id = (__u32)bpf_get_attach_cookie(ctx);
     struct gt_start_key key = {};
     struct gt_start_val *start;
-    struct gt_hist_key hkey = {};
-    __u64 one = 1;
-    __u64 *slot;
+    __u64 latency_ns;
 
     if (!gt_make_key(ctx, func_id, &key))
         return 0;
@@ -102,26 +126,16 @@ int gt_return(struct pt_regs *ctx)
     }
     if (start->func_id != func_id) {
         /* A start left by a frame that never returned (panic): stale. */
+        gt_hist_add(start->func_id, GT_HIST_SLOT_UNWOUND, key.tgid, 1);
         bpf_map_delete_elem(&gt_starts, &key);
         gt_count(GT_STAT_RETURNS_WITHOUT_ENTRY);
         return 0;
     }
-    hkey.func_id = func_id;
-    hkey.bucket = gt_hist_bucket(now_ns - start->start_ns);
+    latency_ns = now_ns - start->start_ns;
     if (start->gen == gt_current_gen())
         gt_func_count(func_id, GT_FC_RETURNS_SAME_GEN);
     bpf_map_delete_elem(&gt_starts, &key);
-
-    slot = bpf_map_lookup_elem(&gt_hist, &hkey);
-    if (slot) {
-        __sync_fetch_and_add(slot, 1);
-    } else if (bpf_map_update_elem(&gt_hist, &hkey, &one, BPF_ANY) != 0) {
-        /* Another CPU may have created it meanwhile: per-CPU, so retry once. */
-        slot = bpf_map_lookup_elem(&gt_hist, &hkey);
-        if (slot)
-            __sync_fetch_and_add(slot, 1);
-        else
-            gt_count(GT_STAT_HIST_FULL);
-    }
+    gt_hist_add(func_id, gt_hist_bucket(latency_ns), key.tgid, 1);
+    gt_hist_add(func_id, GT_HIST_SLOT_SUM, key.tgid, latency_ns);
     return 0;
 }

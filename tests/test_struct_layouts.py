@@ -18,6 +18,7 @@ import pytest
 
 from gotrace import header
 from gotrace.trace import args as args_trace
+from gotrace.trace import latency as latency_trace
 
 # struct name -> its fields in order, as Python reads them (field name, struct format code of the field).
 PYTHON_LAYOUTS = {
@@ -26,7 +27,7 @@ PYTHON_LAYOUTS = {
     "gt_args_event": (args_trace.EVENT_HEADER,
                       ["start_ns", "end_ns", "goid", "entry_ip", "tgid", "func_id", "args_ok", "args_fail", "res_ok",
                        "res_fail"]),
-    "gt_hist_key": (struct.Struct("<II"), ["func_id", "bucket"]),  # read as one u64: func_id | bucket << 32
+    "gt_hist_key": (latency_trace.HIST_KEY, ["func_id", "bucket", "tgid"]),
 }
 # Whole sizes Python relies on: a plan is the header then GT_ARGS_MAX_OPS operations; an event is the
 # header then the two buffers.
@@ -34,7 +35,7 @@ SIZES = {
     "gt_arg_plan": args_trace.PLAN_HEADER.size + args_trace.OP_STRUCT.size * header.constant("GT_ARGS_MAX_OPS"),
     "gt_args_event": args_trace.EVENT_HEADER.size + header.constant("GT_ARGS_BUF") + header.constant("GT_RES_BUF"),
     "gt_arg_op": args_trace.OP_STRUCT.size,
-    "gt_hist_key": 8,
+    "gt_hist_key": latency_trace.HIST_KEY.size,
 }
 TRAILING = {"gt_args_event": ["args", "res"], "gt_arg_plan": ["ops"]}
 

@@ -53,6 +53,7 @@ _PERF_ATTR_SIZE = 112  # PERF_ATTR_SIZE_VER5
 _BPF_MAP_CREATE = 0
 _BPF_MAP_LOOKUP_ELEM = 1
 _BPF_MAP_UPDATE_ELEM = 2
+_BPF_MAP_DELETE_ELEM = 3
 _BPF_PROG_LOAD = 5
 _BPF_OBJ_GET_INFO_BY_FD = 15
 _BPF_MAP_LOOKUP_BATCH = 24
@@ -82,6 +83,16 @@ class Syscalls:
         if ret < 0:
             raise OSError(ctypes.get_errno(), f"bpf({what})")
         return ret
+
+    def _bpf_key_present(self, command: int, attr: bytes, what: str) -> bool:
+        """A map element command on a key: False when the key is absent (ENOENT), True when it succeeded."""
+        try:
+            self._bpf(command, attr, 32, what)
+        except OSError as exc:
+            if exc.errno == errno.ENOENT:
+                return False
+            raise
+        return True
 
     def map_create(self, map_type: int, key_size: int, value_size: int, max_entries: int, flags: int, name: bytes) -> int:
         """BPF_MAP_CREATE: the fd of a new map (name: at most 15 bytes are kept)."""
@@ -144,13 +155,7 @@ class Syscalls:
         key_buf = ctypes.create_string_buffer(key, len(key))
         value_buf = ctypes.create_string_buffer(value_size)
         attr = struct.pack("<IIQQQ", map_fd, 0, ctypes.addressof(key_buf), ctypes.addressof(value_buf), 0)
-        try:
-            self._bpf(_BPF_MAP_LOOKUP_ELEM, attr, 32, "BPF_MAP_LOOKUP_ELEM")
-        except OSError as exc:
-            if exc.errno == errno.ENOENT:
-                return None
-            raise
-        return value_buf.raw
+        return value_buf.raw if self._bpf_key_present(_BPF_MAP_LOOKUP_ELEM, attr, "BPF_MAP_LOOKUP_ELEM") else None
 
     def map_update_elem(self, map_fd: int, key: bytes, value: bytes) -> None:
         """BPF_MAP_UPDATE_ELEM (BPF_ANY): key's value becomes value."""
@@ -158,6 +163,12 @@ class Syscalls:
         value_buf = ctypes.create_string_buffer(value, len(value))
         attr = struct.pack("<IIQQQ", map_fd, 0, ctypes.addressof(key_buf), ctypes.addressof(value_buf), 0)
         self._bpf(_BPF_MAP_UPDATE_ELEM, attr, 32, "BPF_MAP_UPDATE_ELEM")
+
+    def map_delete_elem(self, map_fd: int, key: bytes) -> bool:
+        """BPF_MAP_DELETE_ELEM: removes key; False when it was not there."""
+        key_buf = ctypes.create_string_buffer(key, len(key))
+        attr = struct.pack("<IIQQQ", map_fd, 0, ctypes.addressof(key_buf), 0, 0)
+        return self._bpf_key_present(_BPF_MAP_DELETE_ELEM, attr, "BPF_MAP_DELETE_ELEM")
 
     def perf_uprobe_open(self, pmu_type: int, path: bytes, file_offset: int, pid: int) -> int:
         """A perf event for a uprobe at `file_offset` of `path`; pid -1 means every process."""

@@ -2,23 +2,34 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+from gotrace import __version__
 from gotrace.binary.gobinary import FunctionProbes, GoBinary
+from gotrace.commands.exporter import MetricsExporter
 from gotrace.commands.target import open_traced, tracing_target
 from gotrace.errors import PatternError
-from gotrace.output.events import BpfSource, Skipped, SlowDetach, Started, TargetExited, Timings
+from gotrace.output.events import AwaitingScrape, BpfSource, Serving, Skipped, SlowDetach, Started, TargetExited, Timings
 from gotrace.output.histogram import LatencyHistogram
 from gotrace.output.latency import FunctionReport, LatencyReport
+from gotrace.output.prometheus import MetricsSnapshot, SeriesCounts
 from gotrace.trace.latency import LatencyTracer
-from gotrace.trace.session import Ending, attached, intervals
+from gotrace.trace.session import Ending, StopFlag, attached
 from gotrace.trace.tracer import traced_functions
 
 # Measured on Linux 6.1-6.5 style per-site perf links: each removal waits for the kernel.
 PERF_LINK_DETACH_S_PER_SITE = 0.087
 SLOW_DETACH_WARN_SITES = 200
+# --prometheus: a -c run waits this long at most, after its command exited, for a last scrape.
+LAST_SCRAPE_GRACE_S = 15.0
+# Every-process mode: how often exited processes are looked for, and how long their series stay by default
+# (so that scrapes see their final counts).
+HOUSEKEEPING_S = 1.0
+KEEP_EXITED_S = 300.0
 
 
 @dataclass(frozen=True)
@@ -83,14 +94,70 @@ class LatencyRequest:
     interval_s: float | None = None
     print_bpf: bool = False
     timings: dict[str, float] | None = None  # GOTRACE_TIMINGS: phases timed so far (the CLI's imports); None: off
+    prometheus: str | None = None  # HOST:PORT to serve /metrics on while tracing
+    quiet: bool = False  # no reports (with prometheus: the metrics are the output)
+    keep_exited_s: float = KEEP_EXITED_S  # every-process mode: series of an exited process stay this long
+
+
+def metrics_snapshot(tracer: LatencyTracer, names: list[str], binary: str, go_version: str,
+                     pid: int | None) -> MetricsSnapshot:
+    """The Prometheus view of the tracer's cumulative counts: one series per (function, process seen), every
+    traced function in every process (with -p/-c, the target's pid from the start)."""
+    counts = tracer.read_cumulative()
+    pids = {tgid for _, tgid in counts.processes}
+    if pid is not None:
+        pids.add(pid)
+    series = []
+    for tgid in sorted(pids):
+        for func_id, name in enumerate(names):
+            c = counts.processes.get((func_id, tgid))
+            series.append(SeriesCounts(name, tgid, c.buckets, c.sum_ns, c.unwound, c.in_flight) if c
+                          else SeriesCounts(name, tgid))
+    return MetricsSnapshot(binary, go_version, __version__, series, list(zip(names, counts.entries)))
+
+
+def ticks(ending: Ending, interval_s: float | None, housekeeping_s: float | None) -> Iterator[str]:
+    """Yields "report" every interval_s and "housekeeping" every housekeeping_s (None: never) until the
+    trace ends (ending.reason says why)."""
+    next_report = ending.started + interval_s if interval_s else None
+    next_housekeeping = ending.started + housekeeping_s if housekeeping_s else None
+    while not ending.check():
+        now = time.monotonic()
+        if next_report is not None and now >= next_report:
+            yield "report"
+            next_report += interval_s
+            continue
+        if next_housekeeping is not None and now >= next_housekeeping:
+            yield "housekeeping"
+            next_housekeeping = now + housekeeping_s
+            continue
+        wake = ending.wait_s()
+        for due in (next_report, next_housekeeping):
+            if due is not None:
+                wake = min(wake, max(0.0, due - now))
+        time.sleep(wake)
+
+
+def wait_for_last_scrape(exporter: MetricsExporter, stop: StopFlag, exited: float,
+                         grace_s: float = LAST_SCRAPE_GRACE_S) -> None:
+    """After a -c command exited (noticed at `exited`, monotonic): until a scrape has read the final counts,
+    grace_s at most, or a signal."""
+    while not stop and not exporter.scraped_since(exited) and time.monotonic() - exited < grace_s:
+        time.sleep(0.05)
 
 
 def latency(request: LatencyRequest) -> Iterator[object]:
-    """Yields, in order: Skipped per untraceable match, Started, reports (LatencyReport) every interval and
-    a final one, then TargetExited when a -c command ended. With print_bpf, only BpfSource."""
+    """Yields, in order: Skipped per untraceable match, Started, Serving with --prometheus, reports
+    (LatencyReport) every interval and a final one (none when quiet), then TargetExited when a -c command
+    ended. With print_bpf, only BpfSource.
+
+    With --prometheus, the port is bound before the probes are attached (a taken port is a UsageError), and
+    /metrics serves cumulative counts from attach until the trace ends; after a -c command's exit, until
+    the next scrape (LAST_SCRAPE_GRACE_S at most).
+    """
     started = time.perf_counter()
     target, patterns = tracing_target(request.args, request.pid, request.command)
-    with open_traced(target) as gobin:
+    with open_traced(target) as gobin, contextlib.ExitStack() as cleanup:
         plan = plan_latency(gobin, patterns)
         analysed = time.perf_counter()
 
@@ -102,8 +169,12 @@ def latency(request: LatencyRequest) -> Iterator[object]:
             return
         for skipped in plan.skipped:
             yield Skipped(skipped.function.name, skipped.reason)
+        target_info = {"binary": target.display, "pid": target.pid, "go_version": gobin.go_version}
+        exporter = None
+        if request.prometheus is not None:
+            exporter = cleanup.enter_context(MetricsExporter(request.prometheus))
         with attached(target, make_tracer) as (tracer, stop):
-            target_info = {"binary": target.display, "pid": target.pid, "go_version": gobin.go_version}
+            target_info["pid"] = target.pid  # a -c command's pid exists from here on
             warning = slow_detach(tracer.attached_by, plan.n_sites)
             if warning is not None:
                 yield warning
@@ -111,6 +182,11 @@ def latency(request: LatencyRequest) -> Iterator[object]:
                 yield Timings({**request.timings, "elf_analysis": analysed - started, **tracer.timings_s},
                               tracer.bpf_compiler_peak_rss_kb, tracer.bpf_origin)
             yield Started(len(plan.traced), plan.n_sites, target.pid, gobin.go_version, target.display)
+            names = report_names(plan)
+            if exporter is not None:
+                binary_label = exported_binary_path(target)
+                exporter.start(lambda: metrics_snapshot(tracer, names, binary_label, gobin.go_version, target.pid))
+                yield Serving(exporter.url)
             ending = Ending(target, stop, request.duration_s)
             last = ending.started
 
@@ -121,8 +197,24 @@ def latency(request: LatencyRequest) -> Iterator[object]:
                 interval_s, last = now - last, now
                 return LatencyReport(target_info, interval_s, functions, interval=request.interval_s is not None)
 
-            for _ in intervals(ending, request.interval_s):
+            every_process = target.pid is None
+            for tick in ticks(ending, request.interval_s, HOUSEKEEPING_S if every_process else None):
+                if tick == "housekeeping":
+                    tracer.retire_exited(request.keep_exited_s)
+                elif not request.quiet:
+                    yield report()
+            exited_seen = time.monotonic()  # the counts are final from here when the target exited
+            if not request.quiet:
                 yield report()
-            yield report()
             if ending.reason == "target-exit" and target.exit_status is not None:
                 yield TargetExited(target.command[0], target.pid, target.exit_status)
+                if exporter is not None and not exporter.scraped_since(exited_seen):
+                    yield AwaitingScrape(LAST_SCRAPE_GRACE_S)
+                    wait_for_last_scrape(exporter, stop, exited_seen)
+            if exporter is not None:
+                exporter.close()  # before the probes and maps go
+
+
+def exported_binary_path(target) -> str:
+    """The `binary` label: the traced executable's absolute path (for -p, the one /proc/PID/exe names)."""
+    return target.display if target.display.startswith("/") else os.path.abspath(target.binary_path)

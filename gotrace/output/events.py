@@ -49,6 +49,26 @@ def header_line(n_functions: int, n_sites: int, pid: int | None, go_version: str
 
 
 @dataclass(frozen=True)
+class Serving:
+    """--prometheus: the metrics endpoint is up."""
+
+    url: str
+
+    def text(self) -> str:
+        return f"gotrace: serving Prometheus metrics at {self.url}"
+
+
+@dataclass(frozen=True)
+class AwaitingScrape:
+    """--prometheus with -c: the command exited; /metrics stays up for one more scrape."""
+
+    grace_s: float
+
+    def text(self) -> str:
+        return f"gotrace: serving the final counts until the next scrape ({self.grace_s:.0f} s at most; Ctrl-C ends it)"
+
+
+@dataclass(frozen=True)
 class Timings:
     """GOTRACE_TIMINGS=1: seconds each start-up phase took, where the BPF programs came from, and the peak RSS
     of clang when it had to compile them."""
