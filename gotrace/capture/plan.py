@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 
 from gotrace.capture import abi
 from gotrace import header as probes_header
-from gotrace.errors import PatternError, UsageError
+from gotrace.errors import BinaryError, PatternError, UsageError
 from gotrace.binary.gotypes import FLOAT_KINDS, INTEGER_KINDS, GoType, Kind, Param, Signature
 
 DEFAULT_STR_LEN = 64
@@ -277,14 +277,10 @@ class ArgsPlan:
 
 def pclntab_arg_size(gobin, fn) -> int | None:
     """The `args` field of a function's pclntab `_func`: bytes of its argument area."""
-    import struct
-
-    pcln = gobin.pclntab
-    field_at = 12 if pcln.go_layout == "1.16" else 8
-    pos = pcln.pcln_off + pcln._funcoffs[fn.index] + field_at
-    if pos + 4 > len(pcln.data):
+    try:
+        return gobin.pclntab.func_record(fn.index).args
+    except BinaryError:
         return None
-    return struct.unpack_from("<i", pcln.data, pos)[0]
 
 
 def _split_sigs(sigs, functions) -> dict[str, str]:

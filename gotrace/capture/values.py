@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 
 from gotrace.capture.plan import BYTES, IFACE_DATA, ITAB_TYPE, FunctionPlan, SidePlan, ValuePlan
 from gotrace.binary.gotypes import FLOAT_KINDS, INTEGER_KINDS, SIGNED_KINDS, GoType, Kind
+from gotrace.binary.encoding import MAX_UVARINT_BYTES, read_uvarint
 from gotrace.binary.pclntab import MODULEDATA_TEXT_WORD, iter_moduledata
 
 # Error types whose message is the string at the start of what they point to.
@@ -161,15 +162,8 @@ class RuntimeTypes:
         return result
 
     def _name(self, vaddr: int) -> str:
-        raw = bytes(self.elf.read_vaddr(vaddr, 10))
-        length, shift, pos = 0, 0, 1
-        while True:  # uvarint length after the flags byte (Go 1.17+)
-            byte = raw[pos]
-            length |= (byte & 0x7F) << shift
-            pos += 1
-            if not byte & 0x80:
-                break
-            shift += 7
+        raw = bytes(self.elf.read_vaddr(vaddr, 1 + MAX_UVARINT_BYTES))
+        length, pos = read_uvarint(raw, 1)  # the length follows the flags byte (Go 1.17+)
         return bytes(self.elf.read_vaddr(vaddr + pos, length)).decode("utf-8", "replace")
 
 
