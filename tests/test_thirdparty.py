@@ -129,3 +129,32 @@ def test_analysis_timings(caddy, record_property):
           f"open + whole function table without sites: {whole_table_s:.3f} s")
     assert one_function_s < LOOSE_BOUND_S
     assert whole_table_s < LOOSE_BOUND_S
+
+
+def test_every_name_in_caddy_matches_only_itself(caddy, record_property):
+    """Each of caddy's 62,545 distinct names, given as a pattern, matches the functions of that name and no other."""
+    with GoBinary.open(caddy) as gobin:
+        counts: dict[str, int] = {}
+        for name in gobin.functions.names:
+            counts[name] = counts.get(name, 0) + 1
+        wrong = [name for name, count in counts.items() if [fn.name for fn in gobin.match([name])] != [name] * count]
+    record_property("caddy_names_checked", len(counts))
+    assert wrong == []
+    assert len(counts) > 60_000
+
+
+def test_the_issue_names_in_caddy(caddy):
+    for name in (SERVE, "net/http.(*Transport).RoundTrip"):
+        code, out, err = run_gotrace("funcs", str(caddy), name, "--json")
+        assert code == 0, err
+        assert [f["name"] for f in json.loads(out)["functions"]] == [name]
+    code, out, err = run_gotrace("funcs", str(caddy), "net/http.(*Conn).serve")
+    assert (code, out) == (2, "")
+    assert err.count("\n") == 1
+    assert "no function matches 'net/http.(*Conn).serve'" in err
+    assert "did you mean net/http.(*conn).serve," in err
+    # Receivers are globbed after the pointer's star.
+    code, out, err = run_gotrace("funcs", str(caddy), "net/http.(*).serve", "--json")
+    assert code == 0, err
+    assert sorted(f["name"] for f in json.loads(out)["functions"]) == [
+        "net/http.(*conn).serve", "net/http.(*http2serverConn).serve"]
