@@ -17,7 +17,7 @@ from gotrace.binary.functab import FunctionTable
 from gotrace.binary.gobinary import GoBinary
 from gotrace.binary.pclntab import Pclntab
 
-CADDY = Path("/var/cache/gotrace/caddy/bin/caddy")
+CADDY = Path("/var/cache/gotrace/thirdparty/caddy/bin/caddy")
 
 
 def _tables(path):
