@@ -111,6 +111,19 @@ class GoBinary:
         pclntab's flag and the code tell (amd64 ABI0 wrappers load g from TLS)."""
         return fn.is_asm or self.probe_sites(fn).reason in (REASON_ASM, REASON_ABI0)
 
+    @functools.cached_property
+    def _symtab_names(self) -> dict[int, str]:
+        """entry vaddr -> first `.symtab` function name there (empty without .symtab)."""
+        names: dict[int, str] = {}
+        for name, vaddr, _ in self.elf.iter_function_symbols():
+            names.setdefault(vaddr, name.decode("utf-8", "replace"))
+        return names
+
+    def debug_name(self, fn: GoFunction) -> str:
+        """The name DWARF and debuggers give `fn`: `.symtab`'s spelling when the binary has one
+        (Go 1.18-1.19 shapes spelled out where pclntab writes `[...]`, `.abi0`), else the runtime's."""
+        return self._symtab_names.get(fn.entry_vaddr, fn.name)
+
     def file_offset(self, vaddr: int) -> int:
         return self.elf.vaddr_to_file_offset(vaddr)
 

@@ -20,6 +20,7 @@ the end: `plan_args`.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 from gotrace.capture import abi
@@ -331,7 +332,9 @@ def plan_args(gobin, patterns: list[str], *, sig=None, str_len: int = DEFAULT_ST
                 signature = parse_signature(sig_texts[fn.name], fn.name)
                 source = "sig"
             else:
-                signature = dwarf.function_signature(fn.name) if dwarf is not None else None
+                signature = dwarf.function_signature(gobin.debug_name(fn)) if dwarf is not None else None
+                if signature is not None:
+                    signature = dataclasses.replace(signature, name=fn.name)
                 source = "dwarf"
                 if signature is None:
                     why = ("the binary has no DWARF (stripped or -ldflags=-w)" if dwarf is None
