@@ -1,8 +1,8 @@
 """The Go functions of a binary: names, entry vaddrs, sizes, assembly flag, all from pclntab.
 
 Every function is listed under the name the runtime gives it (pclntab's, the
-one tracebacks, pprof and panics print), stripped or not: `.symtab` is not
-read. Its size is pclntab's extent, from its entry to the next function's
+one tracebacks, pprof and panics print), stripped or not: the table does not
+read `.symtab`. Its size is pclntab's extent, from its entry to the next function's
 entry (alignment padding included), as Go's debug/gosym reports End - Entry.
 Non-Go text symbols of external linking (C code) have no pclntab entry and
 are not Go functions.

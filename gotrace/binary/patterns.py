@@ -36,10 +36,10 @@ import difflib
 import re
 from dataclasses import dataclass
 
+from gotrace.binary.functab import ABI0_SUFFIX
 from gotrace.errors import PatternError, UsageError
 
 MAX_SUGGESTIONS = 3
-ABI0_SUFFIX = ".abi0"
 
 
 @dataclass(frozen=True)

@@ -12,11 +12,15 @@ module disassembles them with capstone and says
 * ``reason``: why latency cannot be measured (assembly code that does not
   hold the goroutine register, no return instruction, a site the kernel will
   not probe: see gotrace.binary.uprobe_insn), or None;
-* ``refused``: the sites the kernel will not probe, each with why.
+* ``refused``: the sites the kernel will not probe, each with why. Such a
+  function is not traceable rather than probed elsewhere: moving an entry
+  probe past a `lock xadd` or `lock cmpxchg` would let it see registers the
+  instruction has already written (the arguments `args` reads).
 
 When several reasons apply, the first of this order is given: assembly
 (pclntab's flag, or ABI0 code found by what it does), a prologue without its
-stub, bytes that do not disassemble, no return instruction, a refused site.
+stub, the runtime's g-switching assembly listed below, bytes that do not
+disassemble, no return instruction, a refused site.
 Only pclntab and the machine code decide: a stripped build and its twin get
 the same answer.
 
