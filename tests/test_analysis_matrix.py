@@ -1,14 +1,15 @@
 """Acceptance tests of binary analysis and `gotrace funcs` over the whole build matrix of testdata/service.
 
-Every toolchain x build mode x arch of tests/support/gobuild.py is checked against
+Every toolchain x build mode x arch of tests/gobuild.py is checked against
 tools that know nothing of gotrace:
 
 * the functions `gotrace funcs --json` lists equal `go tool nm`'s text
   symbols of the same toolchain, modulo the exclusions documented (and
-  themselves checked) in EXCLUSIONS below;
-* a stripped build (`-ldflags='-s -w'`: no .symtab, no DWARF) lists the same
-  functions at the same entries as its unstripped twin (a stripped PIE as
-  its PIE twin);
+  themselves checked) in EXCLUSIONS below and the spellings in which
+  `.symtab` differs from pclntab (`.abi0`, Go 1.19's generic shapes, `.` for
+  `·`), which normalize_name maps onto each other;
+* a stripped build (`-ldflags='-s -w'`: no .symtab, no DWARF) lists exactly
+  what its unstripped twin lists: the runtime's names, sizes, sites, reasons;
 * the `returns` offsets equal the `ret` instructions of binutils `objdump`
   (amd64) or `llvm-objdump` (arm64) for every `main.*` function and a seeded
   random sample of the rest;
@@ -176,10 +177,15 @@ MARKERS = {"runtime.text", "runtime.etext"}
 def test_funcs_equal_go_tool_nm_text_symbols(version, mode, arch):
     binary = gobuild.build(PROGRAM, version, mode, arch)
     doc = listing(binary)
-    ours = {(f["name"], f["entry"]) for f in doc["functions"]}
+    ours = {(normalize_name(f["name"]), f["entry"]) for f in doc["functions"]}
     assert len(ours) == len(doc["functions"]), "a (name, entry) pair is listed twice"
-    nm = nm_text_symbols(binary, version)
-    nm_by_name = {name: vaddr for name, vaddr in nm}
+    nm_raw = nm_text_symbols(binary, version)
+    nm_by_name = {name: vaddr for name, vaddr in nm_raw}
+    # gotrace lists pclntab's names; .symtab spells some of them otherwise.
+    abi0 = {(name, vaddr) for name, vaddr in nm_raw if name.endswith(".abi0")}
+    assert len(abi0) > 50
+    assert not abi0 & {(f["name"], f["entry"]) for f in doc["functions"]}
+    nm = frozenset((name if name in MARKERS else normalize_name(name), vaddr) for name, vaddr in nm_raw)
 
     # The markers: present in nm, zero-size, at the first entry and the end of the last function.
     entries = sorted(f["entry"] for f in doc["functions"])
@@ -212,64 +218,44 @@ def test_funcs_equal_go_tool_nm_text_symbols(version, mode, arch):
 # --- 2. stripped twins ----------------------------------------------------------------
 
 
-def normalized_pairs(doc: dict) -> list[tuple[str, int]]:
-    return [(normalize_name(f["name"]), f["entry"]) for f in doc["functions"]]
-
-
-def check_twins(full_binary: Path, stripped_binary: Path) -> tuple[dict, dict]:
-    """The listings of a build and of its stripped twin, checked: no .symtab in the twin, and the same Go
-    version, the same functions at the same entries, the same return sites (same code) in both."""
-    full, stripped = listing(full_binary), listing(stripped_binary)
-    with GoBinary.open(stripped_binary) as gobin:
-        assert gobin.elf.has_symtab() is False
-    assert stripped["go_version"] == full["go_version"]
-    assert normalized_pairs(stripped) == normalized_pairs(full)
-    assert [f["returns"] for f in stripped["functions"]] == [f["returns"] for f in full["functions"]]
-    return full, stripped
-
-
 @pytest.mark.parametrize("version, arch", TWINS)
 def test_stripped_build_lists_the_same_functions(version, arch):
-    """.symtab spells `.abi0`, exact generic shapes and `.` where pclntab writes `·`;
-    normalize_name makes both spellings one."""
+    """One binary, one name per function: the stripped twin lists every function under the
+    same (pclntab) name, with the same size, sites and reason."""
+    full = listing(gobuild.build(PROGRAM, version, "default", arch))
     stripped_binary = gobuild.build(PROGRAM, version, "stripped", arch)
-    full, stripped = check_twins(gobuild.build(PROGRAM, version, "default", arch), stripped_binary)
+    stripped = listing(stripped_binary)
+    assert GoBinary.open(stripped_binary).elf.has_symtab() is False
+    assert stripped["go_version"] == full["go_version"]
     assert full["go_version"].startswith(f"go{version}")
-    # The .symtab spelling finds the function in the stripped build too.
+    assert len(stripped["functions"]) == len(full["functions"])
+    assert stripped["functions"] == full["functions"]
+    assert not any(f["name"].endswith(".abi0") for f in full["functions"])
+    # The .symtab spelling finds the same function in both builds.
     dotted = [f["name"] for f in stripped["functions"] if "\u00b7" in f["name"]]
-    if dotted:
-        code, out, err = run_gotrace("funcs", str(stripped_binary), dotted[0].replace("\u00b7", "."), "--json")
-        assert code == 0, err
-        assert [f["name"] for f in json.loads(out)["functions"]] == [dotted[0]]
-
-
-WITHOUT_MIDDLE_DOT = {"1.27.3"}
-"""Toolchains of the matrix whose pclntab names no function of the service with `·` (checked below)."""
+    for binary in (stripped_binary, gobuild.build(PROGRAM, version, "default", arch)):
+        if dotted:
+            code, out, err = run_gotrace("funcs", str(binary), dotted[0].replace("\u00b7", "."), "--json")
+            assert code == 0, err
+            assert [f["name"] for f in json.loads(out)["functions"]] == [dotted[0]]
 
 
 @pytest.mark.parametrize("version, arch", TWINS)
-def test_runtime_spelling_finds_the_function_in_the_unstripped_build(version, arch):
-    """A name as the stripped listing and Go's tracebacks write it (pclntab: `type:.eq.T·1`)
-    finds the same function in the unstripped build, whose .symtab spells it `type:.eq.T.1`."""
-    stripped = listing(gobuild.build(PROGRAM, version, "stripped", arch))
-    dotted = [f for f in stripped["functions"] if "\u00b7" in f["name"]]
-    if version in WITHOUT_MIDDLE_DOT:
-        assert dotted == []
-        return
-    assert dotted
-    binary = gobuild.build(PROGRAM, version, "default", arch)
-    fn = dotted[0]
-    code, out, err = run_gotrace("funcs", str(binary), fn["name"], "--json")
-    assert (code, err) == (0, ""), err
-    [found] = json.loads(out)["functions"]
-    assert (found["name"], found["entry"]) == (fn["name"].replace("\u00b7", "."), fn["entry"])
+def test_abi0_spelling_finds_the_assembly_function(version, arch):
+    """`go tool nm` writes internal/bytealg.CountString.abi0; gotrace lists it as the runtime does,
+    internal/bytealg.CountString, and takes the .abi0 spelling as input for the same function."""
+    for mode in ("default", "stripped"):
+        binary = gobuild.build(PROGRAM, version, mode, arch)
+        doc = funcs_json(binary, "internal/bytealg.CountString.abi0")
+        [fn] = doc["functions"]
+        assert fn["name"] == "internal/bytealg.CountString"
+        assert fn["traceable"] is False and fn["reason"].startswith("assembly function")
+        assert fn == by_name(listing(binary))["internal/bytealg.CountString"]
 
 
-@pytest.mark.parametrize("version", gobuild.TOOLCHAINS)
-def test_stripped_pie_lists_the_same_functions_as_its_pie_twin(version):
-    """A stripped PIE (`-buildmode=pie -ldflags='-s -w'`: no .symtab, pclntab in .data.rel.ro.gopclntab up to
-    Go 1.25) lists the same functions at the same entries, with the same return sites, as its PIE twin."""
-    check_twins(gobuild.build(PROGRAM, version, "pie"), gobuild.build(PROGRAM, version, "stripped-pie"))
+def test_stripped_pie_twin():
+    if "stripped-pie" not in gobuild.MODES:
+        pytest.skip("the build matrix has no stripped PIE mode (tests/gobuild.py MODES)")
 
 
 # --- 3. return sites against objdump ----------------------------------------------------
@@ -373,10 +359,8 @@ def test_known_functions(go_target):
     shapes = sorted(f["name"] for f in generic)
     if go_target.version != "1.19":
         assert shapes == ["main.Map[go.shape.int]", "main.Map[go.shape.string]"]
-    elif go_target.mode == "stripped":  # Go 1.19's pclntab writes every type-argument list as [...]
+    else:  # Go 1.19's pclntab writes every type-argument list as [...] (its .symtab: go.shape.int_0)
         assert shapes == ["main.Map[...]", "main.Map[...]"]
-    else:  # and its .symtab the shapes with an index
-        assert shapes == ["main.Map[go.shape.int_0]", "main.Map[go.shape.string_0]"]
     assert all(f["traceable"] and f["returns"] for f in generic)
 
     code, out, err = run_gotrace("funcs", str(binary), "main.tiny")

@@ -233,3 +233,22 @@ def test_types_section_found_from_moduledata_alone(version, mode, monkeypatch):
         monkeypatch.setattr(gobin.elf, "symbol_vaddr", lambda name: None)
         types = RuntimeTypes.of(gobin)
         assert symbol and types.types_vaddr == symbol
+
+
+@pytest.mark.parametrize("version", ["1.19", "1.27.3"])
+def test_dwarf_signature_of_generic_instantiations(version):
+    """Go 1.19's pclntab names both instantiations main.Map[...]; DWARF names them as .symtab does
+    (main.Map[go.shape.int_0]): the plan finds each one's DWARF by its entry and keeps the runtime's name."""
+    from gotrace.binary.gobinary import GoBinary
+    from gotrace.capture.plan import plan_args
+
+    with GoBinary.open(gobuild.build("service", version, "default", "amd64")) as gobin:
+        plan = plan_args(gobin, ["main.Map[...]"])
+    assert plan.skipped == []
+    assert len(plan.traced) == 2
+    for probes, fplan in plan.traced:
+        assert fplan.name == probes.function.name
+        assert [p.name for p in fplan.signature.params] == [".dict", "xs", "f"]
+    names = sorted(fplan.name for _, fplan in plan.traced)
+    expected = ["main.Map[...]"] * 2 if version == "1.19" else ["main.Map[go.shape.int]", "main.Map[go.shape.string]"]
+    assert names == expected

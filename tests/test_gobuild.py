@@ -15,6 +15,7 @@ from elftools.elf.dynamic import DynamicSection
 from elftools.elf.elffile import ELFFile
 
 from support import gobuild
+from gotrace.binary.encoding import read_uvarint
 
 EXPECTED_MACHINE = {"amd64": "EM_X86_64", "arm64": "EM_AARCH64"}
 
@@ -22,17 +23,6 @@ EXPECTED_MACHINE = {"amd64": "EM_X86_64", "arm64": "EM_AARCH64"}
 def go_version_string(version: str) -> str:
     """What `go version` calls a matrix toolchain ("1.19" is Debian's 1.19.8)."""
     return "go1.19.8" if version == "1.19" else f"go{version}"
-
-
-def read_uvarint(data: bytes, pos: int) -> tuple[int, int]:
-    value = shift = 0
-    while True:
-        byte = data[pos]
-        pos += 1
-        value |= (byte & 0x7F) << shift
-        if byte < 0x80:
-            return value, pos
-        shift += 7
 
 
 def buildinfo(elf: ELFFile) -> tuple[str, str]:

@@ -26,6 +26,7 @@ from hypothesis import strategies as st
 from gotrace.errors import BinaryError
 from gotrace.binary.sites import (
     REASON_ABI0,
+    REASON_ASM,
     REASON_BAD_STUB,
     REASON_EMPTY,
     REASON_INDIRECT_JUMP,
@@ -177,15 +178,44 @@ def test_abi0_code_that_takes_g_from_tls():
     # ABI0-to-Go wrapper: sets R14 from TLS before calling the Go body.
     wrapper = h("55  48 89 e5  0f 57 ff  64 4c 8b 34 25 f8 ff ff ff  e8 00 00 00 00  5d  c3")
     assert find_probe_sites(wrapper, BASE, "amd64").reason == REASON_ABI0
+    # PIE and external links: -8 goes into a register first (Go 1.19-1.27 wrappers).
+    pie_wrapper = h("55  48 89 e5  0f 57 ff  49 c7 c6 f8 ff ff ff  64 4d 8b 36  e8 00 00 00 00  5d  c3")
+    assert find_probe_sites(pie_wrapper, BASE, "amd64").reason == REASON_ABI0
+    # Wrappers of many arguments copy them from the stack first: the TLS load comes late.
+    late = h("48 8b 44 24 08" * 12 + "64 4c 8b 34 25 f8 ff ff ff  e8 00 00 00 00  c3")
+    assert find_probe_sites(late, BASE, "amd64").reason == REASON_ABI0
     # A Go function reloading R14 after a call into assembly is still Go.
     go_after_call = h("e8 00 00 00 00  64 4c 8b 34 25 f8 ff ff ff  c3")
     assert find_probe_sites(go_after_call, BASE, "amd64").reason is None
 
 
-def test_names_of_assembly_functions():
-    assert find_probe_sites(LEAF, BASE, "amd64", name="internal/bytealg.IndexByte.abi0").reason == REASON_ABI0
+def test_assembly_by_flag_and_by_name():
+    """pclntab's assembly flag comes first; the runtime's g-switching assembly is known by its pclntab name."""
+    assert find_probe_sites(LEAF, BASE, "amd64", is_asm=True).reason == REASON_ASM
+    assert find_probe_sites(TAIL_JUMP, BASE, "amd64", is_asm=True).reason == REASON_ASM  # before "no return"
     assert find_probe_sites(LEAF, BASE, "amd64", name="runtime.systemstack").reason == REASON_ABI0
     assert find_probe_sites(LEAF, BASE, "amd64", name="main.leaf").reason is None
+
+
+def test_sites_the_kernel_refuses():
+    """A lock-prefixed entry (internal/runtime/atomic.(*Uint8).And in Go 1.26) cannot carry a uprobe."""
+    lock_and = h("f0 20 18  c3") + INT3_PAD  # lock and byte ptr [rax], bl; ret
+    sites = find_probe_sites(lock_and, BASE, "amd64")
+    assert sites.refused == ((BASE, "lock prefix"),)
+    assert sites.entry_refused
+    assert sites.reason == "the kernel refuses a uprobe on its entry instruction (lock prefix)"
+    assert sites.return_vaddrs == (BASE + 3,)
+    # After a stack check the entry site is the instruction after the jbe: that one counts.
+    guarded = h("49 3b 66 10  76 05  f0 0f c1 08  c3  e8 00 00 00 00  eb ee") + INT3_PAD
+    sites = find_probe_sites(guarded, BASE, "amd64")
+    assert sites.entry_vaddr == BASE + 6
+    assert sites.refused == ((BASE + 6, "lock prefix"),)
+    # A refused site does not hide a more basic reason.
+    assert find_probe_sites(h("f0 20 18") + TAIL_JUMP, BASE, "amd64").reason == REASON_TAIL_JUMP
+    # arm64: an exclusive load at the entry (ldaxr w1, [x0]; ret).
+    sites = find_probe_sites(w(0x885FFC01, RET), A64, "arm64")
+    assert sites.refused == ((A64, "exclusive load/store"),)
+    assert "entry instruction (exclusive load/store)" in sites.reason
 
 
 def test_empty_or_padding_only():
@@ -484,9 +514,24 @@ def test_every_function_matches_objdump(version, arch):
 
 @pytest.mark.parametrize("version, arch", TARGETS)
 def test_assembly_functions_are_flagged(version, arch):
-    funcs = functions(built(version, arch))
-    abi0 = [name for name in funcs if name.endswith(".abi0")]
+    """What .symtab calls `NAME.abi0` is assembly to gotrace from pclntab and the code alone:
+    pclntab's assembly flag, or (amd64) ABI0 wrappers that load g from TLS. arm64 ABI0
+    wrappers keep g in R28 like Go code and are not told apart."""
+    from gotrace.binary.functab import normalize_name
+    from gotrace.binary.gobinary import GoBinary
+
+    path = built(version, arch)
+    abi0 = {vaddr: name for name, (vaddr, _) in functions(path).items() if name.endswith(".abi0")}
     assert len(abi0) > 50
-    for name in abi0:
-        vaddr, code = funcs[name]
-        assert find_probe_sites(code, vaddr, arch, name=name).reason == REASON_ABI0, name
+    with GoBinary.open(path) as gobin:
+        table = gobin.functions
+        by_entry = {table.entries[i]: table.function(i) for i in range(len(table))}
+        flagged = 0
+        for vaddr, name in abi0.items():
+            fn = by_entry[vaddr]
+            assert normalize_name(fn.name) == normalize_name(name), name  # listed under pclntab's name
+            flagged += fn.is_asm
+            if arch == "amd64" or fn.is_asm:
+                assert gobin.is_assembly(fn), name
+                assert gobin.probe_sites(fn).reason in (REASON_ASM, REASON_ABI0), name
+        assert flagged > 50

@@ -80,7 +80,7 @@ def test_function_table_without_symbols(caddy):
     assert m, header
     assert int(m.group(1)) > 50_000
     with GoBinary.open(caddy) as gobin:
-        assert gobin.functions.source == "pclntab"
+        assert not gobin.elf.has_symtab()  # names from pclntab alone
         assert len(gobin.functions) == int(m.group(1))
         offsets = gobin.runtime_offsets
     assert (offsets.source, offsets.goid, offsets.stack_hi) == ("table", 152, 8)
@@ -99,3 +99,32 @@ def test_one_function_without_decoding_the_whole_table(caddy):
         table = gobin.all_functions()
     assert len(table) > 50_000
     assert [fn.name for fn in table].count(HANDLER) == 1
+
+
+def test_every_name_in_caddy_matches_only_itself(caddy, record_property):
+    """Each of caddy's 62,545 distinct names, given as a pattern, matches the functions of that name and no other."""
+    with GoBinary.open(caddy) as gobin:
+        counts: dict[str, int] = {}
+        for name in gobin.functions.names:
+            counts[name] = counts.get(name, 0) + 1
+        wrong = [name for name, count in counts.items() if [fn.name for fn in gobin.match([name])] != [name] * count]
+    record_property("caddy_names_checked", len(counts))
+    assert wrong == []
+    assert len(counts) > 60_000
+
+
+def test_the_issue_names_in_caddy(caddy):
+    for name in (SERVE, "net/http.(*Transport).RoundTrip"):
+        code, out, err = run_gotrace("funcs", str(caddy), name, "--json")
+        assert code == 0, err
+        assert [f["name"] for f in json.loads(out)["functions"]] == [name]
+    code, out, err = run_gotrace("funcs", str(caddy), "net/http.(*Conn).serve")
+    assert (code, out) == (2, "")
+    assert err.count("\n") == 1
+    assert "no function matches 'net/http.(*Conn).serve'" in err
+    assert "did you mean net/http.(*conn).serve," in err
+    # Receivers are globbed after the pointer's star.
+    code, out, err = run_gotrace("funcs", str(caddy), "net/http.(*).serve", "--json")
+    assert code == 0, err
+    assert sorted(f["name"] for f in json.loads(out)["functions"]) == [
+        "net/http.(*conn).serve", "net/http.(*http2serverConn).serve"]

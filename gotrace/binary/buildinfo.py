@@ -13,6 +13,7 @@ import struct
 from dataclasses import dataclass
 
 from gotrace.binary.elffile import ElfImage
+from gotrace.binary.encoding import read_uvarint
 from gotrace.errors import BinaryError
 
 BUILDINFO_MAGIC = b"\xff Go buildinf:"
@@ -38,22 +39,10 @@ def parse_go_version(text: str) -> tuple[int, int, int] | None:
     return int(m.group(1)), int(m.group(2)), int(m.group(3) or 0)
 
 
-def _uvarint(data: bytes, pos: int) -> tuple[int, int]:
-    value = shift = 0
-    while pos < len(data) and shift < 64:
-        byte = data[pos]
-        pos += 1
-        value |= (byte & 0x7F) << shift
-        if byte < 0x80:
-            return value, pos
-        shift += 7
-    raise ValueError("bad uvarint")
-
-
 def _inline_strings(data: bytes) -> list[str]:
     out, pos = [], 32
     for _ in range(2):
-        length, pos = _uvarint(data, pos)
+        length, pos = read_uvarint(data, pos)
         if pos + length > len(data):
             raise ValueError("string runs past the section")
         out.append(data[pos:pos + length].decode("utf-8", "replace"))

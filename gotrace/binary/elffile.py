@@ -188,6 +188,20 @@ class ElfImage:
                 return vaddr - seg.vaddr + seg.file_offset
         raise BinaryError(f"{self.path}: address {vaddr:#x} is not in any loaded segment of the file")
 
+    def vaddrs_to_file_offsets(self, vaddrs) -> list[int]:
+        """`vaddr_to_file_offset` of each of `vaddrs`, in order, with one look at the segments."""
+        loads = [(seg.vaddr, seg.vaddr + seg.file_size, seg.file_offset)
+                 for seg in self.segments if seg.type == PT_LOAD]
+        out = []
+        last = None
+        for vaddr in vaddrs:
+            if last is None or not last[0] <= vaddr < last[1]:
+                last = next((load for load in loads if load[0] <= vaddr < load[1]), None)
+                if last is None:
+                    raise BinaryError(f"{self.path}: address {vaddr:#x} is not in any loaded segment of the file")
+            out.append(vaddr - last[0] + last[2])
+        return out
+
     def read_vaddr(self, vaddr: int, size: int) -> memoryview:
         return self.read(self.vaddr_to_file_offset(vaddr), size)
 

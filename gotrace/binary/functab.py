@@ -1,35 +1,37 @@
-"""The Go functions of a binary: names, entry vaddrs, sizes, assembly flag.
+"""The Go functions of a binary: names, entry vaddrs, sizes, assembly flag, all from pclntab.
 
-The set of functions and their entries come from pclntab, which every Go
-binary keeps; when `.symtab` is present its names (`.abi0` suffixes, exact
-generic shapes) and sizes take precedence, since `go tool nm` and debuggers
-show those. Non-Go text symbols of external linking (C code) are not Go
-functions and are left out.
+Every function is listed under the name the runtime gives it (pclntab's, the
+one tracebacks, pprof and panics print), stripped or not: the table does not
+read `.symtab`. Its size is pclntab's extent, from its entry to the next function's
+entry (alignment padding included), as Go's debug/gosym reports End - Entry.
+Non-Go text symbols of external linking (C code) have no pclntab entry and
+are not Go functions.
+
+`.symtab` spells some functions differently: assembly (ABI0) functions and
+ABI wrappers with an `.abi0` suffix, generic shapes in full where Go 1.18-1.19's
+pclntab writes `[...]`, `.` where pclntab writes `·`. `normalize_name` maps
+such spellings onto pclntab's, so that names copied from `go tool nm` still
+find their function.
 """
 
 from __future__ import annotations
 
 import functools
-from bisect import bisect_right
 from dataclasses import dataclass
 
 from gotrace.binary.elffile import ElfImage
-from gotrace.binary.pclntab import Pclntab
+from gotrace.binary.pclntab import FUNCFLAG_ASM, Pclntab
 
-FUNCFLAG_ASM = 4
 ABI0_SUFFIX = ".abi0"
-# Offset of the `flag` byte inside `_func`: after entry, name, args,
-# deferreturn, pcsp, pcfile, pcln, npcdata, cuOffset, [startLine], funcID.
-_FLAG_OFFSET = {"1.16": 41, "1.18": 37, "1.20": 41}
 
 
 @dataclass(frozen=True)
 class GoFunction:
     index: int            # position in the function table (entry order)
-    name: str             # as Go writes it (".symtab" spelling when present)
+    name: str             # as the runtime writes it (pclntab)
     entry_vaddr: int
-    size: int             # bytes; without .symtab, up to the next function (padding included)
-    is_asm: bool          # written in assembly (no Go prologue; may not hold g)
+    size: int             # bytes up to the next function's entry (padding included)
+    is_asm: bool          # pclntab flags it as written in assembly (no Go prologue; may not hold g)
 
 
 def normalize_name(name: str) -> str:
@@ -61,30 +63,13 @@ class FunctionTable:
         self.elf = elf
         self.pclntab = pclntab
         self.entries = pclntab.entries          # nfunc entries + end of text
-        self.source = "symtab" if elf.has_symtab() else "pclntab"
 
     def __len__(self) -> int:
         return self.pclntab.nfunc
 
     @functools.cached_property
-    def _symbols(self) -> dict[int, tuple[bytes, int]]:
-        """vaddr -> (name, size) from .symtab, first Go-looking name per address."""
-        out: dict[int, tuple[bytes, int]] = {}
-        for name, vaddr, size in self.elf.iter_function_symbols():
-            if vaddr not in out or out[vaddr][1] == 0:
-                out[vaddr] = (name, size)
-        return out
-
-    @functools.cached_property
     def names(self) -> list[str]:
-        names = self.pclntab.names()
-        if self.source == "symtab":
-            symbols = self._symbols
-            for i, vaddr in enumerate(self.entries[:len(names)]):
-                sym = symbols.get(vaddr)
-                if sym is not None and sym[0]:
-                    names[i] = sym[0].decode("utf-8", "replace")
-        return names
+        return self.pclntab.names()
 
     @functools.cached_property
     def normalized_names(self) -> list[str]:
@@ -102,19 +87,19 @@ class FunctionTable:
 
     def name(self, index: int) -> str:
         """Function `index`'s name, decoding only that one while the whole list is not needed."""
-        if self.source == "symtab" or "names" in self.__dict__:
+        if "names" in self.__dict__:
             return self.names[index]
         return self.pclntab.name(index)
 
     def indices_named(self, name: str) -> list[int]:
         """Indices of functions whose exact or normalized name is `name`."""
-        if "_index_by_name" in self.__dict__ or self.source == "symtab" or "[" in name:
+        if "_index_by_name" in self.__dict__ or "[" in name:
             return self._index_by_name.get(name, [])
         # Without decoding all names: the name-table offsets holding `name`, or a
         # string that normalize_name turns into it (no `[` in `name`, so no generics).
         pclntab = self.pclntab
         wanted = set(pclntab.string_offsets(name))
-        for part in ("\u00b7", ABI0_SUFFIX, "]"):
+        for part in ("\u00b7", "]"):
             wanted.update(offset for offset, text in pclntab.strings_containing(part)
                           if "[" not in text and normalize_name(text) == name)
         if not wanted:
@@ -122,30 +107,13 @@ class FunctionTable:
         return [i for i, offset in enumerate(pclntab.name_table_offsets) if offset in wanted]
 
     def size(self, index: int) -> int:
-        if self.source == "symtab":
-            sym = self._symbols.get(self.entries[index])
-            if sym is not None and sym[1]:
-                return sym[1]
         return self.entries[index + 1] - self.entries[index]
 
     def is_asm(self, index: int) -> bool:
-        if self.name(index).endswith(ABI0_SUFFIX):
-            return True
-        pcln = self.pclntab
-        pos = pcln.pcln_off + pcln._funcoffs[index] + _FLAG_OFFSET[pcln.go_layout]
-        if pos >= len(pcln.data):
-            return False
-        return bool(pcln.data[pos] & FUNCFLAG_ASM)
+        return bool(self.pclntab.func_flag(index) & FUNCFLAG_ASM)
 
     def function(self, index: int) -> GoFunction:
         return GoFunction(index, self.name(index), self.entries[index], self.size(index), self.is_asm(index))
-
-    def function_at(self, vaddr: int) -> GoFunction | None:
-        """The function whose code contains `vaddr`."""
-        i = bisect_right(self.entries, vaddr, 0, len(self)) - 1
-        if i < 0 or vaddr >= self.entries[i + 1]:
-            return None
-        return self.function(i)
 
 
 def read_code(elf: ElfImage, fn: GoFunction) -> bytes:

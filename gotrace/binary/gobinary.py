@@ -17,11 +17,9 @@ from gotrace.binary.buildinfo import BuildInfo, read_buildinfo
 from gotrace.binary.elffile import ElfImage
 from gotrace.errors import BinaryError
 from gotrace.binary.functab import FunctionTable, GoFunction, read_code
-from gotrace.binary.patterns import compile_pattern, match_indices, no_match_error
+from gotrace.binary.patterns import compile_pattern, match_indices, no_match_error, not_abi0_error
 from gotrace.binary.pclntab import Pclntab
-from gotrace.binary.sites import ProbeSites, find_probe_sites
-
-ASM_REASON = "assembly function (no goroutine register guarantee)"
+from gotrace.binary.sites import REASON_ABI0, REASON_ASM, ProbeSites, find_probe_sites
 
 
 @dataclass(frozen=True)
@@ -87,12 +85,16 @@ class GoBinary:
         chosen: set[int] = set()
         for text in patterns:
             pattern = compile_pattern(text)
-            if pattern.is_glob:
+            # A function's own name is exact even where it reads as a glob; it needs no decoding of every name.
+            found = sorted(set(table.indices_named(pattern.name)))
+            if not found and pattern.is_glob:
                 found = match_indices(pattern, table.names, table.normalized_names, table.indices_named)
-            else:  # an exact name needs no decoding of every name
-                found = sorted(set(table.indices_named(pattern.text)))
+            if pattern.abi0 and found:
+                found = [i for i in found if self.is_assembly(table.function(i))]
+                if not found:
+                    raise not_abi0_error(text, self.display_path)
             if not found:
-                inlined = not pattern.is_glob and self.pclntab.has_name_string(text)
+                inlined = not pattern.is_glob and self.pclntab.has_name_string(pattern.name)
                 raise no_match_error(text, self.display_path, table.names, inlined)
             chosen.update(found)
         return [table.function(i) for i in sorted(chosen)]
@@ -105,18 +107,33 @@ class GoBinary:
 
     def probe_sites(self, fn: GoFunction) -> FunctionProbes:
         code = read_code(self.elf, fn)
-        sites = find_probe_sites(code, fn.entry_vaddr, self.arch, name=fn.name)
-        if fn.is_asm and sites.reason is None:
-            sites = ProbeSites(sites.entry_vaddr, sites.return_vaddrs, ASM_REASON)
-        return FunctionProbes(fn, sites)
+        return FunctionProbes(fn, find_probe_sites(code, fn.entry_vaddr, self.arch, name=fn.name, is_asm=fn.is_asm))
+
+    def is_assembly(self, fn: GoFunction) -> bool:
+        """True for assembly (ABI0) code: what `.symtab` names `NAME.abi0`, as far as
+        pclntab's flag and the code tell (amd64 ABI0 wrappers load g from TLS)."""
+        return fn.is_asm or self.probe_sites(fn).reason in (REASON_ASM, REASON_ABI0)
+
+    @functools.cached_property
+    def _symtab_names(self) -> dict[int, str]:
+        """entry vaddr -> first `.symtab` function name there (empty without .symtab)."""
+        names: dict[int, str] = {}
+        for name, vaddr, _ in self.elf.iter_function_symbols():
+            names.setdefault(vaddr, name.decode("utf-8", "replace"))
+        return names
+
+    def debug_name(self, fn: GoFunction) -> str:
+        """The name DWARF and debuggers give `fn`: `.symtab`'s spelling when the binary has one
+        (Go 1.18-1.19 shapes spelled out where pclntab writes `[...]`, `.abi0`), else the runtime's."""
+        return self._symtab_names.get(fn.entry_vaddr, fn.name)
 
     def file_offset(self, vaddr: int) -> int:
         """The file offset of an ELF vaddr in the executable segment (where a uprobe is placed, PIE or not)."""
         return self.elf.vaddr_to_file_offset(vaddr)
 
     def file_offsets(self, vaddrs) -> list[int]:
-        """file_offset() of each vaddr, in order."""
-        return [self.elf.vaddr_to_file_offset(vaddr) for vaddr in vaddrs]
+        """The file offset of each vaddr, as uprobes are placed (also for PIE)."""
+        return self.elf.vaddrs_to_file_offsets(vaddrs)
 
     # -- runtime layout -------------------------------------------------------------
 

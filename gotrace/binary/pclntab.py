@@ -7,6 +7,9 @@ word, functab pairs of uintptr), 0xfffffff0 is 1.18-1.19 and 0xfffffff1 1.20+
 pclnOff; functab pairs of u32 entry offset and `_func` offset). From Go 1.26
 textStart is written as 0 and the base comes from moduledata's `text` field.
 
+Each function's `_func` record (runtime/runtime2.go) is read here and only
+here: `func_record(index)` decodes one, `FuncRecord` names its fields.
+
 Nothing here decodes all names up front: entries are one bulk array, names
 are decoded on demand.
 """
@@ -16,6 +19,7 @@ from __future__ import annotations
 import functools
 import struct
 from array import array
+from dataclasses import dataclass
 
 from gotrace.binary.elffile import ElfImage, Section
 from gotrace.errors import BinaryError
@@ -32,6 +36,48 @@ _MAGIC_BYTES = tuple(struct.pack("<I", m) for m in KNOWN_MAGICS)
 MODULEDATA_MINPC_WORD = 20
 MODULEDATA_TEXT_WORD = 22
 _MODULEDATA_SECTIONS = (".go.module", ".noptrdata", ".data", ".data.rel.ro")
+
+FUNCFLAG_ASM = 4  # abi.FuncFlagAsm: written in assembly
+
+
+@dataclass(frozen=True)
+class FuncRecord:
+    """The leading fields of one `_func` record, as the runtime reads them.
+
+    `entry_off` is the entry's offset from textStart (Go 1.18+) or its absolute
+    address (1.16-1.17 layout); `name_off` indexes the function name table;
+    `args` is the size in bytes of the argument area; `func_id` marks the
+    runtime's special functions (abi.FuncID) and `flag` holds abi.FuncFlag bits.
+    """
+
+    entry_off: int
+    name_off: int
+    args: int
+    deferreturn: int
+    pcsp: int
+    pcfile: int
+    pcln: int
+    npcdata: int
+    cu_offset: int
+    start_line: int | None   # Go 1.20+
+    func_id: int
+    flag: int
+
+    @property
+    def is_asm(self) -> bool:
+        return bool(self.flag & FUNCFLAG_ASM)
+
+
+# `_func` up to its flag byte, per layout: entry (uintptr before 1.18, u32
+# offset after), nameOff, args, deferreturn, pcsp, pcfile, pcln, npcdata,
+# cuOffset, startLine (1.20+), funcID, flag.
+_FUNC_STRUCT = {
+    "1.16": struct.Struct("<QiiIIIIIIBB"),
+    "1.18": struct.Struct("<IiiIIIIIIBB"),
+    "1.20": struct.Struct("<IiiIIIIIIiBB"),
+}
+_NAME_OFF_AT = {layout: 8 if layout == "1.16" else 4 for layout in _FUNC_STRUCT}
+_FLAG_AT = {layout: fmt.size - 1 for layout, fmt in _FUNC_STRUCT.items()}
 
 
 def _valid_header(blob: bytes | memoryview, pos: int) -> bool:
@@ -169,11 +215,32 @@ class Pclntab:
         """Entry vaddrs of the nfunc functions, ascending, followed by the end of text."""
         return self._entries
 
+    def _record_pos(self, index: int) -> int:
+        """Offset of function `index`'s `_func` record in the pclntab data."""
+        if not 0 <= index < self.nfunc:
+            raise IndexError(index)
+        return self.pcln_off + self._funcoffs[index]
+
+    def func_record(self, index: int) -> FuncRecord:
+        """The `_func` record of function `index`; BinaryError when it lies outside the table."""
+        layout = self.go_layout
+        try:
+            fields = list(_FUNC_STRUCT[layout].unpack_from(self.data, self._record_pos(index)))
+        except struct.error:
+            raise BinaryError(f"{self.elf.path}: corrupt or truncated Go function table (pclntab)") from None
+        if layout != "1.20":
+            fields.insert(9, None)  # no startLine before Go 1.20
+        return FuncRecord(*fields)
+
+    def func_flag(self, index: int) -> int:
+        """The `flag` byte of function `index`'s record (0 when the record is cut short)."""
+        pos = self._record_pos(index) + _FLAG_AT[self.go_layout]
+        return self.data[pos] if pos < len(self.data) else 0
+
     def name_offset(self, index: int) -> int:
         """Offset of function `index`'s name in the pclntab data."""
-        funcoff = self._funcoffs[index]
-        field = 8 if self.go_layout == "1.16" else 4
-        (name_off,) = struct.unpack_from("<i", self.data, self.pcln_off + funcoff + field)
+        pos = self._record_pos(index) + _NAME_OFF_AT[self.go_layout]
+        (name_off,) = struct.unpack_from("<i", self.data, pos)
         return self.funcname_off + name_off
 
     def name(self, index: int) -> str:
@@ -192,7 +259,7 @@ class Pclntab:
             blob = self._names_blob
             find = blob.find
             data = self.data
-            base = self.pcln_off + (8 if self.go_layout == "1.16" else 4)
+            base = self.pcln_off + _NAME_OFF_AT[self.go_layout]
             unpack = struct.Struct("<i").unpack_from
             out = []
             for funcoff in self._funcoffs[:self.nfunc]:
@@ -211,7 +278,7 @@ class Pclntab:
     def name_table_offsets(self) -> array:
         """Each function's name as an offset into the name table, in entry order, without decoding names."""
         try:
-            base = self.pcln_off + (8 if self.go_layout == "1.16" else 4)
+            base = self.pcln_off + _NAME_OFF_AT[self.go_layout]
             unpack = struct.Struct("<i").unpack_from
             data = self.data
             return array("q", (unpack(data, base + funcoff)[0] for funcoff in self._funcoffs[:self.nfunc]))

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import struct
 
+from gotrace.binary.encoding import MAX_UVARINT_BYTES, read_uvarint
 from gotrace.binary.pclntab import MODULEDATA_TEXT_WORD, iter_moduledata
 
 # runtime._type (internal/abi.Type) on 64-bit: tflag u8 at 20, kind u8 at 23, str nameOff i32 at 40.
@@ -68,13 +69,6 @@ class RuntimeTypes:
         return result
 
     def _name(self, vaddr: int) -> str:
-        raw = bytes(self.elf.read_vaddr(vaddr, 10))
-        length, shift, pos = 0, 0, 1
-        while True:  # uvarint length after the flags byte (Go 1.17+)
-            byte = raw[pos]
-            length |= (byte & 0x7F) << shift
-            pos += 1
-            if not byte & 0x80:
-                break
-            shift += 7
+        raw = bytes(self.elf.read_vaddr(vaddr, 1 + MAX_UVARINT_BYTES))
+        length, pos = read_uvarint(raw, 1)  # the length follows the flags byte (Go 1.17+)
         return bytes(self.elf.read_vaddr(vaddr + pos, length)).decode("utf-8", "replace")

@@ -9,8 +9,20 @@ module disassembles them with capstone and says
   re-runs the prologue, does not fire the entry probe twice; the first
   instruction for NOSPLIT functions that have no prologue;
 * ``return_vaddrs``: every return instruction (never a byte scan for 0xC3);
-* ``reason``: why latency cannot be measured (no return instruction, assembly
-  code that does not hold the goroutine register), or None.
+* ``reason``: why latency cannot be measured (assembly code that does not
+  hold the goroutine register, no return instruction, a site the kernel will
+  not probe: see gotrace.binary.uprobe_insn), or None;
+* ``refused``: the sites the kernel will not probe, each with why. Such a
+  function is not traceable rather than probed elsewhere: moving an entry
+  probe past a `lock xadd` or `lock cmpxchg` would let it see registers the
+  instruction has already written (the arguments `args` reads).
+
+When several reasons apply, the first of this order is given: assembly
+(pclntab's flag, or ABI0 code found by what it does), a prologue without its
+stub, the runtime's g-switching assembly listed below, bytes that do not
+disassemble, no return instruction, a refused site.
+Only pclntab and the machine code decide: a stripped build and its twin get
+the same answer.
 
 Layout of the prologues Go emits (cmd/internal/obj stacksplit) [checked on
 every function of binaries from Go 1.19, 1.21, 1.23 to 1.27, amd64 and arm64,
@@ -34,8 +46,8 @@ arm64, g in R28::
 STUB spills the argument registers, calls runtime.morestack* and jumps back to
 the entry; a match is only accepted when the stub does that. ABI0 code on
 amd64 (assembly, and the ABI0-to-Go wrappers) finds g through thread-local
-storage (``fs:[-8]``) instead: R14 means nothing there. Names help too:
-.symtab names such code ``pkg.F.abi0``.
+storage (``fs:[-8]``, or ``fs:[reg]`` with reg = -8 in PIE and external
+links) instead: R14 means nothing there.
 
 Known limit: a linear sweep cannot tell data embedded in code from
 instructions. Bytes that do not decode on amd64 make the function untraceable
@@ -56,6 +68,7 @@ import capstone
 from capstone import arm64 as _arm64
 from capstone import x86 as _x86
 
+from gotrace.binary.uprobe_insn import refusal
 from gotrace.errors import BinaryError
 
 __all__ = ["ProbeSites", "find_probe_sites"]
@@ -68,19 +81,25 @@ class ProbeSites:
     entry_vaddr: int | None
     return_vaddrs: tuple[int, ...]
     reason: str | None
+    refused: tuple[tuple[int, str], ...] = ()   # (site vaddr, why) of sites the kernel will not probe
+
+    @property
+    def entry_refused(self) -> bool:
+        return any(vaddr == self.entry_vaddr for vaddr, _ in self.refused)
 
 
 REASON_NEVER_RETURNS = "no return instruction (never returns)"
 REASON_TAIL_JUMP = "no return instruction (tail jump to another function)"
 REASON_INDIRECT_JUMP = "no return instruction (ends in an indirect jump)"
+REASON_ASM = "assembly function (no goroutine register guarantee)"
 REASON_ABI0 = "assembly function without the goroutine register"
 REASON_UNDECODABLE = "contains bytes that do not disassemble (data in code?)"
 REASON_EMPTY = "no instructions"
 REASON_BAD_STUB = "stack-check prologue without its morestack stub"
 
 # Runtime assembly that runs on the system stack, on a signal stack, before a
-# goroutine exists or while switching goroutines. Their names in pclntab lack
-# the ".abi0" suffix that .symtab gives them, so they are listed by name.
+# goroutine exists or while switching goroutines, listed by their pclntab
+# names. Some are ABIInternal wrappers that pclntab does not flag as assembly.
 # Deliberately short: a NOSPLIT Go function without prologue is traceable.
 _RUNTIME_ASM_WITHOUT_G = frozenset(
     {
@@ -403,8 +422,10 @@ _AMD64_BRANCH = _insn("jbe", _TARGET)
 # ABI0 code finds g through thread-local storage: a prologue that loads it
 # from fs:[-8], or an ABI0-to-ABIInternal wrapper that sets R14 from there.
 _FS_PREFIX = b"\x64"  # every fs:[...] access has it: a cheap test before reading instruction text
+# Go code touches fs only for g: at fs:[-8], or fs:[reg] holding -8 (PIE, external linking).
 _AMD64_TLS_G = re.compile(
-    r"r[a-z0-9]+, qword ptr fs:\[0xfffffffffffffff8\]|qword ptr fs:\[0xfffffffffffffff8\], r[a-z0-9]+"
+    r"r[a-z0-9]+, qword ptr fs:\[(?:0xfffffffffffffff8|r[a-z0-9]+)\]"
+    r"|qword ptr fs:\[(?:0xfffffffffffffff8|r[a-z0-9]+)\], r[a-z0-9]+"
 )
 
 _ARM64_LOAD_GUARD = _insn("ldr", r"x16, \[x28, #0x10\]")  # g.stackguard0, g in R28
@@ -459,11 +480,14 @@ def _may_start_prologue(a: _Arch, code: bytes) -> bool:
     return code.startswith(a.prologue_starts)
 
 
-def _loads_g_from_tls(insns: Sequence[_Insn]) -> bool:
-    """True if the code reads or sets g in TLS before its first call (Go code reloads R14 only after calls)."""
-    for _, _, mnemonic, operands in insns:
-        if mnemonic == "call":
-            return False
+def _loads_g_from_tls(a: _Arch, code: bytes, ids: list[int], vaddrs: list[int], stop: int, entry_vaddr: int) -> bool:
+    """True if the code reads or sets g in TLS before its first call (Go code reloads R14
+    only after calls; an ABI0 wrapper first copies up to ~20 stack arguments into registers)."""
+    calls = _indices(ids, a.call_ids, stop)
+    end = vaddrs[calls[0]] - entry_vaddr if calls else len(code)
+    if _FS_PREFIX not in code[:end]:
+        return False
+    for _, _, mnemonic, operands in a.md.disasm_lite(code[:end], entry_vaddr):
         if mnemonic == "mov" and _AMD64_TLS_G.fullmatch(operands):
             return True
     return False
@@ -504,12 +528,31 @@ def _no_return_reason(a: _Arch, code: bytes, ids: list[int], vaddrs: list[int], 
     return REASON_INDIRECT_JUMP if indirect else REASON_NEVER_RETURNS
 
 
-def find_probe_sites(code: bytes, entry_vaddr: int, arch: str, *, name: str = "") -> ProbeSites:
+def _refused_sites(a: _Arch, code: bytes, entry_vaddr: int, sites) -> tuple[tuple[int, str], ...]:
+    """(vaddr, why) of each of `sites` whose instruction the kernel will not probe."""
+    refused = []
+    for vaddr in sites:
+        offset = vaddr - entry_vaddr
+        why = refusal(a.name, code[offset:offset + 15])
+        if why is not None:
+            refused.append((vaddr, why))
+    return tuple(refused)
+
+
+def _refusal_reason(refused: tuple[tuple[int, str], ...], entry_vaddr: int, entry_site: int) -> str:
+    vaddr, why = refused[0]
+    if vaddr == entry_site:
+        return f"the kernel refuses a uprobe on its entry instruction ({why})"
+    return f"the kernel refuses a uprobe on its return at +{vaddr - entry_vaddr:#x} ({why})"
+
+
+def find_probe_sites(code: bytes, entry_vaddr: int, arch: str, *, name: str = "", is_asm: bool = False) -> ProbeSites:
     """Entry and return probe sites of the function whose bytes start at `entry_vaddr`.
 
     `code` runs from the entry to the next function (trailing INT3 or zero
-    padding is ignored); `arch` is "amd64" or "arm64"; `name` (the Go symbol
-    name, ".abi0" suffix included when known) helps recognise assembly.
+    padding is ignored); `arch` is "amd64" or "arm64"; `name` is the Go name
+    (pclntab's: it recognises the runtime's assembly listed above); `is_asm`
+    is pclntab's assembly flag.
     """
     a = _arch(arch)
     if not isinstance(code, bytes):
@@ -523,24 +566,29 @@ def find_probe_sites(code: bytes, entry_vaddr: int, arch: str, *, name: str = ""
     returns = tuple(vaddrs[pos] for pos in _indices(ids, a.ret_ids, stop))
 
     entry_site = entry_vaddr
-    head_end = vaddrs[len(head)] - entry_vaddr if len(head) < len(vaddrs) else decoded.end
-    if a.name == "amd64" and _FS_PREFIX in code[:head_end] and _loads_g_from_tls(head):
-        return ProbeSites(entry_site, returns, REASON_ABI0)
+    refused = _refused_sites(a, code, entry_vaddr, (entry_site, *returns))
+    if is_asm:
+        return ProbeSites(entry_site, returns, REASON_ASM, refused)
+    if a.name == "amd64" and _FS_PREFIX in code and _loads_g_from_tls(a, code, ids, vaddrs, stop, entry_vaddr):
+        return ProbeSites(entry_site, returns, REASON_ABI0, refused)
     checks, branch = (_AMD64_CHECKS, _AMD64_BRANCH) if a.name == "amd64" else (_ARM64_CHECKS, _ARM64_BRANCH)
     prologue = _match_prologue(head, checks, branch) if _may_start_prologue(a, code) else None
     if prologue is not None:
         if not all(
             _stub_returns_to_entry(a, code, ids, vaddrs, stop, entry_vaddr, stub) for stub in prologue.stub_vaddrs
         ):
-            return ProbeSites(entry_site, returns, REASON_BAD_STUB)
+            return ProbeSites(entry_site, returns, REASON_BAD_STUB, refused)
         entry_site = prologue.after_vaddr
+        refused = _refused_sites(a, code, entry_vaddr, (entry_site, *returns))
 
-    if name.endswith(".abi0") or name in _RUNTIME_ASM_WITHOUT_G:
+    if name in _RUNTIME_ASM_WITHOUT_G:
         reason: str | None = REASON_ABI0
     elif decoded.end < len(code) and not _only_padding(a, code[decoded.end :]):
         reason = REASON_UNDECODABLE
     elif not returns:
         reason = _no_return_reason(a, code, ids, vaddrs, stop, entry_vaddr)
+    elif refused:
+        reason = _refusal_reason(refused, entry_vaddr, entry_site)
     else:
         reason = None
-    return ProbeSites(entry_site, returns, reason)
+    return ProbeSites(entry_site, returns, reason, refused)

@@ -20,11 +20,12 @@ the end: `plan_args`.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 from gotrace.capture import abi
 from gotrace import header as probes_header
-from gotrace.errors import PatternError, UsageError
+from gotrace.errors import BinaryError, PatternError, UsageError
 from gotrace.binary.gotypes import FLOAT_KINDS, INTEGER_KINDS, GoType, Kind, Param, Signature
 
 DEFAULT_STR_LEN = 64
@@ -277,14 +278,10 @@ class ArgsPlan:
 
 def pclntab_arg_size(gobin, fn) -> int | None:
     """The `args` field of a function's pclntab `_func`: bytes of its argument area."""
-    import struct
-
-    pcln = gobin.pclntab
-    field_at = 12 if pcln.go_layout == "1.16" else 8
-    pos = pcln.pcln_off + pcln._funcoffs[fn.index] + field_at
-    if pos + 4 > len(pcln.data):
+    try:
+        return gobin.pclntab.func_record(fn.index).args
+    except BinaryError:
         return None
-    return struct.unpack_from("<i", pcln.data, pos)[0]
 
 
 def _split_sigs(sigs, functions) -> dict[str, str]:
@@ -333,7 +330,9 @@ def plan_args(gobin, patterns: list[str], *, sig=None, str_len: int = DEFAULT_ST
             signature = parse_signature(sig_texts[fn.name], fn.name)
             source = "sig"
         else:
-            signature = dwarf.function_signature(fn.name) if dwarf is not None else None
+            signature = dwarf.function_signature(gobin.debug_name(fn)) if dwarf is not None else None
+            if signature is not None:
+                signature = dataclasses.replace(signature, name=fn.name)
             source = "dwarf"
             if signature is None:
                 why = ("the binary has no DWARF (stripped or -ldflags=-w)" if dwarf is None

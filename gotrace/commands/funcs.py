@@ -10,7 +10,8 @@ from gotrace.output.funcs import FuncListing
 def describe_functions(gobin: GoBinary, patterns: list[str]) -> FuncListing:
     """The functions of gobin matching patterns (all when none), each with its probe sites and entry file offset."""
     functions = gobin.match(patterns) if patterns else gobin.all_functions()
-    entries = [(gobin.probe_sites(fn), gobin.file_offset(fn.entry_vaddr)) for fn in functions]
+    file_offsets = gobin.file_offsets([fn.entry_vaddr for fn in functions])
+    entries = [(gobin.probe_sites(fn), file_offset) for fn, file_offset in zip(functions, file_offsets)]
     return FuncListing(gobin.display_path, gobin.go_version, gobin.build.module_path, gobin.arch,
                        len(gobin.functions), tuple(patterns), entries)
 

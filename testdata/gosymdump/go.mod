@@ -1,0 +1,3 @@
+module example.com/gosymdump
+
+go 1.18
