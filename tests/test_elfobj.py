@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from gotrace import header
+from gotrace.trace.latency import HIST_KEY
 from gotrace.bpf import compiler, elfobj
 from gotrace.bpf.image import map_references
 from gotrace.trace import args as args_tracer
@@ -106,7 +107,8 @@ def test_map_layouts_are_those_of_gotrace_h_and_of_what_python_packs(objects, tm
         (2, CONFIG_STRUCT.size, 1)
     assert (latency["gt_starts"].map_type, latency["gt_starts"].key_size, latency["gt_starts"].max_entries) == \
         (9, 16, c("GT_START_ENTRIES"))
-    assert (latency["gt_hist"].map_type, latency["gt_hist"].key_size, latency["gt_hist"].flags) == (5, 8, 1)
+    assert (latency["gt_hist"].map_type, latency["gt_hist"].key_size, latency["gt_hist"].flags) == \
+        (5, HIST_KEY.size, 1)
     assert (latency["gt_stats"].map_type, latency["gt_stats"].max_entries) == (6, c("GT_STAT_N"))
     ring = args["gt_args_events"]
     assert (ring.map_type, ring.key_size, ring.value_size, ring.max_entries) == \
