@@ -360,7 +360,7 @@ class _SideBuilder:
         if t.name == _CONTEXT or not self._can_follow(depth, 0):
             return
         got = self.read(IFACE_VALUE_BYTES, src=off + 8, dep=dep, flags=flags)
-        if got is None or not self._can_follow(depth + 1, 0):
+        if got is None:
             return
         index, block = got
         chase = max(min(self.limits.str_len, self.max_read), 16)

@@ -99,7 +99,7 @@ def go_time(value: Struct) -> str | None:
         return None
     wall_v, ext_v = wall.value & 0xFFFFFFFFFFFFFFFF, ext.value
     if wall_v & _HAS_MONOTONIC:
-        sec = _WALL_TO_INTERNAL + ((wall_v << 1) & 0xFFFFFFFFFFFFFFFF) >> 31
+        sec = _WALL_TO_INTERNAL + (((wall_v << 1) & 0xFFFFFFFFFFFFFFFF) >> 31)
         nsec = wall_v & ((1 << 30) - 1)
     else:
         sec, nsec = ext_v, wall_v & ((1 << 30) - 1)
