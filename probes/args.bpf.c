@@ -18,8 +18,11 @@
 #include "gotrace.h"
 
 #if !defined(GT_CFG_ARCH) || !defined(GT_CFG_GOID_OFFSET) || \
-    !defined(GT_CFG_STACK_HI_OFFSET) || !defined(GT_CFG_NFUNCS)
+    !defined(GT_CFG_STACK_HI_OFFSET) || !defined(GT_CFG_NFUNCS) || !defined(GT_CFG_OPS_BOUND)
 #error "gotrace: GT_CFG_* constants must be given by the loader"
+#endif
+#if GT_CFG_OPS_BOUND > GT_ARGS_MAX_OPS || GT_CFG_OPS_BOUND % 16
+#error "gotrace: GT_CFG_OPS_BOUND must be a multiple of 16 up to GT_ARGS_MAX_OPS"
 #endif
 
 BPF_ARRAY(gt_arg_plans, struct gt_arg_plan, GT_CFG_NFUNCS * 2);
@@ -148,7 +151,9 @@ static __always_inline int gt_deref_plan(__u8 *buf, struct gt_arg_op *op, __u32 
 /* Runs the plan's operations into buf, one side's region: `limit` usable bytes
  * plus GT_ARGS_SLACK. Status byte i (at buf[i]) says what operation i did. A
  * fixed trip count, the loop index as the operation number and every
- * operation's state in the region keep the loop simple for the verifier. */
+ * operation's state in the region keep the loop simple for the verifier; the
+ * trip count is GT_CFG_OPS_BOUND, what the longest plan needs (rounded up to
+ * 16), so the verifier's work follows the plans. */
 static __always_inline void gt_capture(struct pt_regs *ctx, struct gt_arg_plan *plan, __u8 *buf, __u32 limit)
 {
     __u64 regs[GT_ARGS_NREGS] = {};
@@ -162,9 +167,9 @@ static __always_inline void gt_capture(struct pt_regs *ctx, struct gt_arg_plan *
         return;
     gt_load_regs(ctx, regs);
 #pragma unroll
-    for (int k = 0; k < GT_ARGS_MAX_OPS / 8; k++)
+    for (int k = 0; k < GT_CFG_OPS_BOUND / 8; k++)
         gt_put_word(buf, k * 8, 0);
-    for (__u32 i = 0; i < GT_ARGS_MAX_OPS; i++) {
+    for (__u32 i = 0; i < GT_CFG_OPS_BOUND; i++) {
         struct gt_arg_op *op = &plan->ops[i];
         __u32 dst = op->dst, size = op->size, src = op->src, at, prefix;
         __u64 value, addr, n;
@@ -283,7 +288,9 @@ static __always_inline int gt_slow_enough(__u64 latency_ns)
     return !min_ns || latency_ns >= *min_ns;
 }
 
-static __always_inline void gt_on_return(struct pt_regs *ctx, __u32 func_id)
+/* capture 0: the entry plan already captured the results (the entry
+ * instruction is the `ret`): send what the entry side left. */
+static __always_inline void gt_on_return(struct pt_regs *ctx, __u32 func_id, int capture)
 {
     __u64 now_ns = bpf_ktime_get_ns();
     struct gt_start_key key = {};
@@ -338,7 +345,8 @@ static __always_inline void gt_on_return(struct pt_regs *ctx, __u32 func_id)
     }
     bpf_probe_read_kernel(event->data, base, pending->data);
     gt_args_pending.delete(&key);
-    gt_capture(ctx, plan, event->data + base, GT_RES_DATA);
+    if (capture)
+        gt_capture(ctx, plan, event->data + base, GT_RES_DATA);
     send = plan->send;
     if (send > GT_ARGS_DATA + GT_RES_DATA)
         send = GT_ARGS_DATA + GT_RES_DATA;
@@ -359,12 +367,12 @@ int gt_args_entry(struct pt_regs *ctx)
 
     gt_on_entry(ctx, func_id);
     if (cookie & GT_ARGS_COOKIE_ALSO_RETURN)
-        gt_on_return(ctx, func_id);
+        gt_on_return(ctx, func_id, 0);
     return 0;
 }
 
 int gt_args_return(struct pt_regs *ctx)
 {
-    gt_on_return(ctx, (__u32)bpf_get_attach_cookie(ctx));
+    gt_on_return(ctx, (__u32)bpf_get_attach_cookie(ctx), 1);
     return 0;
 }

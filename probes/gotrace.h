@@ -116,8 +116,10 @@ static __always_inline __u32 gt_hist_bucket(__u64 v)
  * gt_args_pending; at return the event's data holds it at 0 and the return
  * region at the return plan's `base`, and `send` bytes of data go to the ring
  * buffer. Configuration as -D flags: GT_CFG_ARCH, GT_CFG_GOID_OFFSET,
- * GT_CFG_STACK_HI_OFFSET, GT_CFG_NFUNCS; the process to trace in gt_target[0]
- * (as for latency).
+ * GT_CFG_STACK_HI_OFFSET, GT_CFG_NFUNCS, and GT_CFG_OPS_BOUND (how many
+ * operations the capture loop runs at most: the longest plan's count rounded
+ * up to 16, at most GT_ARGS_MAX_OPS; the verifier's work grows with it); the
+ * process to trace in gt_target[0] (as for latency).
  */
 #define GT_SIDE_ENTRY 0
 #define GT_SIDE_RETURN 1
@@ -154,7 +156,9 @@ static __always_inline __u32 gt_hist_bucket(__u64 v)
 #define GT_ST_FAULT 2     /* its read faulted (nothing usable was read) */
 
 /* Entry-site cookie bit: the entry instruction is also a `ret` (a function
- * whose whole body is `ret`): one probe does both captures. */
+ * whose whole body is `ret`): its one probe sends the call at once. Its entry
+ * plan captures the results too (the registers hold both at that instant);
+ * its return plan has no operations. */
 #define GT_ARGS_COOKIE_ALSO_RETURN 2147483648
 
 /* Settings in gt_args_cfg[GT_ACFG_*], written by user space. */

@@ -61,6 +61,7 @@ SIGS = {
     "main.fnRefs": "func(m map[string]int, c chan int, f func() int) int",
     "main.fnFloats": "func(f float64, g float32) float64",
     "main.fnEmpty": "func()",
+    "main.fnSame": "func(n int) int",
     "main.fnBench": "func(n int, s string) int",
     "main.fnStream": "func(n int) int",
     "main.fnSliceKinds": "func(ss []string, ps []main.Point, pp []*main.Point) (int, []string)",

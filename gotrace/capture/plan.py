@@ -429,14 +429,22 @@ def plan_side(locations: list[abi.ValueLocation], arch_abi: abi.ArchABI, capacit
 
 
 def plan_function(signature: Signature, arch: str, limits: Limits | None = None, layouts: Layouts | None = None,
-                  source: str = "dwarf") -> FunctionPlan:
-    """Both capture plans of one function."""
+                  source: str = "dwarf", results_at_entry: bool = False) -> FunctionPlan:
+    """Both capture plans of one function.
+
+    results_at_entry: the entry instruction is the `ret` (the whole body is
+    `ret`): one probe captures everything, so the entry plan takes the
+    results too and the return plan is empty."""
     limits = (limits or Limits()).validated()
     layouts = layouts or Layouts()
     arch_abi = abi.arch_abi(arch)
     params, results = abi.assign(signature, arch_abi)
-    entry = plan_side(params, arch_abi, _const("GT_ARGS_DATA"), limits, layouts)
-    ret = plan_side(results, arch_abi, _const("GT_RES_DATA"), limits, layouts)
+    if results_at_entry:
+        entry = plan_side(params + results, arch_abi, _const("GT_ARGS_DATA"), limits, layouts)
+        ret = SidePlan()
+    else:
+        entry = plan_side(params, arch_abi, _const("GT_ARGS_DATA"), limits, layouts)
+        ret = plan_side(results, arch_abi, _const("GT_RES_DATA"), limits, layouts)
     return FunctionPlan(signature.name, signature, entry, ret, limits, layouts, source)
 
 
@@ -561,7 +569,8 @@ def plan_args(gobin, patterns: list[str], *, sig=None, limits: Limits | None = N
                 raise UsageError(message + "check the parameter and result types, receiver first for methods")
             skipped.append((fn.name, message + f"give its signature, e.g. {sig_template(expected)}"))
             continue
-        traced.append((probes, plan_function(signature, gobin.arch, limits, layouts, source)))
+        at_entry = probes.sites.entry_vaddr in probes.sites.return_vaddrs
+        traced.append((probes, plan_function(signature, gobin.arch, limits, layouts, source, at_entry)))
     if not traced:
         name, reason = skipped[0]
         more = f" (and {len(skipped) - 1} more)" if len(skipped) > 1 else ""

@@ -555,23 +555,24 @@ def _scalar(kind: Kind, raw: bytes) -> int | float | bool:
 
 
 def decode_side(side: SidePlan, region: bytes, plan: FunctionPlan, types: RuntimeTypes | None, bias: int,
-                function_name=None, hidden: bool = False) -> list:
-    """[(name, GoValue)] of one side's values."""
-    snap = side_snapshot(side, region)
-    decoder = Decoder(snap, plan.limits, plan.layouts, types, bias, function_name)
-    out = []
+                function_name=None, hidden: bool = False) -> tuple[list, list]:
+    """([(name, GoValue)] of the side's parameters, the same of its results)."""
+    decoder = Decoder(side_snapshot(side, region), plan.limits, plan.layouts, types, bias, function_name)
+    params: list = []
+    results: list = []
     for value in side.values:
         if value.param.hidden and not hidden:
             continue
-        if value.base is None:
-            if value.type.size == 0:
-                out.append((value.name, Struct(value.type, []) if value.type.kind is Kind.STRUCT
-                            else Array(value.type, [], value.type.length or 0)))
-            else:
-                out.append((value.name, Unavailable(value.reason or "not captured")))
-            continue
-        out.append((value.name, decoder.at(value.type, IMAGE_BASE + value.base, 0)))
-    return out
+        (results if value.param.is_result else params).append((value.name, _decoded(decoder, value)))
+    return params, results
+
+
+def _decoded(decoder: Decoder, value) -> GoValue:
+    if value.base is not None:
+        return decoder.at(value.type, IMAGE_BASE + value.base, 0)
+    if value.type.size == 0:
+        return Struct(value.type, []) if value.type.kind is Kind.STRUCT else Array(value.type, [], value.type.length or 0)
+    return Unavailable(value.reason or "not captured")
 
 
 def decode_call(record, plan: FunctionPlan, types: RuntimeTypes | None, *, load_bias: int,
@@ -584,6 +585,6 @@ def decode_call(record, plan: FunctionPlan, types: RuntimeTypes | None, *, load_
     """
     call = Call(plan.name, record.tgid, record.goid, record.start_ns + wall_offset_ns, record.latency_ns)
     entry, ret = record.regions(plan.ret_base)
-    call.args = decode_side(plan.entry, entry, plan, types, load_bias, function_name)
-    call.results = decode_side(plan.ret, ret, plan, types, load_bias, function_name)
+    call.args, early = decode_side(plan.entry, entry, plan, types, load_bias, function_name)
+    call.results = early + decode_side(plan.ret, ret, plan, types, load_bias, function_name)[1]
     return call

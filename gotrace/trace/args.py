@@ -117,6 +117,11 @@ class ArgsTracer(Tracer):
             self._plans.append(pack_plan(fn.return_ops, fn.return_base, fn.send_bytes))
         self._ring: RingBuffer | None = None
 
+    def extra_config(self) -> dict[str, int]:
+        """GT_CFG_OPS_BOUND: the longest plan's operation count rounded up to 16 (the verifier's work follows it)."""
+        longest = max((len(ops) for fn in self.functions for ops in (fn.entry_ops, fn.return_ops)), default=0)
+        return {"GT_CFG_OPS_BOUND": min(max(16, (longest + 15) // 16 * 16), header.constant("GT_ARGS_MAX_OPS"))}
+
     def setup_maps(self, loaded: cache.LoadedImage) -> None:
         plans_fd = loaded.map_fd("gt_arg_plans")
         for index, blob in enumerate(self._plans):

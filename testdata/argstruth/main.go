@@ -230,6 +230,11 @@ func (c Counter) Get() (string, int) { return c.name, c.n }
 //go:noinline
 func fnEmpty() {}
 
+// fnSame's whole body is a `ret`: one probe sees the arguments and the results.
+//
+//go:noinline
+func fnSame(n int) int { return n }
+
 //go:noinline
 func fnBench(n int, s string) int { return n + len(s) }
 
@@ -398,6 +403,10 @@ func roundOnce() {
 	record("main.Counter.Get", args, []interface{}{"~r0", T(&name), "~r1", T(&n)})
 	fnEmpty()
 	record("main.fnEmpty", nil, nil)
+	sn := 9
+	args = []interface{}{"n", T(&sn)}
+	rs := fnSame(sn)
+	record("main.fnSame", args, []interface{}{"~r0", T(&rs)})
 	roundDeep()
 }
 
