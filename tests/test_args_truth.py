@@ -64,6 +64,7 @@ SIGS = {
     "main.fnSame": "func(n int) int",
     "main.fnBench": "func(n int, s string) int",
     "main.fnStream": "func(n int) int",
+    "main.fnSleep": "func(d time.Duration) time.Duration",
     "main.fnSliceKinds": "func(ss []string, ps []main.Point, pp []*main.Point) (int, []string)",
     "main.fnMaps": "func(m map[string]int, mp map[int]main.Point) (map[string]int, int)",
     "main.fnChain": "func(n *main.Node) *main.Node",

@@ -360,13 +360,76 @@ def test_sig_that_does_not_fit_the_function_is_refused():
     assert len(proc.stderr.strip().splitlines()) == 1
 
 
-def test_stripped_binary_without_sig_says_to_give_one():
+def test_stripped_binary_without_sig_says_to_give_one_sized_from_pclntab():
     binary = str(gobuild.build("argstruth", gobuild.TOOLCHAINS[-1], "stripped"))
     proc = _gotrace("args", binary, "main.fnStr")
     assert proc.returncode == 2
-    assert "no DWARF" in proc.stderr and "--sig" in proc.stderr
+    # fnStr(s string, t string): 32 bytes of spill area, four words
+    assert "no DWARF" in proc.stderr and "--sig 'func(w0, w1, w2, w3 uintptr)' (32 bytes of arguments)" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
     proc = _gotrace("args", binary, "main.fn*", "--sig", "func(x int)")
     assert proc.returncode == 2 and "NAME=func" in proc.stderr
+
+
+@pytest.mark.parametrize("version", gobuild.TOOLCHAINS)
+def test_methods_get_their_signature_from_the_type_data(version):
+    from gotrace.binary.gobinary import GoBinary
+    from gotrace.capture.plan import plan_args
+
+    with GoBinary(gobuild.build("argstruth", version, "stripped")) as gobin:
+        plan = plan_args(gobin, ["main.(*Counter).Add", "main.Counter.Get"])
+    sigs = {fplan.name: fplan for _, fplan in plan.traced}
+    add = sigs["main.(*Counter).Add"]
+    assert add.source == "types"
+    assert [(p.name, p.type.name) for p in add.signature.params] == [("~p0", "*main.Counter"), ("~p1", "int")]
+    assert [(p.name, p.type.name) for p in add.signature.results] == [("~r0", "int")]
+    counter = add.signature.params[0].type.elem
+    assert [(f.name, f.offset, f.type.name) for f in counter.fields] == [("n", 0, "int"), ("name", 8, "string")]
+    get = sigs["main.Counter.Get"].signature
+    assert [p.type.name for p in get.params] == ["main.Counter"]
+    assert [p.type.name for p in get.results] == ["string", "int"]
+
+
+def test_sig_named_types_come_from_the_type_data_and_are_checked():
+    binary = str(gobuild.build("argstruth", gobuild.TOOLCHAINS[-1], "stripped"))
+    from gotrace.binary.gobinary import GoBinary
+    from gotrace.capture.plan import plan_args
+
+    with GoBinary(binary) as gobin:
+        plan = plan_args(gobin, ["main.fnAnyStruct"], sig="func(v any, p main.Point) (any, *main.Point)")
+        point = plan.traced[0][1].signature.params[1].type
+        assert (point.name, point.size, [f.name for f in point.fields]) == ("main.Point", 32, ["X", "Y", "Label"])
+    for sig, message in [
+        ("main.(*Counter).Add=func(c *main.Counter, n string) int",
+         "its parameter 2 (n) is string (string, 16 bytes) in --sig but int (int, 8 bytes) in the binary's type data"),
+        ("main.(*Counter).Add=func(c main.Counter, n int) int", "its receiver is main.Counter"),
+        ("main.(*Counter).Add=func(n int) int", "--sig gives main.(*Counter).Add 1 parameters but the binary's type "
+                                                "data has 2: *main.Counter, int"),
+        ("main.(*Counter).Add=func(c *main.Counter, n main.NoSuchType) int", "no type named main.NoSuchType"),
+    ]:
+        proc = _gotrace("args", binary, "main.(*Counter).Add", "--sig", sig)
+        assert proc.returncode == 2 and message in proc.stderr, proc.stderr
+        assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_sig_interfaces_with_methods():
+    sig = parse_signature("func(w interface{ Header() map[string][]string; Write([]byte) (int, error) }, e interface{ error }, "
+                          "a interface{})")
+    w, e, a = (p.type for p in sig.params)
+    assert (w.kind, w.empty, w.methods) == (Kind.INTERFACE, False, ("Header", "Write"))
+    assert (e.empty, e.methods) == (False, ("Error",))
+    assert a.empty is True and w.size == e.size == a.size == 16
+
+
+def test_sig_check_refuses_what_the_binary_says_otherwise():
+    from gotrace.capture.sigcheck import check_against
+
+    writer = interface_type("http.ResponseWriter", empty=False)
+    known = Signature("f", (Param("~p0", writer),), ())
+    check_against(parse_signature("func(w interface{ Header() })"), known, "f")  # with methods: it fits
+    with pytest.raises(UsageError, match=r"interface \{\} \(an interface without methods\) in --sig but "
+                                         r"http.ResponseWriter \(an interface with methods\)"):
+        check_against(parse_signature("func(w interface{})"), known, "f")
 
 
 @pytest.mark.parametrize("version", gobuild.TOOLCHAINS)

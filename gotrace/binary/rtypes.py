@@ -127,7 +127,9 @@ class RuntimeTypes:
         self._itablinks: tuple[int, int] | None = None   # (vaddr, count) of *itab
         self._typedesc: tuple[int, int] | None = None    # Go 1.27: (start, end) of the descriptors
         self._itabs_range: tuple[int, int] | None = None  # Go 1.27: (start, end) of the itabs
+        self._etypes: int | None = None
         self._locate(pclntab_vaddr)
+        self._blob: bytes | None = None  # [types_vaddr, etypes): read once, on first use
         self._described: dict[int, tuple[str, int] | None] = {}
         self._gotypes: dict[int, GoType | None] = {}
         self._names: dict[int, str] = {}
@@ -154,6 +156,7 @@ class RuntimeTypes:
                         continue
                     self._typedesc = (types + PTR_SIZE, types + typedesclen)
                     self._itabs_range = (types + itaboffset, types + itaboffset + itabsize)
+                    self._etypes = etypes
                 else:
                     etypes = word(base_word + 1)
                     if not types or etypes <= types:
@@ -166,6 +169,7 @@ class RuntimeTypes:
                         self._typelinks = (tl_ptr, tl_len)
                     if it_len <= it_cap < 1 << 24 and it_ptr:
                         self._itablinks = (it_ptr, it_len)
+                    self._etypes = etypes
                 elf.read_vaddr(types, 1)
             except (BinaryError, struct.error):
                 continue
@@ -176,10 +180,28 @@ class RuntimeTypes:
     # -- raw reads ----------------------------------------------------------------
 
     def _read(self, vaddr: int, size: int) -> bytes:
+        blob = self._types_blob()
+        if blob is not None:
+            at = vaddr - self.types_vaddr
+            if 0 <= at and at + size <= len(blob):
+                return blob[at:at + size]
         return bytes(self.elf.read_vaddr(vaddr, size))
 
+    def _types_blob(self) -> bytes | None:
+        """The types section in one piece (most reads land in it); b"" when it cannot be read whole."""
+        if self._blob is None:
+            self._blob = b""
+            if self.types_vaddr is not None and self._etypes and 0 < self._etypes - self.types_vaddr < 1 << 30:
+                try:
+                    self._blob = bytes(self.elf.read_vaddr(self.types_vaddr, self._etypes - self.types_vaddr))
+                except BinaryError:
+                    pass
+        return self._blob
+
     def _ptr(self, vaddr: int) -> int:
-        return self.elf.read_pointer(vaddr)
+        if self.elf.is_pie:  # a zero on disk may be a RELATIVE relocation's
+            return self.elf.read_pointer(vaddr)
+        return struct.unpack("<Q", self._read(vaddr, 8))[0]
 
     def _u64(self, vaddr: int) -> int:
         return struct.unpack("<Q", self._read(vaddr, 8))[0]
@@ -458,18 +480,17 @@ class RuntimeTypes:
             index: dict[str, list[int]] = {}
             for vaddr in self.iter_type_vaddrs():
                 type_name = self.name(vaddr)
-                if not type_name:
-                    continue
-                index.setdefault(type_name, []).append(vaddr)
-                header = self.header(vaddr)
-                if header and header[_TFLAG] & TFLAG_NAMED:
-                    path = self.pkgpath(vaddr)
-                    short = type_name.rpartition(".")[2]
-                    full = f"{path}.{short}"
-                    if path and full != type_name:
-                        index.setdefault(full, []).append(vaddr)
+                if type_name:
+                    index.setdefault(type_name, []).append(vaddr)
             self._index = index
-        found = self._index.get(name, [])
+        found = list(self._index.get(name, []))
+        head, slash, tail = name.rpartition("/")
+        if not found and slash:  # by import path: net/http.Request is http.Request of package net/http
+            short = tail
+            pointer = name.startswith("*")
+            path = (head.lstrip("*") + "/" + tail.partition(".")[0])
+            found = [v for v in self._index.get(("*" if pointer else "") + short, [])
+                     if self.pkgpath(self._elem_vaddr(v) if pointer else v) == path]
         if not found and name.startswith("*"):
             # *T where only T is listed: its ptrToThis
             for vaddr in self.find(name[1:]):

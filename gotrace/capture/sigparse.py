@@ -132,12 +132,14 @@ class _Parser:
             return interface_type("error", empty=False)
         if token == "any":
             return interface_type("interface {}", empty=True)
+        if not re.fullmatch(r"[A-Za-z_][\w./\-]*", token):
+            self.pos -= 1
+            raise self.error("expected a type")
         found = self.resolve(token) if self.resolve is not None else None
         if found is None:
-            self.pos -= 1
-            raise self.error(f"no type named {token} in the binary's DWARF or runtime type data: "
+            raise UsageError(f"--sig: no type named {token} in the binary's DWARF or runtime type data: "
                              "check the name (as %T prints it, e.g. http.Request), or write its underlying "
-                             "type (e.g. struct{ X int; Y string }) or a pointer")
+                             "type (e.g. struct{ X int; Y string }) or a pointer to it")
         return found
 
     def type_or_named_pointee(self) -> GoType | None:

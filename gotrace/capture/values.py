@@ -33,7 +33,7 @@ from gotrace.capture.plan import FunctionPlan, Limits, SidePlan
 KNOWN_ERROR_TYPES = frozenset({"*errors.errorString", "*fmt.wrapError", "*fmt.wrapErrors"})
 
 IMAGE_BASE = 1 << 62  # where a side's region is in the snapshot: above every user address
-_NOT_CAPTURED = "not captured (the capture budget ran out: lower --depth, --max-elems or --str-len)"
+NOT_CAPTURED = "not captured (the capture budget ran out: lower --depth, --max-elems or --str-len)"
 
 # -- decoded values -------------------------------------------------------------
 
@@ -205,7 +205,7 @@ class Snapshot:
         for start, length in self._faults:
             if start <= address < start + length:
                 return f"unreadable memory at {address:#x}"
-        return _NOT_CAPTURED
+        return NOT_CAPTURED
 
     def get(self, address: int, size: int) -> bytes | Unavailable:
         """size bytes at address, or Unavailable saying why."""
@@ -497,14 +497,14 @@ class Decoder:
                 key = self.at(key_type, key_at, depth + 1, path)
                 value = self.at(elem_type, elem_at, depth + 1, path)
                 if layout.key_indirect and isinstance(key, Pointer):
-                    key = key.target if key.target is not None else Unavailable(_NOT_CAPTURED)
+                    key = key.target if key.target is not None else Unavailable(NOT_CAPTURED)
                 if layout.elem_indirect and isinstance(value, Pointer):
-                    value = value.target if value.target is not None else Unavailable(_NOT_CAPTURED)
+                    value = value.target if value.target is not None else Unavailable(NOT_CAPTURED)
                 entries.append((key, value))
                 if len(entries) >= self.limits.max_elems:
                     break
         if not entries and missing is None and length:
-            missing = Unavailable(_NOT_CAPTURED)
+            missing = Unavailable(NOT_CAPTURED)
         return Map(t, length, entries, address, missing=missing if len(entries) < min(length, self.limits.max_elems)
                    else None)
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from gotrace.binary.gotypes import Kind
 from gotrace.capture.values import (
-    KNOWN_ERROR_TYPES, Array, Call, Chan, Func, GoValue, Interface, Map, Pointer, Scalar, Slice, Struct, Text,
+    KNOWN_ERROR_TYPES, NOT_CAPTURED, Array, Call, Chan, Func, GoValue, Interface, Map, Pointer, Scalar, Slice, Struct, Text,
     Unavailable,
 )
 from gotrace.output.latency import format_duration
@@ -91,8 +91,9 @@ _HAS_MONOTONIC = 1 << 63
 
 
 def go_time(value: Struct) -> str | None:
-    """time.Time.String() of a decoded time.Time, as Go writes it ("2009-11-10 23:00:00 +0000 UTC m=+0.000000001");
-    None when its fields or its location's zone were not captured."""
+    """time.Time.String() of a decoded time.Time, as Go writes it ("2009-11-10 23:00:00 +0000 UTC m=+0.000000001").
+    When its location's zone was not captured, the instant in UTC and why ("... +0000 UTC (zone of Local not
+    captured)"); None when its own fields were not."""
     fields = dict(value.fields)
     wall, ext, loc = fields.get("wall"), fields.get("ext"), fields.get("loc")
     if not (isinstance(wall, Scalar) and isinstance(ext, Scalar) and isinstance(loc, Pointer)):
@@ -105,8 +106,10 @@ def go_time(value: Struct) -> str | None:
         sec, nsec = ext_v, wall_v & ((1 << 30) - 1)
     unix = sec - _UNIX_TO_INTERNAL
     zone = _zone(loc, unix)
+    note = ""
     if zone is None:
-        return None
+        where = _location_name(loc)
+        zone, note = ("UTC", 0), f" (zone of {where} not captured)" if where else " (zone not captured)"
     name, offset = zone
     local = unix + offset
     days, secs = divmod(local, 86400)
@@ -125,7 +128,16 @@ def go_time(value: Struct) -> str | None:
         m = abs(ext_v)
         whole, frac = divmod(m, 1_000_000_000)
         text += f" m={'-' if ext_v < 0 else '+'}{whole}.{frac:09d}"
-    return text
+    return text + note
+
+
+def _location_name(loc: Pointer) -> str | None:
+    target = loc.target
+    if isinstance(target, Struct):
+        name = dict(target.fields).get("name")
+        if isinstance(name, Text) and not name.truncated:
+            return name.data.decode("utf-8", "replace")
+    return None
 
 
 def _zone(loc: Pointer, unix: int) -> tuple[str, int] | None:
@@ -151,7 +163,7 @@ def _zone(loc: Pointer, unix: int) -> tuple[str, int] | None:
 def format_value(value: GoValue) -> str:
     """A value as a Go programmer would write it."""
     if isinstance(value, Unavailable):
-        return f"<unavailable: {value.reason}>"
+        return "<not captured>" if value.reason == NOT_CAPTURED else f"<unavailable: {value.reason}>"
     if isinstance(value, Scalar):
         if isinstance(value.value, bool):
             return "true" if value.value else "false"
@@ -199,7 +211,7 @@ def format_value(value: GoValue) -> str:
             text = go_time(value)
             if text is not None:
                 return text
-        inner = ", ".join(f"{name}: {format_value(v)}" for name, v in value.fields)
+        inner = ", ".join(f"{name}: {format_value(v)}" for name, v in value.fields if name != "_")
         return f"{value.type.name}{{{inner}}}"
     if isinstance(value, Array):
         inner = ", ".join(format_value(e) for e in value.elems)
@@ -334,7 +346,7 @@ def value_json(value: GoValue):
             text = go_time(value)
             if text is not None:
                 return text
-        return {name: value_json(v) for name, v in value.fields}
+        return {name: value_json(v) for name, v in value.fields if name != "_"}
     if isinstance(value, Array):
         elems = [value_json(e) for e in value.elems]
         if len(elems) < value.length:

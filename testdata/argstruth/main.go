@@ -24,7 +24,8 @@
 // (paced to -rate calls per second in all when given) and prints the number
 // of calls made. -stream N calls main.fnStream N times, paced to -rate calls
 // per second, and writes each call's return time (CLOCK_REALTIME, ns) as a
-// JSON list to the -times file.
+// JSON list to the -times file. -sleep LIST calls main.fnSleep once per
+// duration of the comma-separated LIST.
 package main
 
 import (
@@ -240,6 +241,12 @@ func fnBench(n int, s string) int { return n + len(s) }
 
 //go:noinline
 func fnStream(n int) int { return n * 2 }
+
+//go:noinline
+func fnSleep(d time.Duration) time.Duration {
+	time.Sleep(d)
+	return d
+}
 
 //go:noinline
 func fnSliceKinds(ss []string, ps []Point, pp []*Point) (int, []string) {
@@ -503,6 +510,7 @@ func main() {
 	stream := flag.Int("stream", 0, "call main.fnStream this many times instead, logging return times to -times")
 	timesPath := flag.String("times", "", "with -stream: where to write the return times")
 	delay := flag.Float64("delay", 0, "seconds to wait before the first call")
+	sleeps := flag.String("sleep", "", "call main.fnSleep once per duration in this comma-separated list instead")
 	flag.Parse()
 	_ = time.Now().String() // the local time zone is loaded, as in any program that prints a time
 	if len(os.Args) > 1000 { // never: keeps keepTypes' descriptors, and Counter's methods callable through an interface
@@ -512,6 +520,17 @@ func main() {
 	time.Sleep(time.Duration(*delay * float64(time.Second)))
 	if *stream > 0 {
 		runStream(*stream, *rate, *timesPath)
+		return
+	}
+	if *sleeps != "" {
+		for _, text := range strings.Split(*sleeps, ",") {
+			d, err := time.ParseDuration(text)
+			if err != nil {
+				fmt.Fprintln(os.Stderr, err)
+				os.Exit(2)
+			}
+			fnSleep(d)
+		}
 		return
 	}
 	if *bench > 0 {
