@@ -449,7 +449,9 @@ class Decoder:
         layout = map_layout(t.key, t.elem, self.layouts.version, self.layouts.experiments)
         header = self.snap.get(address, 32 if layout.swiss else 48)
         if isinstance(header, Unavailable):
-            return Map(t, -1, None, address, missing=header) if self._followable(depth) else Map(t, -1, None, address)
+            if not self._followable(depth):
+                return Pointer(t.name, address)  # its address, as for any value not followed
+            return header
         length = _Q.unpack_from(header, 0)[0]
         if not self._followable(depth):
             return Map(t, length, None, address)

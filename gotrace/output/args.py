@@ -182,7 +182,9 @@ def format_value(value: GoValue) -> str:
         if value.cycle:
             return f"({value.type_name})({value.address:#x} <cycle>)"
         if value.target is None:
-            return f"({value.type_name})({value.address:#x})" if value.type_name.startswith("*") else f"{value.address:#x}"
+            if value.type_name.startswith(("*", "map[")):
+                return f"({value.type_name})({value.address:#x})"
+            return f"{value.address:#x}"
         if isinstance(value.target, Unavailable):
             return f"({value.type_name})({value.address:#x} <unavailable: {value.target.reason}>)"
         return "&" + format_value(value.target)
