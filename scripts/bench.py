@@ -229,10 +229,12 @@ class FloorProbes:
         self.bpf.cleanup()
 
 
-def gotrace_latency(pid: int, func: str, env_extra: dict[str, str] | None = None) -> "GotraceRun":
+def gotrace_latency(pid: int, func: str, env_extra: dict[str, str] | None = None,
+                    command: str = "latency") -> "GotraceRun":
+    """`gotrace COMMAND -p PID FUNC --json` (latency, or args), once its probes are attached."""
     env = dict(os.environ, **(env_extra or {}))
     started = time.perf_counter()
-    proc = subprocess.Popen([*GOTRACE, "latency", "-p", str(pid), func, "--json"],
+    proc = subprocess.Popen([*GOTRACE, command, "-p", str(pid), func, "--json"],
                             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, cwd=REPO)
     seen: list[str] = []
     header = read_line_until(proc.stderr, re.compile(r"^Tracing "), ATTACHED_TIMEOUT_S, seen)
@@ -240,7 +242,7 @@ def gotrace_latency(pid: int, func: str, env_extra: dict[str, str] | None = None
     if header is None:
         proc.kill()
         proc.wait()
-        raise BenchError(f"gotrace latency -p {pid} {func} did not attach: {' | '.join(seen[-3:]) or 'no output'}")
+        raise BenchError(f"gotrace {command} -p {pid} {func} did not attach: {' | '.join(seen[-3:]) or 'no output'}")
     return GotraceRun(proc, attached_s, seen)
 
 
@@ -264,7 +266,7 @@ class GotraceRun:
         self.proc.stderr.read()
         status = self.proc.wait(60)
         if status != 0:
-            raise BenchError(f"gotrace latency exited with status {status}")
+            raise BenchError(f"gotrace exited with status {status}")
         self.proc.stdout.close()
         self.proc.stderr.close()
         return [json.loads(line) for line in out.splitlines() if line.strip()], rss_mb
@@ -418,31 +420,40 @@ def print_overhead(args, r: dict) -> dict:
 
 # -- start-up ---------------------------------------------------------------------------------
 
+# `gotrace args` on a method of caddy whose signature only the runtime type data gives (no DWARF, no --sig).
+ARGS_STARTUP_FUNC = "net/http.serverHandler.ServeHTTP"
+
 PHASES = (("imports", "imports inside the latency command"), ("elf_analysis", "ELF analysis: pclntab, match, sites, offsets"),
           ("prepare", "BPF prepare: checks, file offsets"), ("bpf_compile", "BPF compile: cached program, no bcc"),
           ("attach", "attach (uprobe_multi links)"))
+ARGS_PHASES = (("imports", "imports inside the args command"),
+               ("elf_analysis", "ELF analysis, type data, capture plan"),
+               ("prepare", "BPF prepare: checks, file offsets"), ("bpf_compile", "BPF compile: cached program, no bcc"),
+               ("attach", "maps, verifier, attach (uprobe_multi)"))
 
 
-def bench_startup(args, caddy: Caddy) -> dict:
+def bench_startup(args, caddy: Caddy, command: str = "latency", func: str = STARTUP_FUNC) -> dict:
     def one() -> dict:
-        run = gotrace_latency(caddy.pid, STARTUP_FUNC, {"GOTRACE_TIMINGS": "1"})
+        run = gotrace_latency(caddy.pid, func, {"GOTRACE_TIMINGS": "1"}, command)
         timings = run.timings()
         _, rss_mb = run.stop()
         return {"total_s": run.attached_s, "rss_mb": rss_mb, **timings}
 
     clear_bpf_cache()
     cold = one()
-    return {"cold": cold, "runs": [one() for _ in range(args.startup_runs)]}
+    return {"cold": cold, "runs": [one() for _ in range(args.startup_runs)], "command": command, "func": func}
 
 
 def print_startup(args, caddy: Caddy, r: dict, go_version: str) -> dict:
     runs = r["runs"]
     total = median([x["total_s"] for x in runs])
     size_mb = caddy.binary.stat().st_size / 1e6
-    print(f"== Start-up: gotrace latency -p PID '{STARTUP_FUNC}' on {caddy.binary} "
+    command = r.get("command", "latency")
+    print(f"== Start-up: gotrace {command} -p PID '{r.get('func', STARTUP_FUNC)}' on {caddy.binary} "
           f"({size_mb:.1f} MB, stripped, {go_version}), {len(runs)} warm runs (BPF program cached), median ==")
     known = 0.0
-    for key, label in PHASES:
+    phases = ARGS_PHASES if command == "args" else PHASES
+    for key, label in phases:
         value = median([x.get(key, float('nan')) for x in runs])
         known += value
         print(f"  {label:46s} {value:7.3f} s  {value / total:6.1%}")
@@ -464,8 +475,9 @@ def scale_worker(binary: str, pid: int, n: int) -> None:
     """One scale measurement in this process: prints one JSON line."""
     t0 = time.perf_counter()
     from gotrace.binary.gobinary import GoBinary
-    from gotrace.commands.latency import LatencyPlan, traced_functions
+    from gotrace.commands.latency import LatencyPlan
     from gotrace.trace.latency import LatencyTracer
+    from gotrace.trace.tracer import traced_functions
 
     with GoBinary.open(binary) as gobin:
         traced = []
@@ -478,11 +490,9 @@ def scale_worker(binary: str, pid: int, n: int) -> None:
         if len(traced) < n:
             raise BenchError(f"only {len(traced)} traceable functions match {SCALE_PATTERN}")
         plan = LatencyPlan(traced, [])
-        offsets = gobin.runtime_offsets
         t1 = time.perf_counter()
         rss_before_attach = current_rss_mb()
-        tracer = LatencyTracer(gobin.path, traced_functions(plan), pid=pid, goid_offset=offsets.goid,
-                               stack_hi_offset=offsets.stack_hi, arch=gobin.arch)
+        tracer = LatencyTracer(gobin, traced_functions(gobin, plan.traced), pid=pid)
         tracer.attach()
         t2 = time.perf_counter()
         tracer.read(reset=True)
@@ -490,7 +500,7 @@ def scale_worker(binary: str, pid: int, n: int) -> None:
         tracer.close()
         t4 = time.perf_counter()
     print(json.dumps({"functions": n, "sites": plan.n_sites, "analysis_s": t1 - t0, "attach_total_s": t2 - t1,
-                      "read_s": t3 - t2, "detach_s": t4 - t3, "mode": tracer.attach_mode, **tracer.timings_s,
+                      "read_s": t3 - t2, "detach_s": t4 - t3, "mode": tracer.attached_by, **tracer.timings_s,
                       "rss_before_attach_mb": rss_before_attach,
                       "compiler_rss_mb": None if tracer.bpf_compiler_peak_rss_kb is None
                       else tracer.bpf_compiler_peak_rss_kb / 1024,
@@ -631,6 +641,10 @@ def run_all(args) -> int:
         startup_cold_rss = r["cold"]["rss_mb"]
         rss += startup_rss
         rss_cold.append(startup_cold_rss)
+        r = bench_startup(args, caddy, "args", ARGS_STARTUP_FUNC)
+        args_startup = print_startup(args, caddy, r, go_version)
+        summary["args_startup_s"], summary["args_startup_cold_s"] = args_startup["startup_s"], args_startup["startup_cold_s"]
+        summary["args_startup_rss_mb"] = median([x["rss_mb"] for x in r["runs"]])
         r = bench_scale(args, caddy)
         s = print_scale(args, r)
         summary["attach_1000_s"] = s["attach_1000_s"]
@@ -668,6 +682,7 @@ def run_all(args) -> int:
     print("== Targets ==")
     rows = [("overhead gotrace/floor", summary["overhead_ratio"], TARGET_OVERHEAD_RATIO, ""),
             ("start-up, 1 function on caddy", summary["startup_s"], TARGET_STARTUP_S, " s"),
+            ("args start-up, 1 method, caddy", summary["args_startup_s"], TARGET_STARTUP_S, " s"),
             ("attach 1000 functions", summary["attach_1000_s"], TARGET_ATTACH_1000_S, " s"),
             ("peak RSS", peak, TARGET_PEAK_RSS_MB, " MB")]
     print("  (warm: the compiled BPF program is in gotrace's cache, as on every run after a configuration's first)")

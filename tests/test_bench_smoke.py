@@ -21,7 +21,8 @@ def test_quick_bench_prints_every_section_with_ratios():
                           text=True, timeout=600)
     out = proc.stdout
     assert proc.returncode == 0, proc.stderr[-2000:]
-    for header in ("== Overhead per traced call", "== Start-up: gotrace latency -p PID", "== Scale: attach and detach",
+    for header in ("== Overhead per traced call", "== Start-up: gotrace latency -p PID", "== Start-up: gotrace args -p PID",
+                   "== Scale: attach and detach",
                    "== Memory: peak RSS of gotrace ==", "== Targets =="):
         assert header in out, f"missing section {header!r} in:\n{out}"
     ratio = float(re.search(rf"gotrace/floor = {NUMBER}", out).group(1))
@@ -34,4 +35,5 @@ def test_quick_bench_prints_every_section_with_ratios():
     summary = out.split("== Targets ==", 1)[1]
     targets = re.findall(rf"^  (.+?)\s+{NUMBER}.*target .*? {NUMBER} of target\s+(OK|MISSED)$", summary, re.M)
     assert [t[0].strip() for t in targets] == ["overhead gotrace/floor", "start-up, 1 function on caddy",
-                                               "attach 1000 functions", "peak RSS"], out
+                                               "args start-up, 1 method, caddy", "attach 1000 functions",
+                                               "peak RSS"], out
