@@ -209,19 +209,22 @@ static __always_inline void gt_capture(struct pt_regs *ctx, struct gt_arg_plan *
          * barrier keeps the compiler from forwarding the stored values). */
         asm volatile("" ::: "memory");
         addr = read->addr;
-        n = read->n & 0x3ff;
+        n = read->n;
         at = read->at;
         prefix = read->prefix;
         if (prefix <= limit)
             gt_put_word(buf, prefix, 0);
         if (n == 0 || n > GT_ARGS_MAX_READ || at > limit + 8)
             continue;
+        /* Sizes bounded by arithmetic, not by the branch above: every
+         * kernel's verifier sees 1 <= n <= GT_ARGS_MAX_READ (a power of two). */
+        n = ((n - 1) & (GT_ARGS_MAX_READ - 1)) + 1;
         if (bpf_probe_read_user(buf + at, n, (void *)addr) != 0) {
             __u64 room = 4096 - (addr & 4095);
             status = GT_ST_FAULT;
             if (read->retry && room < n) {
-                n = room & 0x3ff;
-                if (n > 0 && n <= GT_ARGS_MAX_READ && bpf_probe_read_user(buf + at, n, (void *)addr) == 0)
+                n = ((room - 1) & (GT_ARGS_MAX_READ - 1)) + 1;
+                if (bpf_probe_read_user(buf + at, n, (void *)addr) == 0)
                     status = GT_ST_OK;
             }
         }

@@ -126,7 +126,7 @@ static __always_inline __u32 gt_hist_bucket(__u64 v)
 #define GT_ARGS_MAX_OPS 128     /* operations per side; also the status bytes at the start of a region */
 #define GT_ARGS_DATA 3072       /* bytes of the entry region (status bytes included) */
 #define GT_RES_DATA 2048        /* bytes of the return region */
-#define GT_ARGS_MAX_READ 512    /* bytes one read may copy */
+#define GT_ARGS_MAX_READ 512    /* bytes one read may copy (a power of two: the BPF side masks with it) */
 #define GT_ARGS_SLACK 576       /* GT_ARGS_MAX_READ + 64: room past a region's end that lets the verifier bound every write */
 #define GT_ARGS_BUF 3648        /* GT_ARGS_DATA + GT_ARGS_SLACK */
 #define GT_EVENT_DATA 5696      /* GT_ARGS_DATA + GT_RES_DATA + GT_ARGS_SLACK */
