@@ -9,7 +9,6 @@ user-space path, with no kernel involved.
 from __future__ import annotations
 
 import base64
-import json
 import struct
 import subprocess
 import sys

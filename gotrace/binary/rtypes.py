@@ -31,6 +31,9 @@ from gotrace.binary.pclntab import MODULEDATA_TEXT_WORD, iter_moduledata
 from gotrace.errors import BinaryError
 
 TYPE_SIZE = 48
+# What reading damaged or foreign type data can raise: caught at the public methods, never a crash.
+_DAMAGED = (BinaryError, struct.error, ValueError, IndexError, OverflowError, MemoryError, RecursionError,
+            UnicodeDecodeError, KeyError)
 _TFLAG, _ALIGN, _KIND, _STR = 20, 21, 23, 40
 TFLAG_UNCOMMON, TFLAG_EXTRA_STAR, TFLAG_NAMED = 1, 2, 4
 TFLAG_DIRECT_IFACE = 0x20   # Go 1.26+
@@ -310,7 +313,7 @@ class RuntimeTypes:
             return self._gotypes[type_vaddr]
         try:
             return self._build(type_vaddr)
-        except (BinaryError, struct.error, ValueError, IndexError, UnicodeDecodeError, RecursionError):
+        except _DAMAGED:
             self._gotypes[type_vaddr] = None
             return None
 
@@ -475,7 +478,13 @@ class RuntimeTypes:
 
     def find(self, name: str) -> list[int]:
         """vaddrs of the descriptors named `name` (as %T prints it: "main.Point", "*http.Request") or
-        named by their package path ("net/http.Request")."""
+        named by their package path ("net/http.Request"); none when the type data is damaged."""
+        try:
+            return self._find(name)
+        except _DAMAGED:
+            return []
+
+    def _find(self, name: str) -> list[int]:
         if self._index is None:
             index: dict[str, list[int]] = {}
             for vaddr in self.iter_type_vaddrs():
@@ -493,7 +502,7 @@ class RuntimeTypes:
                      if self.pkgpath(self._elem_vaddr(v) if pointer else v) == path]
         if not found and name.startswith("*"):
             # *T where only T is listed: its ptrToThis
-            for vaddr in self.find(name[1:]):
+            for vaddr in self._find(name[1:]):
                 header = self.header(vaddr)
                 (ptr_off,) = struct.unpack_from("<i", header, 44)
                 target = self._type_off(ptr_off)
@@ -503,7 +512,14 @@ class RuntimeTypes:
 
     def method_signature(self, func_name: str) -> Signature | None:
         """The signature of a method `pkg.(*T).M` or `pkg.T.M` from T's method table; None when the
-        binary has no descriptor of T listing M. Parameters are unnamed (`~p0` is the receiver)."""
+        binary has no descriptor of T listing M (or its type data is damaged). Parameters are unnamed
+        (`~p0` is the receiver)."""
+        try:
+            return self._method_signature(func_name)
+        except _DAMAGED:
+            return None
+
+    def _method_signature(self, func_name: str) -> Signature | None:
         parsed = split_method_name(func_name)
         if parsed is None:
             return None

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 
 from gotrace import header as probes_header
 from gotrace.binary.gotypes import FLOAT_KINDS, INTEGER_KINDS, PTR_SIZE, SIGNED_KINDS, GoType, Kind, pointer_to
-from gotrace.binary.rtypes import KIND_MASK, MAP_SLOTS, TYPE_SIZE, RuntimeTypes, map_layout
+from gotrace.binary.rtypes import MAP_SLOTS, TYPE_SIZE, RuntimeTypes, map_layout
 from gotrace.capture.plan import FunctionPlan, Limits, SidePlan
 
 # Error types whose message is their first field, a string (errors.New, fmt.Errorf).
