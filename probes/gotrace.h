@@ -131,7 +131,7 @@ static __always_inline __u32 gt_hist_bucket(__u64 v)
 #define GT_ARGS_BUF 3648        /* GT_ARGS_DATA + GT_ARGS_SLACK */
 #define GT_EVENT_DATA 5696      /* GT_ARGS_DATA + GT_RES_DATA + GT_ARGS_SLACK */
 #define GT_ARGS_PENDING 2048    /* calls entered and not yet returned (LRU) */
-#define GT_ARGS_RINGBUF_PAGES 8192 /* ring buffer of 32 MiB */
+#define GT_ARGS_RINGBUF_PAGES 2048 /* ring buffer of 8 MiB: ~20,000 small calls (records are sized to their plan); user space maps it twice (16 MiB resident) */
 #define GT_ARGS_NREGS 16        /* registers copied for operations: amd64 RAX..R11 (9), arm64 R0-R15 */
 
 /* Operation kinds. Offsets named `src`, `len_src` and `dst` are in the side's region. */

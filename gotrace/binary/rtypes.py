@@ -132,7 +132,7 @@ class RuntimeTypes:
         self._itabs_range: tuple[int, int] | None = None  # Go 1.27: (start, end) of the itabs
         self._etypes: int | None = None
         self._locate(pclntab_vaddr)
-        self._blob: bytes | None = None  # [types_vaddr, etypes): read once, on first use
+        self._blob: memoryview | bytes | None = None  # [types_vaddr, etypes): found once, on first use
         self._described: dict[int, tuple[str, int] | None] = {}
         self._gotypes: dict[int, GoType | None] = {}
         self._names: dict[int, str] = {}
@@ -184,19 +184,19 @@ class RuntimeTypes:
 
     def _read(self, vaddr: int, size: int) -> bytes:
         blob = self._types_blob()
-        if blob is not None:
-            at = vaddr - self.types_vaddr
-            if 0 <= at and at + size <= len(blob):
-                return blob[at:at + size]
+        at = vaddr - (self.types_vaddr or 0)
+        if 0 <= at and at + size <= len(blob):
+            return bytes(blob[at:at + size])
         return bytes(self.elf.read_vaddr(vaddr, size))
 
-    def _types_blob(self) -> bytes | None:
-        """The types section in one piece (most reads land in it); b"" when it cannot be read whole."""
+    def _types_blob(self) -> memoryview | bytes:
+        """The types section in one piece, a view of the mapped file (most reads land in it); b"" when it
+        cannot be had whole."""
         if self._blob is None:
             self._blob = b""
             if self.types_vaddr is not None and self._etypes and 0 < self._etypes - self.types_vaddr < 1 << 30:
                 try:
-                    self._blob = bytes(self.elf.read_vaddr(self.types_vaddr, self._etypes - self.types_vaddr))
+                    self._blob = self.elf.read_vaddr(self.types_vaddr, self._etypes - self.types_vaddr)
                 except BinaryError:
                     pass
         return self._blob
