@@ -71,6 +71,8 @@ SIGS = {
     "main.fnAnyStruct": "func(v any, p main.Point) (any, *main.Point)",
     "main.fnTime": "func(t time.Time, d time.Duration) (time.Time, time.Duration)",
     "main.fnRaw": "func(b []byte, s string) (string, []byte)",
+    "main.fnCtx": "func(ctx context.Context, n int) (context.Context, error)",
+    "main.fnCtxNil": "func(ctx context.Context, n int) (context.Context, error)",
 }
 FROM_TYPE_DATA = ("main.(*Counter).Add", "main.Counter.Get")
 
@@ -183,6 +185,8 @@ def expected(truth: dict, depth: int, kinds: Counter):
         if v is None:
             return None
         return {"func": truth["name"], "pointer": v} if follow else v
+    if t == "context":  # shown by its concrete type only
+        return None if v is None else {"type": v["type"]}
     if t in ("iface", "error"):
         if v is None:
             return None
@@ -282,7 +286,8 @@ def _report(label: str, shares: dict) -> str:
 
 
 REQUIRED_KINDS = ("int", "uint", "bool", "string", "bytes", "slice", "ptr", "struct", "array", "float", "floatreg",
-                  "error", "error-message", "iface", "map", "chan", "func", "duration", "time", "cycle", "non-utf8",
+                  "error", "error-message", "iface", "map", "chan", "func", "duration", "time", "context", "cycle",
+                  "non-utf8",
                   "goid", "pid")
 
 

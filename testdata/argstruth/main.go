@@ -16,6 +16,7 @@
 //	chan                        {"v": "0x..." or null, "len", "cap"}
 //	func                        {"v": "0x..." (the func value) or null, "name": the function}
 //	iface, error                {"v": null or {"type": %T, "value": the concrete value, "msg": Error()}}
+//	context                     {"v": null or {"type": %T}}
 //	duration                    {"v": nanoseconds, "s": String()}
 //	time                        {"s": String()}
 //	floatreg                    a float passed in a vector register: gotrace must call it unavailable
@@ -30,6 +31,7 @@ package main
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"errors"
 	"flag"
@@ -273,6 +275,24 @@ func fnTime(t time.Time, d time.Duration) (time.Time, time.Duration) { return t.
 //go:noinline
 func fnRaw(b []byte, s string) (string, []byte) { return s + "\xfe", append(b, 0x80) }
 
+type ctxKey struct{}
+
+// callCtx calls fnCtx, or fnCtxNil for a nil context (fnCtx would call a method on it).
+func callCtx(ctx context.Context, n int) (context.Context, error) {
+	if ctx == nil {
+		return fnCtxNil(ctx, n)
+	}
+	return fnCtx(ctx, n)
+}
+
+//go:noinline
+func fnCtxNil(ctx context.Context, n int) (context.Context, error) { return ctx, nil }
+
+//go:noinline
+func fnCtx(ctx context.Context, n int) (context.Context, error) {
+	return context.WithValue(ctx, ctxKey{}, n), ctx.Err()
+}
+
 var longString = strings.Repeat("0123456789", 30)
 var escapes = "\x1b[31mred\x1b[0m\n\t\"q\" \\ \x00 \u200b end"
 var unicodeStr = "héllo wörld 日本語 😀"
@@ -489,6 +509,18 @@ func roundDeep() {
 		args := []interface{}{"t", T(&c.t), "d", T(&c.d)}
 		r0, r1 := fnTime(c.t, c.d)
 		record("main.fnTime", args, []interface{}{"~r0", T(&r0), "~r1", T(&r1)})
+	}
+	cancelled, cancel := context.WithCancel(context.Background())
+	cancel()
+	for i, ctx := range []context.Context{context.Background(), cancelled, nil} {
+		ctx, i := ctx, i
+		args := []interface{}{"ctx", T(&ctx), "n", T(&i)}
+		r0, r1 := callCtx(ctx, i)
+		name := "main.fnCtx"
+		if ctx == nil {
+			name = "main.fnCtxNil"
+		}
+		record(name, args, []interface{}{"~r0", T(&r0), "~r1", T(&r1)})
 	}
 	for _, c := range []struct {
 		b []byte

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"encoding/base64"
 	"fmt"
 	"reflect"
@@ -11,6 +12,7 @@ import (
 
 var (
 	errorType    = reflect.TypeOf((*error)(nil)).Elem()
+	contextType  = reflect.TypeOf((*context.Context)(nil)).Elem()
 	durationType = reflect.TypeOf(time.Duration(0))
 	timeType     = reflect.TypeOf(time.Time{})
 )
@@ -122,6 +124,12 @@ func truth(v reflect.Value, path []uintptr) V {
 		kind := "iface"
 		if t == errorType {
 			kind = "error"
+		}
+		if t == contextType { // shown by its concrete type only
+			if v.IsNil() {
+				return V{"t": "context", "v": nil}
+			}
+			return V{"t": "context", "v": V{"type": v.Elem().Type().String()}}
 		}
 		if v.IsNil() {
 			return V{"t": kind, "v": nil}
