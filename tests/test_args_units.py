@@ -249,6 +249,17 @@ def test_slices_of_strings_structs_and_pointers():
     assert value_json(dict(call.args)["ss"]) == {"value": ["ab"], "len": 2, "cap": 2, "truncated": True}
 
 
+def test_nested_slices_and_arrays_of_slices():
+    ints = slice_of(basic(Kind.INT))
+    sig = Signature("main.f", (Param("xss", slice_of(ints)),), ())
+    memory = {0x5000: struct.pack("<QQQ", 0x6000, 2, 2) + struct.pack("<QQQ", 0x6100, 3, 3),
+              0x6000: struct.pack("<qq", 1, 2), 0x6100: struct.pack("<qqq", 3, 4, 5)}
+    _, call = _run(sig, {"RAX": 0x5000, "RBX": 2, "RCX": 2}, {}, memory)
+    assert format_value(dict(call.args)["xss"]) == "[][]int{[]int{1, 2}, []int{3, 4, 5}}"
+    _, call = _run(sig, {"RAX": 0x5000, "RBX": 2, "RCX": 2}, {}, memory, depth=1)
+    assert value_json(dict(call.args)["xss"]) == [{"len": 2, "cap": 2}, {"len": 3, "cap": 3}]
+
+
 def _swiss_group(entries: list[tuple[int, int]], slot_key=8, slot_elem=8) -> bytes:
     ctrl = bytearray(b"\x80" * 8)
     slots = bytearray(8 * (slot_key + slot_elem))
