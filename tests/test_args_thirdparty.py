@@ -14,18 +14,15 @@ type caddy wraps responses in, and the handler returns a nil error.
 from __future__ import annotations
 
 import json
-import os
 import signal
-import socket
 import sys
-import time
 
 import pytest
 
 from gotrace.binary.gobinary import GoBinary
 from gotrace.binary.rtypes import RuntimeTypes, split_method_name
 from test_latency_cli import REPO, spawn  # noqa: F401
-from test_latency_thirdparty import BODY, caddy, free_port, one_request  # noqa: F401
+from test_latency_thirdparty import BODY, caddy, one_request, start_caddy  # noqa: F401
 
 HANDLER = "github.com/caddyserver/caddy/v2/modules/caddyhttp.(*StaticResponse).ServeHTTP"
 N = 5
@@ -46,21 +43,7 @@ def test_caddy_methods_have_signatures_from_the_type_data(caddy):
 
 @pytest.mark.bpf
 def test_caddy_handler_arguments_without_sig(caddy, spawn, tmp_path):
-    port = free_port()
-    env = dict(os.environ, HOME=str(tmp_path), XDG_DATA_HOME=str(tmp_path / "data"),
-               XDG_CONFIG_HOME=str(tmp_path / "config"))
-    server = spawn([str(caddy), "respond", "--listen", f"127.0.0.1:{port}", "--body", BODY.decode()],
-                   env=env, cwd=tmp_path)
-    server.wait_line("stdout", rf"^Server address: 127\.0\.0\.1:{port}$", timeout=60)
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            break
-        except OSError:
-            assert time.monotonic() < deadline, f"caddy does not accept on port {port}"
-            time.sleep(0.1)
-
+    server, port = start_caddy(caddy, spawn, tmp_path)
     gotrace = spawn([sys.executable, "-m", "gotrace", "args", "-p", str(server.pid), HANDLER, "--json",
                      "--depth", "1", "-n", str(N)], cwd=REPO)
     gotrace.wait_line("stderr", r"^Tracing 1 function ")

@@ -66,8 +66,8 @@ def one_request(port: int, path: str) -> tuple[float, int, bytes]:
         conn.close()
 
 
-@pytest.mark.bpf
-def test_caddy_request_handler_count_is_exact_and_p50_below_client_p50(caddy, spawn, tmp_path):
+def start_caddy(caddy: Path, spawn, tmp_path: Path):
+    """`caddy respond` answering BODY on a free loopback port, once it accepts; (the process, its port)."""
     port = free_port()
     env = dict(os.environ, HOME=str(tmp_path), XDG_DATA_HOME=str(tmp_path / "data"),
                XDG_CONFIG_HOME=str(tmp_path / "config"))
@@ -78,11 +78,15 @@ def test_caddy_request_handler_count_is_exact_and_p50_below_client_p50(caddy, sp
     while True:   # listening (a bare connect calls no handler)
         try:
             socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            break
+            return server, port
         except OSError:
             assert time.monotonic() < deadline, f"caddy does not accept on port {port}: {server.stderr[-500:]}"
             time.sleep(0.1)
 
+
+@pytest.mark.bpf
+def test_caddy_request_handler_count_is_exact_and_p50_below_client_p50(caddy, spawn, tmp_path):
+    server, port = start_caddy(caddy, spawn, tmp_path)
     gotrace, _ = start_traced_gotrace(spawn, "-p", server.pid, HANDLER, "--json")
     client_s = []
     for i in range(N):
