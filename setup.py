@@ -51,7 +51,7 @@ class build_py_with_probes(build_py):
             for arch in compiler.ARCHES:
                 output = target / compiler.object_name(program, arch)
                 try:
-                    compiler.compile_object(target / f"{program}.bpf.c", arch, output, clang)
+                    compiler.compile_program(program, target, arch, output, clang)
                 except GotraceError as exc:
                     raise SystemExit(f"error: {exc}") from None
                 self.announce(f"compiled {output.name} with {clang}", level=2)

@@ -140,12 +140,36 @@ def _show(events, *, as_json: bool, unit: str = "auto") -> None:
 
 # -- args ------------------------------------------------------------------------------
 
+class Duration(click.ParamType):
+    """A duration as Go writes one: 250us, 5ms, 1.5s, 100ns, 2m (a unit is required); in nanoseconds."""
+
+    name = "DURATION"
+    _UNITS = {"ns": 1, "us": 1_000, "µs": 1_000, "ms": 1_000_000, "s": 1_000_000_000, "m": 60_000_000_000,
+              "h": 3_600_000_000_000}
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, int):
+            return value
+        import re
+
+        match = re.fullmatch(r"\s*(\d+(?:\.\d*)?|\.\d+)\s*(ns|us|µs|ms|s|m|h)\s*", str(value))
+        if not match:
+            self.fail(f"{value!r} is not a duration: write a number and a unit, e.g. 250us, 5ms, 1.5s", param, ctx)
+        return round(float(match[1]) * self._UNITS[match[2]])
+
+
 @cli.command("args")
 @click.argument("args", nargs=-1, metavar="[./bin] PATTERN...")
 @target_options
 @click.option("-n", "--max-events", type=click.IntRange(min=1), metavar="N", help="Stop after N calls.")
-@click.option("--str-len", type=click.IntRange(0, 256), default=64, show_default=True, metavar="N",
-              help="Bytes of each string and []byte shown (and of slice elements).")
+@click.option("--str-len", type=click.IntRange(0, 512), default=64, show_default=True, metavar="N",
+              help="Bytes of each string and []byte shown.")
+@click.option("--depth", type=click.IntRange(0, 8), default=2, show_default=True, metavar="N",
+              help="Levels of memory followed: pointers, slice and map elements, interface values.")
+@click.option("--max-elems", type=click.IntRange(0, 64), default=8, show_default=True, metavar="N",
+              help="Elements of each slice, array and map shown.")
+@click.option("--min-latency", type=Duration(), default=None, metavar="DURATION",
+              help="Show only calls at least this slow (e.g. 5ms); faster ones are counted in the kernel.")
 @click.option("--sig", "sigs", multiple=True, metavar="'[NAME=]func(...) (...)'",
               help="A function's signature in Go syntax, for binaries without DWARF (or to override it); "
                    "methods list the receiver first. Repeat as NAME=func(...) for several functions.")
@@ -153,21 +177,25 @@ def _show(events, *, as_json: bool, unit: str = "auto") -> None:
               metavar="N", help="At most N calls per second are reported; the rest are counted and the "
                                 "count printed at the end (0: no limit).")
 @click.option("--print-bpf", is_flag=True, hidden=True, help="Print the BPF C source and exit.")
-def args_cmd(args, pid, command, duration, as_json, max_events, str_len, sigs, max_rate, print_bpf) -> None:
+def args_cmd(args, pid, command, duration, as_json, max_events, str_len, depth, max_elems, min_latency, sigs,
+             max_rate, print_bpf) -> None:
     """Arguments and results of each call of Go functions, as Go would write them.
 
     One line per completed call: time, pid, goroutine id, the call with its
     arguments, its results, and its latency. Names and types come from the
-    binary's DWARF, or from --sig for stripped binaries. Strings and []byte
-    show their first --str-len bytes; floats passed in vector registers
-    cannot be read by a uprobe and show as unavailable. Calls beyond
-    --max-rate per second, or that the reader could not keep up with, are
-    counted and reported at the end, never silently lost.
+    binary's DWARF, else (methods of stripped binaries) from its runtime type
+    data, else from --sig. Pointers, slices, maps and interfaces are followed
+    --depth levels deep, with the first --max-elems elements and --str-len
+    bytes of each string; floats passed in vector registers cannot be read by
+    a uprobe and show as unavailable. Calls beyond --max-rate per second, or
+    that the reader could not keep up with, are counted and reported at the
+    end, never silently lost.
 
     \b
     Examples:
       gotrace args ./server main.work
       gotrace args -p 4242 'main.(*Server).handle' -n 20
+      gotrace args -p 4242 'net/http.serverHandler.ServeHTTP' --min-latency 5ms --depth 1
       gotrace args ./server-stripped main.work --sig 'func(n int, s string) (int, error)'
       gotrace args ./stripped 'main.*' --sig 'main.a=func(int) bool' --sig 'main.b=func(s string)'
       gotrace args -c './server -n 100' ./server 'main.*' --json
@@ -178,7 +206,8 @@ def args_cmd(args, pid, command, duration, as_json, max_events, str_len, sigs, m
 
     timings = {"imports": time.perf_counter() - started} if os.environ.get("GOTRACE_TIMINGS") == "1" else None
     request = ArgsRequest(args, pid=pid, command=command, duration_s=duration, max_events=max_events,
-                          str_len=str_len, sigs=tuple(sigs), max_rate=max_rate, print_bpf=print_bpf, timings=timings)
+                          str_len=str_len, depth=depth, max_elems=max_elems, sigs=tuple(sigs), max_rate=max_rate,
+                          min_latency_ns=min_latency or 0, print_bpf=print_bpf, timings=timings)
     _show(run_args(request), as_json=as_json)
 
 

@@ -119,39 +119,66 @@ static __always_inline __u32 gt_hist_bucket(__u64 v)
 /* ---- args ---- (probes/args.bpf.c; user side gotrace/capture/plan.py, gotrace/trace/args.py)
  * Per traced function, user space puts two capture plans in gt_arg_plans
  * (index func_id * 2 + GT_SIDE_*): lists of numbered read operations, never
- * C text. Each operation fills bytes of a side's buffer: value images in Go's
- * memory layout (from registers or from the stack at SP), then memory behind
- * pointers found in those images (string bytes, slice elements, an itab's
- * type word, an interface's data). The run's settings are in gt_config[0]
- * (as for latency); gt_arg_plans holds nfuncs * 2 plans.
+ * C text. Each side (entry: receiver and parameters; return: results) has a
+ * region of bytes: GT_ARGS_MAX_OPS status bytes (one per operation, GT_ST_*),
+ * then what the operations fill: value images in Go's memory layout (from
+ * registers or from the stack at SP), then memory behind pointers found in
+ * bytes already filled (string bytes, slice elements, what a pointer points
+ * to, map headers and groups, interface type descriptors and values).
+ * Operations run in order; one that names a `dep` runs only when that
+ * operation's status has GT_ST_OK. The entry region travels with the call in
+ * gt_args_pending; at return the event's data holds it at 0 and the return
+ * region at the return plan's `base`, and `send` bytes of data go to the ring
+ * buffer. The run's settings are in gt_config[0] (as for latency);
+ * gt_arg_plans holds nfuncs * 2 plans. GT_CFG_OPS_BOUND, given at build time,
+ * is how many operations the capture loop runs at most (16, 32, 64 or 128:
+ * one shipped object each; a run loads the smallest that holds its longest
+ * plan, since the verifier's work grows with the bound).
  */
 #define GT_SIDE_ENTRY 0
 #define GT_SIDE_RETURN 1
-#define GT_ARGS_MAX_OPS 32      /* operations per side; ok/fail masks are 32 bits */
-#define GT_ARGS_DATA 1024       /* bytes a plan may fill on the entry side */
-#define GT_RES_DATA 512         /* ... and on the return side */
-#define GT_ARGS_MAX_READ 256    /* bytes one operation may read (also the --str-len maximum) */
-#define GT_ARGS_BUF 1280        /* GT_ARGS_DATA + GT_ARGS_MAX_READ: slack lets the verifier bound every write */
-#define GT_RES_BUF 768          /* GT_RES_DATA + GT_ARGS_MAX_READ */
-#define GT_ARGS_PENDING 4096    /* calls entered and not yet returned (LRU) */
-#define GT_ARGS_RINGBUF_PAGES 8192 /* ring buffer of 32 MiB: ~16000 calls, a second of reader stall */
+#define GT_ARGS_MAX_OPS 128     /* operations per side; also the status bytes at the start of a region */
+#define GT_ARGS_DATA 3072       /* bytes of the entry region (status bytes included) */
+#define GT_RES_DATA 2048        /* bytes of the return region */
+#define GT_ARGS_MAX_READ 512    /* bytes one read may copy (a power of two: the BPF side masks with it) */
+#define GT_ARGS_SLACK 576       /* GT_ARGS_MAX_READ + 64: room past a region's end that lets the verifier bound every write */
+#define GT_ARGS_BUF 3648        /* GT_ARGS_DATA + GT_ARGS_SLACK */
+#define GT_EVENT_DATA 5696      /* GT_ARGS_DATA + GT_RES_DATA + GT_ARGS_SLACK */
+#define GT_ARGS_PENDING 2048    /* calls entered and not yet returned (LRU) */
+#define GT_ARGS_RINGBUF_PAGES 2048 /* ring buffer of 8 MiB: ~20,000 small calls (records are sized to their plan); user space maps it twice (16 MiB resident) */
 #define GT_ARGS_NREGS 16        /* registers copied for operations: amd64 RAX..R11 (9), arm64 R0-R15 */
 
-/* Operation kinds. */
-#define GT_OP_REG 1     /* buf[dst, dst+size) = low `size` (1,2,4,8) bytes of register `reg` */
-#define GT_OP_STACK 2   /* buf[dst, dst+size) = `size` bytes at SP + offset */
-#define GT_OP_DEREF 3   /* p = u64 at buf[src]; n = size, or min(size, (u64 at buf[len_src]) << shift);
-                         * buf[dst, dst+n) = n bytes at p + offset; skipped when p == 0, n == 0,
-                         * or operation `dep` did not succeed */
+/* Operation kinds. Offsets named `src`, `len_src` and `dst` are in the side's region. */
+#define GT_OP_REG 1     /* region[dst, dst+size) = low `size` (1,2,4,8) bytes of register number `arg` */
+#define GT_OP_STACK 2   /* region[dst, dst+size) = `size` bytes at SP + offset */
+#define GT_OP_DEREF 3   /* p = u64 at src; n = size, or min(size, (u64 at len_src) * mul) when len_src is
+                         * not GT_OP_NO_SRC and no condition flag is set; region[dst, dst+n) = n bytes at
+                         * p + offset. Skipped (status 0) when p == 0, n == 0, or a condition fails.
+                         * Interfaces, maps, pointers and slices are all chains of these (gotrace.capture.plan). */
 #define GT_OP_NO_SRC 65535
-/* Entry-site cookie bit: the entry instruction is also a `ret` (a function
- * whose whole body is `ret`): one probe does both captures. */
-#define GT_ARGS_COOKIE_ALSO_RETURN 2147483648
-#define GT_OP_NO_DEP 255
+#define GT_OP_NO_DEP 65535
 
-/* The rate limit lives in gt_args_cfg[GT_ACFG_MAX_RATE] (events per second, 0: none). */
-#define GT_ACFG_MAX_RATE 0
-#define GT_ACFG_N 1
+/* Operation flags (GT_OP_DEREF). A condition reads the u64 at len_src (then no length word). */
+#define GT_OPF_MASK 1          /* run only when bit `arg` of the word is set */
+#define GT_OPF_IF_ZERO 2       /* run only when the word is 0 */
+#define GT_OPF_IF_NONZERO 4    /* run only when the word is not 0 */
+#define GT_OPF_LEN_PREFIX 8    /* region[dst, dst+8) = the number of bytes read (0: none); the bytes at dst + 8 */
+#define GT_OPF_PAGE_RETRY 16   /* when the read faults, read again up to the end of the page (with GT_OPF_LEN_PREFIX) */
+
+/* Status bytes. */
+#define GT_ST_OK 1        /* the operation's read completed */
+#define GT_ST_FAULT 2     /* its read faulted (nothing usable was read) */
+
+/* Entry-site cookie bit: the entry instruction is also a `ret` (a function
+ * whose whole body is `ret`): its one probe sends the call at once. Its entry
+ * plan captures the results too (the registers hold both at that instant);
+ * its return plan has no operations. */
+#define GT_ARGS_COOKIE_ALSO_RETURN 2147483648
+
+/* Settings in gt_args_cfg[GT_ACFG_*], written by user space. */
+#define GT_ACFG_MAX_RATE 0        /* events per second, 0: no limit */
+#define GT_ACFG_MIN_LATENCY_NS 1  /* calls faster than this are not sent (0: all are) */
+#define GT_ACFG_N 2
 
 /* Global counters: gt_args_stats[GT_ASTAT_*]. */
 #define GT_ASTAT_NO_GOROUTINE 0
@@ -162,22 +189,27 @@ static __always_inline __u32 gt_hist_bucket(__u64 v)
 #define GT_ASTAT_RINGBUF_FULL 5        /* a completed call dropped: ring buffer full (reader too slow) */
 #define GT_ASTAT_RATE_LIMITED 6        /* a completed call dropped by the rate limit */
 #define GT_ASTAT_EVENTS 7              /* completed calls sent to user space */
-#define GT_ASTAT_N 8
+#define GT_ASTAT_FASTER 8              /* completed calls faster than the minimum latency, not sent */
+#define GT_ASTAT_N 9
 
 struct gt_arg_op {
-    __u8 kind;   /* GT_OP_* */
-    __u8 reg;    /* GT_OP_REG: register number (ABI order) */
-    __u8 shift;  /* GT_OP_DEREF: log2 of the element size applied to the length word */
-    __u8 dep;    /* GT_OP_DEREF: index of the operation that must have succeeded, or GT_OP_NO_DEP */
+    __u8 kind;     /* GT_OP_* */
+    __u8 arg;      /* REG: register number (ABI order); DEREF with GT_OPF_MASK: bit number */
+    __u8 flags;    /* GT_OPF_* */
+    __u8 reserved;
+    __u16 dep;     /* index of the operation that must have GT_ST_OK, or GT_OP_NO_DEP */
     __u16 dst;
     __u16 size;
     __u16 src;
     __u16 len_src;
+    __u16 mul;
     __s32 offset;
 };
 
 struct gt_arg_plan {
     __u32 nops;
+    __u32 base;    /* return plan: where the return region starts in the event's data */
+    __u32 send;    /* return plan: bytes of the event's data sent */
     __u32 reserved;
     struct gt_arg_op ops[GT_ARGS_MAX_OPS];
 };
@@ -185,8 +217,6 @@ struct gt_arg_plan {
 struct gt_args_pending {
     __u64 start_ns;
     __u32 func_id;
-    __u32 ok_mask;   /* bit i: operation i completed */
-    __u32 fail_mask; /* bit i: operation i's memory read faulted */
     __u32 reserved;
     __u64 entry_ip;  /* runtime address of the entry site: gives a PIE's load bias */
     __u8 data[GT_ARGS_BUF];
@@ -199,12 +229,7 @@ struct gt_args_event {
     __u64 entry_ip;
     __u32 tgid;
     __u32 func_id;
-    __u32 args_ok;
-    __u32 args_fail;
-    __u32 res_ok;
-    __u32 res_fail;
-    __u8 args[GT_ARGS_BUF];
-    __u8 res[GT_RES_BUF];
+    __u8 data[GT_EVENT_DATA];
 };
 
 struct gt_args_rate {

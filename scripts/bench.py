@@ -226,11 +226,11 @@ class FloorProbes:
 
 
 def gotrace_latency(pid: int, func: str, env_extra: dict[str, str] | None = None,
-                    command: tuple[str, ...] = ("latency",)) -> "GotraceRun":
-    """gotrace `command` -p pid func --json, run until its "Tracing ..." line (command may add options)."""
+                    command: str = "latency") -> "GotraceRun":
+    """`gotrace COMMAND -p PID FUNC --json` (latency, or args), once its probes are attached."""
     env = dict(os.environ, **(env_extra or {}))
     started = time.perf_counter()
-    proc = subprocess.Popen([*GOTRACE, command[0], "-p", str(pid), func, "--json", *command[1:]],
+    proc = subprocess.Popen([*GOTRACE, command, "-p", str(pid), func, "--json"],
                             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, cwd=REPO)
     seen: list[str] = []
     header = read_line_until(proc.stderr, re.compile(r"^Tracing "), ATTACHED_TIMEOUT_S, seen)
@@ -238,7 +238,7 @@ def gotrace_latency(pid: int, func: str, env_extra: dict[str, str] | None = None
     if header is None:
         proc.kill()
         proc.wait()
-        raise BenchError(f"gotrace {command[0]} -p {pid} {func} did not attach: {' | '.join(seen[-3:]) or 'no output'}")
+        raise BenchError(f"gotrace {command} -p {pid} {func} did not attach: {' | '.join(seen[-3:]) or 'no output'}")
     return GotraceRun(proc, attached_s, seen)
 
 
@@ -262,7 +262,7 @@ class GotraceRun:
         self.proc.stderr.read()
         status = self.proc.wait(60)
         if status != 0:
-            raise BenchError(f"gotrace latency exited with status {status}")
+            raise BenchError(f"gotrace exited with status {status}")
         self.proc.stdout.close()
         self.proc.stderr.close()
         return [json.loads(line) for line in out.splitlines() if line.strip()], rss_mb
@@ -416,39 +416,40 @@ def print_overhead(args, r: dict) -> dict:
 
 # -- start-up ---------------------------------------------------------------------------------
 
+# `gotrace args` on a method of caddy whose signature only the runtime type data gives (no DWARF, no --sig).
+ARGS_STARTUP_FUNC = "net/http.serverHandler.ServeHTTP"
+
 PHASES = (("imports", "imports inside the latency command"), ("elf_analysis", "ELF analysis: pclntab, match, sites, offsets"),
           ("prepare", "BPF prepare: checks, file offsets"), ("bpf_compile", "BPF compile: cached program, no bcc"),
           ("attach", "attach (uprobe_multi links)"))
+ARGS_PHASES = (("imports", "imports inside the args command"),
+               ("elf_analysis", "ELF analysis, type data, capture plan"),
+               ("prepare", "BPF prepare: checks, file offsets"), ("bpf_compile", "BPF compile: cached program, no bcc"),
+               ("attach", "maps, verifier, attach (uprobe_multi)"))
 
 
-ARGS_COMMAND = ("args", "--sig", STARTUP_ARGS_SIG)
-
-
-def bench_startup(args, caddy: Caddy) -> dict:
-    def one(command=("latency",)) -> dict:
-        run = gotrace_latency(caddy.pid, STARTUP_FUNC, {"GOTRACE_TIMINGS": "1"}, command)
+def bench_startup(args, caddy: Caddy, command: str = "latency", func: str = STARTUP_FUNC) -> dict:
+    def one() -> dict:
+        run = gotrace_latency(caddy.pid, func, {"GOTRACE_TIMINGS": "1"}, command)
         timings = run.timings()
         _, rss_mb = run.stop()
         return {"total_s": run.attached_s, "rss_mb": rss_mb, **timings}
 
     clear_bpf_cache()
     cold = one()
-    cold_args = one(ARGS_COMMAND)
-    runs, args_runs = [], []
-    for _ in range(args.startup_runs):  # interleaved, so both see the same machine
-        runs.append(one())
-        args_runs.append(one(ARGS_COMMAND))
-    return {"cold": cold, "runs": runs, "cold_args": cold_args, "args_runs": args_runs}
+    return {"cold": cold, "runs": [one() for _ in range(args.startup_runs)], "command": command, "func": func}
 
 
 def print_startup(args, caddy: Caddy, r: dict, go_version: str) -> dict:
     runs = r["runs"]
     total = median([x["total_s"] for x in runs])
     size_mb = caddy.binary.stat().st_size / 1e6
-    print(f"== Start-up: gotrace latency -p PID '{STARTUP_FUNC}' on {caddy.binary} "
+    command = r.get("command", "latency")
+    print(f"== Start-up: gotrace {command} -p PID '{r.get('func', STARTUP_FUNC)}' on {caddy.binary} "
           f"({size_mb:.1f} MB, stripped, {go_version}), {len(runs)} warm runs (BPF program cached), median ==")
     known = 0.0
-    for key, label in PHASES:
+    phases = ARGS_PHASES if command == "args" else PHASES
+    for key, label in phases:
         value = median([x.get(key, float('nan')) for x in runs])
         known += value
         print(f"  {label:46s} {value:7.3f} s  {value / total:6.1%}")
@@ -643,6 +644,10 @@ def run_all(args) -> int:
         startup_cold_rss = r["cold"]["rss_mb"]
         rss += startup_rss
         rss_cold.append(startup_cold_rss)
+        r = bench_startup(args, caddy, "args", ARGS_STARTUP_FUNC)
+        args_startup = print_startup(args, caddy, r, go_version)
+        summary["args_startup_s"], summary["args_startup_cold_s"] = args_startup["startup_s"], args_startup["startup_cold_s"]
+        summary["args_startup_rss_mb"] = median([x["rss_mb"] for x in r["runs"]])
         r = bench_scale(args, caddy)
         s = print_scale(args, r)
         summary["attach_1000_s"] = s["attach_1000_s"]
@@ -689,6 +694,9 @@ def run_all(args) -> int:
           f"{summary['startup_cold_s']:.3f} s, attach 1000 functions {s['attach_1000_cold_s']:.3f} s, peak RSS "
           f"{peak_cold:.1f} MB gotrace ({peak_cold / TARGET_PEAK_RSS_MB:.2f} x its target), "
           f"{peak_compiler:.1f} MB compile child ({peak_compiler / TARGET_PEAK_RSS_MB:.2f} x)")
+    print(f"  gotrace args on a caddy method (its signature from the type data), warm: start-up "
+          f"{summary['args_startup_s']:.3f} s ({summary['args_startup_s'] / summary['startup_s']:.2f} x latency's), "
+          f"peak RSS {summary['args_startup_rss_mb']:.1f} MB; cold {summary['args_startup_cold_s']:.3f} s")
     print(f"load average at end {load_average()}")
     return 0
 

@@ -79,6 +79,7 @@ def test_a_reader_that_falls_behind_gets_counts_of_what_it_lost(tmp_path):
     binary = _binary()
     out_path = tmp_path / "bench.json"
     received = []
+    # 6 s unpaced: far more records (~400 bytes each) than the 8 MiB ring buffer holds
     script = f"exec {binary} -bench 6 -g 2 > {out_path}"
     target = Target(str(binary), "bench", command=["/bin/sh", "-c", script])
     with GoBinary(binary) as gobin:

@@ -8,6 +8,7 @@ user-space path, with no kernel involved.
 
 from __future__ import annotations
 
+import base64
 import struct
 
 import pytest
@@ -16,13 +17,17 @@ from support import gobuild
 from support.cli import run_gotrace_process
 from gotrace import header as probes_header
 from gotrace.capture.abi import AMD64
-from gotrace.capture.plan import BYTES, plan_function
+from gotrace.capture.plan import Layouts, Limits, plan_function
 from gotrace.trace.args import CallRecord, pack_plan, parse_record
-from gotrace.output.args import ArgsSummary, call_json, format_call, format_value, quote, value_json
+from gotrace.output.args import (
+    ArgsSummary, call_json, format_call, format_value, go_duration, go_time, quote, value_json,
+)
 from gotrace.errors import UsageError
-from gotrace.binary.gotypes import Kind, Param, Signature, basic, interface_type, slice_of, string_type, struct_of
+from gotrace.binary.gotypes import (
+    Kind, Param, Signature, basic, interface_type, map_of, pointer_to, slice_of, string_type, struct_of,
+)
 from gotrace.capture.sigparse import parse_signature
-from gotrace.capture.values import Interface, Text, decode_call
+from gotrace.capture.values import Interface, Pointer, Scalar, Struct, Text, decode_call
 
 C = probes_header.constant
 
@@ -52,7 +57,8 @@ def test_sig_struct_and_composites_have_go_layout():
 
 @pytest.mark.parametrize("text, message", [
     ("fun(x int)", "must start with 'func'"),
-    ("func(x main.T)", "named type main.T"),
+    ("func(x main.T)", "no type named main.T"),
+    ("func(w interface{ Header( })", "expected"),
     ("func(a int, string)", "mixed named and unnamed"),
     ("func(x int", "expected"),
     ("func(x int) (int) extra", "unexpected text"),
@@ -65,10 +71,10 @@ def test_sig_errors_say_what_is_wrong(text, message):
 # -- plans --------------------------------------------------------------------------
 
 
-def _model(ops, regs: dict[str, int], memory: dict[int, bytes], sp: int, size: int) -> tuple[bytes, int, int]:
-    """What probes/args.bpf.c's gt_capture does, in Python: (buffer, ok mask, fail mask)."""
-    buf = bytearray(size + C("GT_ARGS_MAX_READ"))
-    ok = fail = 0
+def _model(ops, regs: dict[str, int], memory: dict[int, bytes], sp: int, limit: int) -> bytes:
+    """What probes/args.bpf.c's gt_capture does, in Python: the region (status bytes first)."""
+    buf = bytearray(limit + C("GT_ARGS_SLACK"))
+    word = lambda at: int.from_bytes(buf[at:at + 8], "little")  # noqa: E731
 
     def read(addr: int, n: int) -> bytes | None:
         for base, blob in memory.items():
@@ -76,55 +82,84 @@ def _model(ops, regs: dict[str, int], memory: dict[int, bytes], sp: int, size: i
                 return blob[addr - base:addr - base + n]
         return None
 
+    ok, fault = C("GT_ST_OK"), C("GT_ST_FAULT")
     for i, op in enumerate(ops):
+        if op.dep != C("GT_OP_NO_DEP") and not buf[op.dep] & ok:
+            continue
         if op.kind == C("GT_OP_REG"):
-            value = regs.get(AMD64.int_regs[op.reg], 0) & (2**64 - 1)
+            value = regs.get(AMD64.int_regs[op.arg], 0) & (2**64 - 1)
             buf[op.dst:op.dst + op.size] = value.to_bytes(8, "little")[:op.size]
-            ok |= 1 << i
-        elif op.kind == C("GT_OP_STACK"):
-            data = read(sp + op.offset, op.size)
-            if data is None:
-                fail |= 1 << i
-            else:
-                buf[op.dst:op.dst + op.size] = data
-                ok |= 1 << i
-        elif op.kind == C("GT_OP_DEREF"):
-            if op.dep != C("GT_OP_NO_DEP") and not ok >> op.dep & 1:
+            buf[i] = ok
+            continue
+        if op.kind == C("GT_OP_STACK"):
+            addr, n, at, prefix, retry = sp + op.offset, op.size, op.dst, None, False
+        else:
+            ptr = word(op.src)
+            if ptr == 0:
                 continue
-            ptr = int.from_bytes(buf[op.src:op.src + 8], "little")
             n = op.size
             if op.len_src != C("GT_OP_NO_SRC"):
-                n = min(n, int.from_bytes(buf[op.len_src:op.len_src + 8], "little") << op.shift)
-            if ptr == 0 or n == 0:
-                continue
-            data = read(ptr + op.offset, n)
-            if data is None:
-                fail |= 1 << i
-            else:
-                buf[op.dst:op.dst + n] = data
-                ok |= 1 << i
-    return bytes(buf), ok, fail
+                value = word(op.len_src)
+                if op.flags & C("GT_OPF_MASK"):
+                    if not value >> op.arg & 1:
+                        continue
+                elif op.flags & C("GT_OPF_IF_ZERO"):
+                    if value:
+                        continue
+                elif op.flags & C("GT_OPF_IF_NONZERO"):
+                    if not value:
+                        continue
+                else:
+                    n = min(n, min(value, 0xFFFFFFFF) * op.mul)
+            addr, at, prefix = ptr + op.offset, op.dst, None
+            retry = bool(op.flags & C("GT_OPF_PAGE_RETRY"))
+            if op.flags & C("GT_OPF_LEN_PREFIX"):
+                prefix, at = op.dst, op.dst + 8
+        if prefix is not None:
+            buf[prefix:prefix + 8] = bytes(8)
+        if n == 0:
+            continue
+        data = read(addr, n)
+        if data is None and retry and 4096 - (addr & 4095) < n:
+            n = 4096 - (addr & 4095)
+            data = read(addr, n)
+        if data is None:
+            buf[i] = fault
+            continue
+        buf[at:at + n] = data
+        if prefix is not None:
+            buf[prefix:prefix + 8] = n.to_bytes(8, "little")
+        buf[i] = ok
+    return bytes(buf[:limit])
 
 
-def _run(sig: Signature, entry_regs, ret_regs, memory, sp=0x7000, str_len=16):
-    plan = plan_function(sig, "amd64", str_len)
-    args, a_ok, a_fail = _model(plan.entry.ops, entry_regs, memory, sp, C("GT_ARGS_DATA"))
-    res, r_ok, r_fail = _model(plan.ret.ops, ret_regs, memory, sp, C("GT_RES_DATA"))
-    record = CallRecord(0, 4242, 17, 1_000, 1_051_000, 0x401000, args, a_ok, a_fail, res, r_ok, r_fail)
-    return plan, decode_call(record, plan, types=None, load_bias=0, wall_offset_ns=0)
+def _run(sig: Signature, entry_regs, ret_regs, memory, sp=0x7000, str_len=16, depth=2, max_elems=8,
+         layouts=None, types=None):
+    plan = plan_function(sig, "amd64", Limits(depth, max_elems, str_len), layouts)
+    entry = _model(plan.entry.ops, entry_regs, memory, sp, plan.entry.extent)
+    ret = _model(plan.ret.ops, ret_regs, memory, sp, plan.ret.extent)
+    record = CallRecord(0, 4242, 17, 1_000, 1_051_000, 0x401000, entry + bytes(plan.ret_base - len(entry)) + ret)
+    return plan, decode_call(record, plan, types=types, load_bias=0, wall_offset_ns=0)
 
 
 def test_plan_reads_registers_then_follows_strings():
     sig = Signature("main.work", (Param("n", basic(Kind.INT)), Param("s", string_type())),
                     (Param("~r0", basic(Kind.INT), True), Param("~r1", interface_type("error"), True)))
-    plan = plan_function(sig, "amd64", 64)
-    kinds = [(op.kind, op.reg, op.dst, op.size) for op in plan.entry.ops]
-    # n = RAX at 0; s = RBX (ptr) at 8, RCX (len) at 16; then the string bytes
-    assert kinds[:3] == [(C("GT_OP_REG"), 0, 0, 8), (C("GT_OP_REG"), 1, 8, 8), (C("GT_OP_REG"), 2, 16, 8)]
+    plan = plan_function(sig, "amd64", Limits(str_len=64))
+    status = C("GT_ARGS_MAX_OPS")
+    kinds = [(op.kind, op.arg, op.dst, op.size) for op in plan.entry.ops]
+    # n = RAX; s = RBX (ptr), RCX (len), after the status bytes; then the string bytes
+    assert kinds[:3] == [(C("GT_OP_REG"), 0, status, 8), (C("GT_OP_REG"), 1, status + 8, 8),
+                         (C("GT_OP_REG"), 2, status + 16, 8)]
     deref = plan.entry.ops[3]
-    assert (deref.kind, deref.src, deref.len_src, deref.size) == (C("GT_OP_DEREF"), 8, 16, 64)
-    assert (8, BYTES) in plan.entry.derefs
-    assert len(pack_plan(plan.entry.packed_ops())) == 8 + 16 * C("GT_ARGS_MAX_OPS")
+    assert (deref.kind, deref.src, deref.len_src, deref.mul, deref.size) == (
+        C("GT_OP_DEREF"), status + 8, status + 16, 1, 64)
+    assert len(pack_plan(plan.entry.packed_ops())) == 16 + 20 * C("GT_ARGS_MAX_OPS")
+    # the error result: its itab's type word, its value, and a read behind each of the value's first words
+    reads = [op for op in plan.ret.ops if op.kind == C("GT_OP_DEREF")]
+    assert reads[0].offset == 8 and reads[0].size == 8
+    assert reads[1].size == 128 and reads[1].flags & C("GT_OPF_LEN_PREFIX")
+    assert len(reads) == 2 + 8 and all(r.dep == plan.ret.ops.index(reads[1]) for r in reads[2:])
 
 
 def test_decoded_call_text_and_json():
@@ -152,7 +187,7 @@ def test_stack_spill_truncation_floats_and_faults():
     assert value_json(values["a8"]) == 8
     assert value_json(values["s"]) == {"value": "x" * 16, "len": 40, "truncated": True}
     assert value_json(values["p"]) == {"A": -3, "F": 2.5, "B": True}  # in memory, a float is exact
-    assert value_json(values["xs"]) == {"unavailable": "unreadable memory at 0xdead000"}
+    assert value_json(values["xs"])["rest"] == {"unavailable": "unreadable memory at 0xdead000"}
     assert format_value(values["s"]) == '"' + "x" * 16 + '"...(len=40)'
 
     floats = Signature("main.g", (Param("f", basic(Kind.FLOAT64)), Param("n", basic(Kind.INT))), ())
@@ -170,6 +205,121 @@ def test_nil_and_empty_values():
     assert [format_value(v) for _, v in call.args] == ["nil", "[]int{}(len=0 cap=8)", "<nil>"]
 
 
+def _node_type():
+    node = struct_of("main.Node", [("V", basic(Kind.INT)), ("Next", basic(Kind.UINTPTR))])
+    node.fields[1].type = pointer_to(node, "*main.Node")
+    return node
+
+
+def test_pointer_chains_follow_to_depth_and_mark_cycles():
+    node = _node_type()
+    sig = Signature("main.f", (Param("n", node.fields[1].type),), ())
+    # a -> b -> a: a cycle two pointers long
+    memory = {0x5000: struct.pack("<qQ", 1, 0x6000), 0x6000: struct.pack("<qQ", 2, 0x5000)}
+    _, call = _run(sig, {"RAX": 0x5000}, {}, memory, depth=3)
+    value = dict(call.args)["n"]
+    assert format_value(value) == "&main.Node{V: 1, Next: &main.Node{V: 2, Next: (*main.Node)(0x5000 <cycle>)}}"
+    assert value_json(value) == {"pointer": "0x5000", "value": {"V": 1, "Next": {"pointer": "0x6000", "value": {
+        "V": 2, "Next": {"pointer": "0x5000", "cycle": True}}}}}
+    _, call = _run(sig, {"RAX": 0x5000}, {}, memory, depth=1)
+    assert format_value(dict(call.args)["n"]) == "&main.Node{V: 1, Next: (*main.Node)(0x6000)}"
+    _, call = _run(sig, {"RAX": 0x5008}, {}, {0x5008: b"\1"}, depth=1)  # the pointee is not all readable
+    assert format_value(dict(call.args)["n"]) == "(*main.Node)(0x5008 <unavailable: unreadable memory at 0x5008>)"
+
+
+def test_slices_of_strings_structs_and_pointers():
+    pair = struct_of("main.Pair", [("A", basic(Kind.INT)), ("B", string_type())])
+    sig = Signature("main.f", (Param("ss", slice_of(string_type())), Param("ps", slice_of(pair)),
+                               Param("qs", slice_of(pointer_to(pair)))), ())
+    memory = {
+        0x5000: struct.pack("<QQQQ", 0x9000, 2, 0x9010, 3),                     # []string{"ab", "cde"}
+        0x9000: b"ab", 0x9010: b"cde",
+        0x6000: struct.pack("<qQQ", 7, 0x9000, 2) + struct.pack("<qQQ", 8, 0x9010, 3),  # []Pair
+        0x7100: struct.pack("<QQ", 0x6000, 0x6018),                             # []*Pair
+    }
+    regs = dict(zip(AMD64.int_regs, [0x5000, 2, 2, 0x6000, 2, 4, 0x7100, 2, 2]))
+    _, call = _run(sig, regs, {}, memory)
+    values = dict(call.args)
+    assert format_value(values["ss"]) == '[]string{"ab", "cde"}'
+    assert value_json(values["ps"]) == [{"A": 7, "B": "ab"}, {"A": 8, "B": "cde"}]
+    assert format_value(values["ps"]) == '[]main.Pair{main.Pair{A: 7, B: "ab"}, main.Pair{A: 8, B: "cde"}}(len=2 cap=4)'
+    assert format_value(values["qs"]) == '[]*main.Pair{&main.Pair{A: 7, B: "ab"}, &main.Pair{A: 8, B: "cde"}}'
+    _, call = _run(sig, regs, {}, memory, max_elems=1)
+    assert value_json(dict(call.args)["ss"]) == {"value": ["ab"], "len": 2, "cap": 2, "truncated": True}
+
+
+def test_nested_slices_and_arrays_of_slices():
+    ints = slice_of(basic(Kind.INT))
+    sig = Signature("main.f", (Param("xss", slice_of(ints)),), ())
+    memory = {0x5000: struct.pack("<QQQ", 0x6000, 2, 2) + struct.pack("<QQQ", 0x6100, 3, 3),
+              0x6000: struct.pack("<qq", 1, 2), 0x6100: struct.pack("<qqq", 3, 4, 5)}
+    _, call = _run(sig, {"RAX": 0x5000, "RBX": 2, "RCX": 2}, {}, memory)
+    assert format_value(dict(call.args)["xss"]) == "[][]int{[]int{1, 2}, []int{3, 4, 5}}"
+    _, call = _run(sig, {"RAX": 0x5000, "RBX": 2, "RCX": 2}, {}, memory, depth=1)
+    assert value_json(dict(call.args)["xss"]) == [{"len": 2, "cap": 2}, {"len": 3, "cap": 3}]
+
+
+def _swiss_group(entries: list[tuple[int, int]], slot_key=8, slot_elem=8) -> bytes:
+    ctrl = bytearray(b"\x80" * 8)
+    slots = bytearray(8 * (slot_key + slot_elem))
+    for slot, (k, v) in enumerate(entries):
+        ctrl[slot] = 0x11
+        struct.pack_into("<qq", slots, slot * 16, k, v)
+    return bytes(ctrl) + bytes(slots)
+
+
+@pytest.mark.parametrize("version", [(1, 23, 0), (1, 25, 0)])
+def test_maps_in_both_runtime_layouts(version):
+    sig = Signature("main.f", (Param("m", map_of(basic(Kind.INT), basic(Kind.INT))),), ())
+    entries = [(1, 10), (2, 20), (3, 30)]
+    if version >= (1, 24):
+        memory = {0x5000: struct.pack("<QQQQ", 3, 0, 0x6000, 0), 0x6000: _swiss_group(entries)}
+    else:
+        bucket = bytearray(8 + 64 + 64 + 8)
+        for slot, (k, v) in enumerate(entries):
+            bucket[slot] = 0x42
+            struct.pack_into("<q", bucket, 8 + 8 * slot, k)
+            struct.pack_into("<q", bucket, 72 + 8 * slot, v)
+        memory = {0x5000: struct.pack("<QBBHIQQQQ", 3, 0, 0, 0, 0, 0x6000, 0, 0, 0), 0x6000: bytes(bucket)}
+    _, call = _run(sig, {"RAX": 0x5000}, {}, memory, layouts=Layouts(version))
+    value = dict(call.args)["m"]
+    assert format_value(value) == "map[int]int{1: 10, 2: 20, 3: 30}"
+    assert value_json(value) == {"len": 3, "entries": [{"key": 1, "value": 10}, {"key": 2, "value": 20},
+                                                       {"key": 3, "value": 30}]}
+    _, call = _run(sig, {"RAX": 0x5000}, {}, memory, layouts=Layouts(version), max_elems=2)
+    assert format_value(dict(call.args)["m"]) == "map[int]int{1: 10, 2: 20, ...(len=3)}"
+
+
+def test_swiss_map_with_a_directory_reads_table_zero():
+    sig = Signature("main.f", (Param("m", map_of(basic(Kind.INT), basic(Kind.INT))),), ())
+    memory = {0x5000: struct.pack("<QQQQ", 9, 0, 0x7000, 2), 0x7000: struct.pack("<QQ", 0x7100, 0x7100),
+              0x7100: struct.pack("<HHHBxQQQ", 9, 16, 5, 1, 0, 0x6000, 1), 0x6000: _swiss_group([(5, 50), (6, 60)])}
+    _, call = _run(sig, {"RAX": 0x5000}, {}, memory, layouts=Layouts((1, 25, 0)))
+    assert format_value(dict(call.args)["m"]) == "map[int]int{5: 50, 6: 60, ...(len=9)}"
+
+
+def test_durations_and_times_as_go_prints_them():
+    assert [go_duration(ns) for ns in (0, 999, 1500, 1_500_000, 2_500_000_000, 3_723_500_000_000, -1500)] == [
+        "0s", "999ns", "1.5µs", "1.5ms", "2.5s", "1h2m3.5s", "-1.5µs"]
+    wall = basic(Kind.UINT64)
+    ext = basic(Kind.INT64)
+    time_type = struct_of("time.Time", [("wall", wall), ("ext", ext), ("loc", basic(Kind.UINTPTR))])
+    loc = pointer_to(None, "*time.Location")
+    utc = Struct(time_type, [("wall", Scalar(wall, 123)), ("ext", Scalar(ext, 63_393_490_800)),
+                             ("loc", Pointer("*time.Location", 0))])
+    assert go_time(utc) == "2009-11-10 23:00:00.000000123 +0000 UTC"
+    assert loc.name == "*time.Location"
+
+
+def test_non_utf8_bytes_survive_json():
+    raw = b"ok\xff\xfe"
+    encoded = value_json(Text(raw, len(raw), is_bytes=True, cap=8))
+    assert encoded == {"base64": base64.b64encode(raw).decode()}
+    assert base64.b64decode(encoded["base64"]) == raw
+    cut = "héllo".encode()[:2]  # a cut inside é keeps the whole characters as text
+    assert value_json(Text(cut, 6)) == {"value": "h", "len": 6, "truncated": True}
+
+
 def test_quote_escapes_control_characters_like_go():
     assert quote(b"\x1b[31mred\x1b[0m\n\t\"q\" \\ \x00") == r'"\x1b[31mred\x1b[0m\n\t\"q\" \\ \x00"'
     assert quote("héllo 日本 😀".encode()) == '"héllo 日本 😀"'
@@ -179,19 +329,21 @@ def test_quote_escapes_control_characters_like_go():
 
 def test_interface_and_truncated_json():
     assert value_json(Interface(None)) is None
-    assert value_json(Interface("*errors.errorString", Text(b"boom", 4), True)) == {
-        "type": "*errors.errorString", "value": "boom"}
+    message = Pointer("*errors.errorString", 0x5000, Struct(struct_of("errors.errorString", [("s", string_type())]),
+                                                             [("s", Text(b"boom", 4))]))
+    assert value_json(Interface("*errors.errorString", message, True)) == {"type": "*errors.errorString", "value": "boom"}
+    assert format_value(Interface("*errors.errorString", message, True)) == '*errors.errorString("boom")'
     assert value_json(Text(b"ab", 10, is_bytes=True, cap=12)) == {"value": "ab", "len": 10, "truncated": True, "cap": 12}
 
 
 def test_record_layout_matches_header():
-    head = struct.pack("<QQQQIIIIII", 1, 2, 3, 4, 5, 6, 7, 8, 9, 10)
-    raw = head + b"A" * C("GT_ARGS_BUF") + b"R" * C("GT_RES_BUF")
-    record = parse_record(raw)
+    head = struct.pack("<QQQQII", 1, 2, 3, 4, 5, 6)
+    record = parse_record(head + b"A" * 40 + b"R" * 24)
     assert (record.start_ns, record.end_ns, record.goid, record.entry_ip, record.tgid, record.func_id) == (1, 2, 3, 4, 5, 6)
-    assert record.args == b"A" * C("GT_ARGS_BUF") and record.results == b"R" * C("GT_RES_BUF")
-    assert C("GT_ARGS_BUF") == C("GT_ARGS_DATA") + C("GT_ARGS_MAX_READ")
-    assert C("GT_RES_BUF") == C("GT_RES_DATA") + C("GT_ARGS_MAX_READ")
+    assert record.regions(40) == (b"A" * 40, b"R" * 24)
+    assert C("GT_ARGS_BUF") == C("GT_ARGS_DATA") + C("GT_ARGS_SLACK")
+    assert C("GT_EVENT_DATA") == C("GT_ARGS_DATA") + C("GT_RES_DATA") + C("GT_ARGS_SLACK")
+    assert C("GT_ARGS_SLACK") >= C("GT_ARGS_MAX_READ") + 8
 
 
 def test_summary_counts_every_drop():
@@ -212,13 +364,76 @@ def test_sig_that_does_not_fit_the_function_is_refused():
     assert len(proc.stderr.strip().splitlines()) == 1
 
 
-def test_stripped_binary_without_sig_says_to_give_one():
+def test_stripped_binary_without_sig_says_to_give_one_sized_from_pclntab():
     binary = str(gobuild.build("argstruth", gobuild.TOOLCHAINS[-1], "stripped"))
     proc = run_gotrace_process("args", binary, "main.fnStr")
     assert proc.returncode == 2
-    assert "no DWARF" in proc.stderr and "--sig" in proc.stderr
+    # fnStr(s string, t string): 32 bytes of spill area, four words
+    assert "no DWARF" in proc.stderr and "--sig 'func(w0, w1, w2, w3 uintptr)' (32 bytes of arguments)" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
     proc = run_gotrace_process("args", binary, "main.fn*", "--sig", "func(x int)")
     assert proc.returncode == 2 and "NAME=func" in proc.stderr
+
+
+@pytest.mark.parametrize("version", gobuild.TOOLCHAINS)
+def test_methods_get_their_signature_from_the_type_data(version):
+    from gotrace.binary.gobinary import GoBinary
+    from gotrace.capture.plan import plan_args
+
+    with GoBinary(gobuild.build("argstruth", version, "stripped")) as gobin:
+        plan = plan_args(gobin, ["main.(*Counter).Add", "main.Counter.Get"])
+    sigs = {fplan.name: fplan for _, fplan in plan.traced}
+    add = sigs["main.(*Counter).Add"]
+    assert add.source == "types"
+    assert [(p.name, p.type.name) for p in add.signature.params] == [("~p0", "*main.Counter"), ("~p1", "int")]
+    assert [(p.name, p.type.name) for p in add.signature.results] == [("~r0", "int")]
+    counter = add.signature.params[0].type.elem
+    assert [(f.name, f.offset, f.type.name) for f in counter.fields] == [("n", 0, "int"), ("name", 8, "string")]
+    get = sigs["main.Counter.Get"].signature
+    assert [p.type.name for p in get.params] == ["main.Counter"]
+    assert [p.type.name for p in get.results] == ["string", "int"]
+
+
+def test_sig_named_types_come_from_the_type_data_and_are_checked():
+    binary = str(gobuild.build("argstruth", gobuild.TOOLCHAINS[-1], "stripped"))
+    from gotrace.binary.gobinary import GoBinary
+    from gotrace.capture.plan import plan_args
+
+    with GoBinary(binary) as gobin:
+        plan = plan_args(gobin, ["main.fnAnyStruct"], sig="func(v any, p main.Point) (any, *main.Point)")
+        point = plan.traced[0][1].signature.params[1].type
+        assert (point.name, point.size, [f.name for f in point.fields]) == ("main.Point", 32, ["X", "Y", "Label"])
+    for sig, message in [
+        ("main.(*Counter).Add=func(c *main.Counter, n string) int",
+         "its parameter 2 (n) is string (string, 16 bytes) in --sig but int (int, 8 bytes) in the binary's type data"),
+        ("main.(*Counter).Add=func(c main.Counter, n int) int", "its receiver is main.Counter"),
+        ("main.(*Counter).Add=func(n int) int", "--sig gives main.(*Counter).Add 1 parameters but the binary's type "
+                                                "data has 2: *main.Counter, int"),
+        ("main.(*Counter).Add=func(c *main.Counter, n main.NoSuchType) int", "no type named main.NoSuchType"),
+    ]:
+        proc = run_gotrace_process("args", binary, "main.(*Counter).Add", "--sig", sig)
+        assert proc.returncode == 2 and message in proc.stderr, proc.stderr
+        assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_sig_interfaces_with_methods():
+    sig = parse_signature("func(w interface{ Header() map[string][]string; Write([]byte) (int, error) }, e interface{ error }, "
+                          "a interface{})")
+    w, e, a = (p.type for p in sig.params)
+    assert (w.kind, w.empty, w.methods) == (Kind.INTERFACE, False, ("Header", "Write"))
+    assert (e.empty, e.methods) == (False, ("Error",))
+    assert a.empty is True and w.size == e.size == a.size == 16
+
+
+def test_sig_check_refuses_what_the_binary_says_otherwise():
+    from gotrace.capture.sigcheck import check_against
+
+    writer = interface_type("http.ResponseWriter", empty=False)
+    known = Signature("f", (Param("~p0", writer),), ())
+    check_against(parse_signature("func(w interface{ Header() })"), known, "f")  # with methods: it fits
+    with pytest.raises(UsageError, match=r"interface \{\} \(an interface without methods\) in --sig but "
+                                         r"http.ResponseWriter \(an interface with methods\)"):
+        check_against(parse_signature("func(w interface{})"), known, "f")
 
 
 @pytest.mark.parametrize("version", gobuild.TOOLCHAINS)

@@ -24,7 +24,8 @@ def test_quick_bench_prints_every_section_with_ratios(caddy, tmp_path):
     proc = run_command([str(REPO_ROOT / "scripts" / "bench"), "--quick", "--no-bpftrace"], env=env, timeout=600)
     out = proc.stdout
     assert proc.returncode == 0, proc.stderr[-2000:]
-    for header in ("== Overhead per traced call", "== Start-up: gotrace latency -p PID", "== Scale: attach and detach",
+    for header in ("== Overhead per traced call", "== Start-up: gotrace latency -p PID", "== Start-up: gotrace args -p PID",
+                   "== Scale: attach and detach",
                    "== Memory: peak RSS of gotrace ==", "== Targets =="):
         assert header in out, f"missing section {header!r} in:\n{out}"
     assert re.search(rf"gotrace/floor = {NUMBER} \(median of per-round ratios", out), out  # its value is bench's
@@ -37,3 +38,4 @@ def test_quick_bench_prints_every_section_with_ratios(caddy, tmp_path):
     targets = re.findall(rf"^  (.+?)\s+{NUMBER}.*target .*? {NUMBER} of target\s+(OK|MISSED)$", summary, re.M)
     assert [t[0].strip() for t in targets] == ["overhead gotrace/floor", "start-up, 1 function on caddy",
                                                "attach 1000 functions", "peak RSS"], out
+    assert re.search(rf"gotrace args on a caddy method .* start-up {NUMBER} s \({NUMBER} x latency's\)", summary), out

@@ -79,7 +79,9 @@ class GoType:
     `interface{}`/`any` (runtime.eface: type word, data word) from interfaces
     with methods such as `error` (runtime.iface: itab word, data word).
     `elem` of a pointer may be None when the target is unknown (DWARF omits
-    some, e.g. unsafe.Pointer).
+    some, e.g. unsafe.Pointer). Types read from the binary's runtime type
+    data (gotrace.binary.rtypes) know their descriptor's vaddr, and
+    interfaces their method names.
     """
 
     name: str
@@ -91,6 +93,8 @@ class GoType:
     length: int | None = None
     fields: list[Field] = field(default_factory=list)
     empty: bool | None = None
+    methods: tuple[str, ...] | None = None  # an interface's method names, when known
+    rtype_vaddr: int | None = None  # ELF vaddr of its runtime type descriptor, when it came from one
 
     def __repr__(self) -> str:
         return f"GoType({self.name!r}, {self.kind.name}, size={self.size})"

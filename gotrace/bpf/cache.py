@@ -56,7 +56,7 @@ def shipped_object(program: str, arch: str, probes_dir: Path | None = None) -> P
 
 
 def source_path(program: str, probes_dir: Path | None = None) -> Path:
-    return (probes_dir or header.PROBES_DIR) / f"{program}.bpf.c"
+    return (probes_dir or header.PROBES_DIR) / compiler.source_name(program)
 
 
 def find_program(program: str, arch: str, *, use_shipped: bool = True, probes_dir: Path | None = None,
@@ -91,7 +91,7 @@ def compile_image(program: str, arch: str, clang: str, probes_dir: Path) -> tupl
     """(image, clang's peak RSS in kB) of program compiled for arch now."""
     with tempfile.TemporaryDirectory(prefix="gotrace-bpf-") as work:
         output = Path(work) / compiler.object_name(program, arch)
-        result = compiler.compile_object(source_path(program, probes_dir), arch, output, clang)
+        result = compiler.compile_program(program, probes_dir, arch, output, clang)
         try:
             image = elfobj.read_object_file(output)
         except ValueError as exc:
@@ -103,7 +103,8 @@ def compile_image(program: str, arch: str, clang: str, probes_dir: Path) -> tupl
 def cache_key(program: str, arch: str, clang: str, probes_dir: Path) -> str:
     """The key of program compiled for arch by clang from the sources in probes_dir."""
     digest = hashlib.sha256(f"gotrace-bpf-cache {FORMAT_VERSION} {program} {arch}\n".encode())
-    digest.update(f"flags {' '.join(compiler.clang_command('clang', Path('x.c'), arch, Path('x.o')))}\n".encode())
+    flags = compiler.clang_command('clang', Path('x.c'), arch, Path('x.o'), compiler.BUILDS[program][1])
+    digest.update(f"flags {' '.join(flags)}\n".encode())
     digest.update(f"clang {_identity(Path(clang))}\n".encode())
     for path in sorted(probes_dir.glob("*.[ch]")):
         data = path.read_bytes()

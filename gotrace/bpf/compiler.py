@@ -24,7 +24,15 @@ from pathlib import Path
 
 from gotrace.errors import CapabilityError, UsageError
 
-PROGRAMS = ("latency", "args")  # probes/<name>.bpf.c
+# args' capture loop bound (GT_CFG_OPS_BOUND): the verifier's work grows with it, so one object per bound
+# is built and a run loads the smallest that holds its longest plan.
+ARGS_OPS_BOUNDS = (16, 32, 64, 128)
+# program -> (its source, probes/<source>.bpf.c, and the -D constants of its build)
+BUILDS: dict[str, tuple[str, dict[str, int]]] = {
+    "latency": ("latency", {}),
+    **{f"args{bound}": ("args", {"GT_CFG_OPS_BOUND": bound}) for bound in ARGS_OPS_BOUNDS},
+}
+PROGRAMS = tuple(BUILDS)
 ARCHES = ("amd64", "arm64")
 ARCH_MACROS = {"amd64": "GT_ARCH_AMD64", "arm64": "GT_ARCH_ARM64"}
 MACHINE_ARCHES = {"x86_64": "amd64", "aarch64": "arm64"}
@@ -52,6 +60,20 @@ def host_arch() -> str | None:
     return MACHINE_ARCHES.get(os.uname().machine)
 
 
+def source_name(program: str) -> str:
+    """The file in probes/ a program is built from: `args.bpf.c` for args16 ... args128."""
+    return f"{BUILDS[program][0]}.bpf.c"
+
+
+def args_program(longest_plan: int) -> str:
+    """The args program whose loop bound holds a plan of longest_plan operations."""
+    for bound in ARGS_OPS_BOUNDS:
+        if longest_plan <= bound:
+            return f"args{bound}"
+    raise UsageError(f"a capture plan of {longest_plan} operations is longer than gotrace runs "
+                     f"({ARGS_OPS_BOUNDS[-1]}): lower --depth or --max-elems")
+
+
 def object_name(program: str, arch: str) -> str:
     """The file name of program's object for arch: `latency.amd64.o`."""
     return f"{program}.{arch}.o"
@@ -69,10 +91,12 @@ def find_clang() -> str | None:
     return None
 
 
-def clang_command(clang: str, source: Path, arch: str, output: Path) -> list[str]:
+def clang_command(clang: str, source: Path, arch: str, output: Path,
+                  defines: dict[str, int] | None = None) -> list[str]:
     """The command that compiles source (with the headers of its directory) for arch into output."""
-    return [clang, *CFLAGS, f"-DGT_CFG_ARCH={ARCH_MACROS[validated_arch(arch)]}", f"-I{Path(source).parent}",
-            "-c", str(source), "-o", str(output)]
+    constants = [f"-D{name}={validated_int(name, value, 0, 2**31)}" for name, value in (defines or {}).items()]
+    return [clang, *CFLAGS, f"-DGT_CFG_ARCH={ARCH_MACROS[validated_arch(arch)]}", *constants,
+            f"-I{Path(source).parent}", "-c", str(source), "-o", str(output)]
 
 
 @dataclass(frozen=True)
@@ -84,7 +108,14 @@ class CompileResult:
 SAMPLE_S = 0.01
 
 
-def compile_object(source: Path, arch: str, output: Path, clang: str | None = None) -> CompileResult:
+def compile_program(program: str, probes_dir: Path, arch: str, output: Path, clang: str | None = None) -> CompileResult:
+    """Compile one of PROGRAMS from probes_dir for arch into output (see compile_object)."""
+    source, defines = BUILDS[program]
+    return compile_object(Path(probes_dir) / f"{source}.bpf.c", arch, output, clang, defines)
+
+
+def compile_object(source: Path, arch: str, output: Path, clang: str | None = None,
+                   defines: dict[str, int] | None = None) -> CompileResult:
     """Compile source for arch into output with clang; CapabilityError (one line, clang's first error) on failure.
 
     clang's peak RSS is its VmHWM read from /proc while it runs (the last
@@ -96,7 +127,7 @@ def compile_object(source: Path, arch: str, output: Path, clang: str | None = No
     clang = clang or find_clang()
     if clang is None:
         raise CapabilityError("no clang to compile the BPF programs with: apt-get install clang")
-    command = clang_command(clang, source, arch, output)
+    command = clang_command(clang, source, arch, output, defines)
     try:
         proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     except OSError as exc:

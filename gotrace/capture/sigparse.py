@@ -4,15 +4,21 @@ Go's own syntax for function types: parameters named or not (`func(int,
 string)`, `func(a, b int, s string)`), a single result or a parenthesized
 list, variadic `...T` (a slice). Types: every predeclared type (`byte`,
 `rune`, `any`, `error` too), `unsafe.Pointer`, `*T`, `[]T`, `[N]T`,
-`map[K]V`, `chan T`, `func(...) ...`, `interface{}` and `struct{ a int; b
-string }`. A named type such as `main.Point` has no known size without
-DWARF: spell its underlying type instead (`*main.Point` is fine, a pointer).
+`map[K]V`, `chan T`, `func(...) ...`, `interface{}`, interfaces with
+methods (`interface{ Header() http.Header; Write([]byte) (int, error) }`,
+`interface{ io.Reader }`) and `struct{ a int; b string }`. Named types
+(`*http.Request`, `http.ResponseWriter`, `main.Point`, or by package path,
+`net/http.Request`) are looked up by the `resolve` callback (the binary's
+DWARF, else its runtime type data: gotrace.capture.sigcheck); one it cannot
+find is an error, except behind a pointer, where only the address is shown.
 For methods, the receiver is the first parameter.
 """
 
 from __future__ import annotations
 
 import re
+
+from collections.abc import Callable
 
 from gotrace.errors import UsageError
 from gotrace.binary.gotypes import (
@@ -28,7 +34,11 @@ _BASIC = {
     "byte": Kind.UINT8, "rune": Kind.INT32, "unsafe.Pointer": Kind.UNSAFE_POINTER,
 }
 
-_TOKEN = re.compile(r"\s*(?:(\.\.\.)|(<-)|([A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*)|(\d+)|([()\[\]{},;*]))")
+# Identifiers may be qualified by a package name or an import path: net/http.Request, example.com/x/v2.T.
+_TOKEN = re.compile(r"\s*(?:(\.\.\.)|(<-)|([A-Za-z_][A-Za-z0-9_]*(?:[./][A-Za-z0-9_][A-Za-z0-9_\-]*)*)|(\d+)|([()\[\]{},;*\n]))")
+_KEYWORDS = ("string", "error", "any", "map", "chan", "func", "struct", "interface")
+
+Resolver = Callable[[str], "GoType | None"]
 
 
 def _tokenize(text: str) -> list[str]:
@@ -45,10 +55,11 @@ def _tokenize(text: str) -> list[str]:
 
 
 class _Parser:
-    def __init__(self, text: str):
+    def __init__(self, text: str, resolve: Resolver | None = None):
         self.text = text
-        self.tokens = _tokenize(text)
+        self.tokens = [t for t in _tokenize(text) if t != "\n"]
         self.pos = 0
+        self.resolve = resolve
 
     def error(self, what: str) -> UsageError:
         near = " ".join(self.tokens[self.pos:self.pos + 3]) or "the end"
@@ -103,11 +114,8 @@ class _Parser:
             start = self.pos
             self.signature_tail()
             return func_type("func" + "".join(self.tokens[start:self.pos]))
-        if token in ("interface",):
-            self.take()
-            self.take("{")
-            self.take("}")
-            return interface_type("interface {}", empty=True)
+        if token == "interface":
+            return self.interface()
         if token == "struct":
             return self.struct()
         if token == "(":
@@ -124,17 +132,65 @@ class _Parser:
             return interface_type("error", empty=False)
         if token == "any":
             return interface_type("interface {}", empty=True)
-        self.pos -= 1
-        raise self.error(f"the size of named type {token} is unknown without DWARF: "
-                         "write its underlying type (e.g. struct{ X int; Y string }) or a pointer")
+        if not re.fullmatch(r"[A-Za-z_][\w./\-]*", token):
+            self.pos -= 1
+            raise self.error("expected a type")
+        found = self.resolve(token) if self.resolve is not None else None
+        if found is None:
+            raise UsageError(f"--sig: no type named {token} in the binary's DWARF or runtime type data: "
+                             "check the name (as %T prints it, e.g. http.Request), or write its underlying "
+                             "type (e.g. struct{ X int; Y string }) or a pointer to it")
+        return found
 
     def type_or_named_pointee(self) -> GoType | None:
         token = self.peek()
-        if token is not None and re.fullmatch(r"[A-Za-z_][\w.]*", token) and token not in _BASIC \
-                and token not in ("string", "error", "any", "map", "chan", "func", "struct", "interface"):
+        if token is not None and re.fullmatch(r"[A-Za-z_][\w./\-]*", token) and token not in _BASIC \
+                and token not in _KEYWORDS:
             self.take()
-            return GoType(token, Kind.STRUCT, 0, 1)  # only its name matters behind a pointer
+            found = self.resolve(token) if self.resolve is not None else None
+            if found is not None:
+                return found
+            return GoType(token, Kind.STRUCT, 0, 1)  # unknown: behind a pointer only its name matters
         return self.type()
+
+    def interface(self) -> GoType:
+        """`interface{}`, or with method specs and embedded interfaces; only the method names are kept."""
+        self.take("interface")
+        self.take("{")
+        methods: list[str] = []
+        parts: list[str] = []
+        while self.peek() != "}":
+            token = self.take()
+            if self.peek() == "(":  # a method: Name(params) results
+                start = self.pos
+                self.signature_tail()
+                methods.append(token)
+                parts.append(token + " ".join(self.tokens[start:self.pos]))
+            elif token in ("error", "any") or (re.fullmatch(r"[A-Za-z_][\w./\-]*", token) and token not in _KEYWORDS):
+                embedded = None if token == "any" else (self.resolve(token) if self.resolve else None)
+                if embedded is not None and embedded.kind is not Kind.INTERFACE:
+                    self.pos -= 1
+                    raise self.error(f"{token} is not an interface")
+                if token == "error":
+                    methods.append("Error")
+                elif embedded is not None and embedded.methods:
+                    methods.extend(embedded.methods)
+                elif token != "any":
+                    methods.append(token)  # an interface we cannot see into: it has methods all the same
+                parts.append(token)
+            else:
+                self.pos -= 1
+                raise self.error("expected a method such as Header() http.Header, or an embedded interface")
+            if self.peek() == ";":
+                self.take()
+            elif self.peek() != "}":
+                raise self.error("expected ';' or '}' between the interface's methods")
+        self.take("}")
+        if not methods:
+            return interface_type("interface {}", empty=True)
+        gotype = interface_type("interface { " + "; ".join(parts) + " }", empty=False)
+        gotype.methods = tuple(methods)
+        return gotype
 
     def struct(self) -> GoType:
         self.take("struct")
@@ -165,8 +221,7 @@ class _Parser:
                 self.take()
             token, after = self.peek(), self.peek(1)
             named = (not variadic and token is not None and re.fullmatch(r"[A-Za-z_]\w*", token)
-                     and token not in _BASIC and token not in ("string", "error", "any", "map", "chan",
-                                                                "func", "struct", "interface")
+                     and token not in _BASIC and token not in _KEYWORDS
                      and after not in (",", ")", None, "."))
             if not variadic and token is not None and re.fullmatch(r"[A-Za-z_]\w*", token) and after in (",", ")") \
                     and token not in _BASIC and token not in ("string", "error", "any"):
@@ -207,8 +262,11 @@ class _Parser:
         else:
             for name, gotype in items:
                 if gotype is None:  # a lone identifier in an unnamed list: a type name
-                    raise UsageError(f"--sig: the size of named type {name} is unknown without DWARF: "
-                                     "write its underlying type or a pointer")
+                    found = self.resolve(name) if self.resolve is not None else None
+                    if found is None:
+                        raise UsageError(f"--sig: no type named {name} in the binary's DWARF or runtime type "
+                                         "data: check the name, or write its underlying type or a pointer")
+                    gotype = found
                 out.append((None, gotype))
         return out
 
@@ -224,9 +282,11 @@ class _Parser:
         return params, results
 
 
-def parse_signature(text: str, func_name: str = "func") -> Signature:
-    """A Signature from Go function-type syntax; UsageError saying what is wrong."""
-    parser = _Parser(text)
+def parse_signature(text: str, func_name: str = "func", resolve: Resolver | None = None) -> Signature:
+    """A Signature from Go function-type syntax; UsageError saying what is wrong.
+
+    resolve(name) gives the GoType of a named type (None: unknown)."""
+    parser = _Parser(text, resolve)
     if parser.peek() != "func":
         raise UsageError(f"--sig must start with 'func', e.g. 'func(n int, s string) (int, error)', not {text!r}")
     parser.take()

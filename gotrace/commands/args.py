@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from gotrace.binary.rtypes import RuntimeTypes
-from gotrace.capture.plan import DEFAULT_STR_LEN, ArgsPlan, plan_args
+from gotrace.capture.plan import DEFAULT_DEPTH, DEFAULT_MAX_ELEMS, DEFAULT_STR_LEN, ArgsPlan, Limits, plan_args
 from gotrace.capture.values import Call, decode_call
 from gotrace.commands.target import open_traced, tracing_target
 from gotrace.output.args import ArgsSummary
@@ -30,8 +30,11 @@ class ArgsRequest:
     duration_s: float | None = None
     max_events: int | None = None
     str_len: int = DEFAULT_STR_LEN
+    depth: int = DEFAULT_DEPTH
+    max_elems: int = DEFAULT_MAX_ELEMS
     sigs: tuple[str, ...] = ()
     max_rate: int = DEFAULT_MAX_RATE
+    min_latency_ns: int = 0
     print_bpf: bool = False
     timings: dict[str, float] | None = None  # GOTRACE_TIMINGS: phases timed so far; None: off
 
@@ -48,20 +51,26 @@ def args(request: ArgsRequest) -> Iterator[object]:
     started = time.perf_counter()
     target, patterns = tracing_target(request.args, request.pid, request.command)
     with open_traced(target) as gobin:
-        plan = plan_args(gobin, patterns, sig=request.sigs, str_len=request.str_len)
+        types = RuntimeTypes.of(gobin)
+        limits = Limits(request.depth, request.max_elems, request.str_len)
+        plan = plan_args(gobin, patterns, sig=request.sigs, limits=limits, types=types)
         functions = args_functions(gobin, plan)
         analysed = time.perf_counter()
 
         def make_tracer() -> ArgsTracer:
-            return ArgsTracer(gobin, functions, pid=target.pid, max_rate=request.max_rate)
+            return ArgsTracer(gobin, functions, pid=target.pid, max_rate=request.max_rate,
+                              min_latency_ns=request.min_latency_ns)
 
         if request.print_bpf:
             yield BpfSource(make_tracer().bpf_source())
             return
         for name, reason in plan.skipped:
             yield Skipped(name, reason)
-        types = RuntimeTypes.of(gobin)
         fplans = [fplan for _, fplan in plan.traced]
+
+        def function_name(vaddr: int) -> str | None:
+            fn = gobin.functions.function_at(vaddr)
+            return fn.name if fn is not None and fn.entry_vaddr == vaddr else None
         wall_offset_ns = time.time_ns() - time.monotonic_ns()
         shown = undecodable = 0
         limit = request.max_events
@@ -84,7 +93,7 @@ def args(request: ArgsRequest) -> Iterator[object]:
                     try:
                         call = decode_call(record, fplans[record.func_id], types,
                                            load_bias=record.entry_ip - functions[record.func_id].entry_vaddr,
-                                           wall_offset_ns=wall_offset_ns)
+                                           wall_offset_ns=wall_offset_ns, function_name=function_name)
                     except Exception:  # a record we cannot make sense of: counted, never a crash
                         undecodable += 1
                         continue
@@ -97,4 +106,4 @@ def args(request: ArgsRequest) -> Iterator[object]:
             if limit is None or shown < limit:
                 yield from decoded(tracer.drain())
             yield ArgsSummary(shown, undecodable, tracer.stats(), request.max_rate,
-                              limit is not None and shown >= limit)
+                              limit is not None and shown >= limit, request.min_latency_ns)

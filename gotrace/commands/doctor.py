@@ -18,7 +18,7 @@ from gotrace.output.doctor import CommandLine, DoctorReport, FeatureLine, Progra
 
 # The programs each tracing command loads (gotrace.trace.latency / gotrace.trace.args).
 COMMAND_PROGRAMS = {"latency": ("latency", (b"gt_entry", b"gt_return")),
-                    "args": ("args", (b"gt_args_entry", b"gt_args_return"))}
+                    "args": ("args128", (b"gt_args_entry", b"gt_args_return"))}  # the largest loop bound
 
 
 def doctor() -> DoctorReport:

@@ -30,31 +30,35 @@ STAT_NAMES = {
     "GT_ASTAT_RINGBUF_FULL": "dropped_ringbuf_full",
     "GT_ASTAT_RATE_LIMITED": "dropped_rate_limit",
     "GT_ASTAT_EVENTS": "events",
+    "GT_ASTAT_FASTER": "faster_than_min_latency",
 }
 
 # The layouts of probes/gotrace.h's struct gt_arg_op, gt_arg_plan (header) and
-# gt_args_event (header); tests/test_struct_layouts.py compiles the C and compares.
-OP_STRUCT = struct.Struct("<BBBBHHHHi")
-PLAN_HEADER = struct.Struct("<II")
-EVENT_HEADER = struct.Struct("<QQQQIIIIII")
+# gt_args_event (header).
+OP_STRUCT = struct.Struct("<BBBBHHHHHHi")
+PLAN_HEADER = struct.Struct("<IIII")
+EVENT_HEADER = struct.Struct("<QQQQII")
 
 
 @dataclass(frozen=True)
 class ArgsFunction(TracedFunction):
     """A traced function with its two capture plans as packed operations."""
 
-    entry_ops: tuple[tuple[int, ...], ...] = ()   # each: (kind, reg, shift, dep, dst, size, src, len_src, offset)
+    entry_ops: tuple[tuple[int, ...], ...] = ()   # each: (kind, arg, flags, 0, dep, dst, size, src, len_src, mul, offset)
     return_ops: tuple[tuple[int, ...], ...] = ()
+    return_base: int = 0   # where the return region starts in the event's data
+    send_bytes: int = 0    # bytes of the event's data sent
 
     @classmethod
     def planned(cls, traced: TracedFunction, plan: FunctionPlan) -> ArgsFunction:
         return cls(traced.func_id, traced.name, traced.entry_vaddr, traced.return_vaddrs, traced.entry_file_offset,
-                   traced.return_file_offsets, plan.entry.packed_ops(), plan.ret.packed_ops())
+                   traced.return_file_offsets, plan.entry.packed_ops(), plan.ret.packed_ops(), plan.ret_base,
+                   plan.send_bytes)
 
 
 @dataclass(frozen=True)
 class CallRecord:
-    """One completed call as the BPF side sent it: raw buffers and per-operation masks."""
+    """One completed call as the BPF side sent it: the entry and return regions (status bytes first)."""
 
     func_id: int
     tgid: int
@@ -62,12 +66,11 @@ class CallRecord:
     start_ns: int  # CLOCK_MONOTONIC at entry
     end_ns: int    # CLOCK_MONOTONIC at return
     entry_ip: int  # runtime address of the entry site (minus the ELF entry vaddr: the load bias)
-    args: bytes
-    args_ok: int
-    args_fail: int
-    results: bytes
-    results_ok: int
-    results_fail: int
+    data: bytes    # both regions, as sent
+
+    def regions(self, return_base: int) -> tuple[bytes, bytes]:
+        """(entry region, return region) for a function whose return region starts at return_base."""
+        return self.data[:return_base], self.data[return_base:]
 
     @property
     def latency_ns(self) -> int:
@@ -75,22 +78,19 @@ class CallRecord:
 
 
 def parse_record(raw: bytes) -> CallRecord:
-    """A CallRecord from the bytes of one struct gt_args_event."""
-    start, end, goid, entry_ip, tgid, func_id, a_ok, a_fail, r_ok, r_fail = EVENT_HEADER.unpack_from(raw, 0)
-    args_at = EVENT_HEADER.size
-    res_at = args_at + header.constant("GT_ARGS_BUF")
-    return CallRecord(func_id, tgid, goid, start, end, entry_ip, raw[args_at:res_at], a_ok, a_fail,
-                      raw[res_at:res_at + header.constant("GT_RES_BUF")], r_ok, r_fail)
+    """A CallRecord from the bytes of one struct gt_args_event (its data as long as it was sent)."""
+    start, end, goid, entry_ip, tgid, func_id = EVENT_HEADER.unpack_from(raw, 0)
+    return CallRecord(func_id, tgid, goid, start, end, entry_ip, bytes(raw[EVENT_HEADER.size:]))
 
 
-def pack_plan(ops: Sequence[Sequence[int]]) -> bytes:
-    """The bytes of one struct gt_arg_plan."""
+def pack_plan(ops: Sequence[Sequence[int]], base: int = 0, send: int = 0) -> bytes:
+    """The bytes of one struct gt_arg_plan (base and send: the return plan's region start and bytes sent)."""
     max_ops = header.constant("GT_ARGS_MAX_OPS")
     if len(ops) > max_ops:
         raise UsageError(f"a capture plan has {len(ops)} operations; at most {max_ops} fit")
     body = b"".join(OP_STRUCT.pack(*op) for op in ops)
     body += bytes(OP_STRUCT.size * (max_ops - len(ops)))
-    return PLAN_HEADER.pack(len(ops), 0) + body
+    return PLAN_HEADER.pack(len(ops), base, send, 0) + body
 
 
 class ArgsTracer(Tracer):
@@ -98,18 +98,27 @@ class ArgsTracer(Tracer):
 
     After attach(), poll() returns the CallRecords committed since the last
     call. max_rate (calls per second, 0: unlimited) bounds what the BPF side
-    sends; what it drops is counted in stats().
+    sends; what it drops is counted in stats(). Calls faster than
+    min_latency_ns are counted and not sent (the --min-latency filter runs in
+    the kernel at return).
     """
 
-    PROGRAM = "args"
+    PROGRAM = "args16"  # per run: the smallest args<bound> object that holds the longest plan
     ENTRY_PROGRAM = b"gt_args_entry"
     RETURN_PROGRAM = b"gt_args_return"
 
     def __init__(self, gobin, functions: Sequence[ArgsFunction], *, pid: int | None, mode: str = "auto",
-                 max_rate: int = 0) -> None:
+                 max_rate: int = 0, min_latency_ns: int = 0) -> None:
         super().__init__(gobin, functions, pid=pid, mode=mode)
         self.max_rate = compiler.validated_int("max_rate", max_rate, 0, 10**9)
-        self._plans = [pack_plan(ops) for fn in self.functions for ops in (fn.entry_ops, fn.return_ops)]
+        self.min_latency_ns = compiler.validated_int("min_latency_ns", min_latency_ns, 0, 2**63 - 1)
+        self._plans = []
+        for fn in self.functions:
+            self._plans.append(pack_plan(fn.entry_ops))
+            self._plans.append(pack_plan(fn.return_ops, fn.return_base, fn.send_bytes))
+        # The object whose capture loop bound holds the longest plan (the verifier's work follows the bound).
+        longest = max((len(ops) for fn in self.functions for ops in (fn.entry_ops, fn.return_ops)), default=0)
+        self.PROGRAM = compiler.args_program(longest)
         self._ring: RingBuffer | None = None
 
     def map_sizes(self) -> dict[str, int]:
@@ -119,8 +128,10 @@ class ArgsTracer(Tracer):
         plans_fd = loaded.map_fd("gt_arg_plans")
         for index, blob in enumerate(self._plans):
             self._sys.map_update_elem(plans_fd, struct.pack("<I", index), blob)
-        self._sys.map_update_elem(loaded.map_fd("gt_args_cfg"), struct.pack("<I", header.constant("GT_ACFG_MAX_RATE")),
-                                  struct.pack("<Q", self.max_rate))
+        cfg_fd = loaded.map_fd("gt_args_cfg")
+        for index, value in ((header.constant("GT_ACFG_MAX_RATE"), self.max_rate),
+                             (header.constant("GT_ACFG_MIN_LATENCY_NS"), self.min_latency_ns)):
+            self._sys.map_update_elem(cfg_fd, struct.pack("<I", index), struct.pack("<Q", value))
 
     def site_groups(self) -> list[tuple[bytes, list[tuple[int, int]]]]:
         # A function whose entry instruction is a `ret` gets one probe doing both captures.
