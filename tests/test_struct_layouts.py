@@ -22,22 +22,21 @@ from gotrace.trace import latency as latency_trace
 
 # struct name -> its fields in order, as Python reads them (field name, struct format code of the field).
 PYTHON_LAYOUTS = {
-    "gt_arg_op": (args_trace.OP_STRUCT, ["kind", "reg", "shift", "dep", "dst", "size", "src", "len_src", "offset"]),
-    "gt_arg_plan": (args_trace.PLAN_HEADER, ["nops", "reserved"]),
-    "gt_args_event": (args_trace.EVENT_HEADER,
-                      ["start_ns", "end_ns", "goid", "entry_ip", "tgid", "func_id", "args_ok", "args_fail", "res_ok",
-                       "res_fail"]),
+    "gt_arg_op": (args_trace.OP_STRUCT,
+                  ["kind", "arg", "flags", "reserved", "dep", "dst", "size", "src", "len_src", "mul", "offset"]),
+    "gt_arg_plan": (args_trace.PLAN_HEADER, ["nops", "base", "send", "reserved"]),
+    "gt_args_event": (args_trace.EVENT_HEADER, ["start_ns", "end_ns", "goid", "entry_ip", "tgid", "func_id"]),
     "gt_hist_key": (latency_trace.HIST_KEY, ["func_id", "bucket", "tgid"]),
 }
 # Whole sizes Python relies on: a plan is the header then GT_ARGS_MAX_OPS operations; an event is the
-# header then the two buffers.
+# header then its data.
 SIZES = {
     "gt_arg_plan": args_trace.PLAN_HEADER.size + args_trace.OP_STRUCT.size * header.constant("GT_ARGS_MAX_OPS"),
-    "gt_args_event": args_trace.EVENT_HEADER.size + header.constant("GT_ARGS_BUF") + header.constant("GT_RES_BUF"),
+    "gt_args_event": args_trace.EVENT_HEADER.size + header.constant("GT_EVENT_DATA"),
     "gt_arg_op": args_trace.OP_STRUCT.size,
     "gt_hist_key": latency_trace.HIST_KEY.size,
 }
-TRAILING = {"gt_args_event": ["args", "res"], "gt_arg_plan": ["ops"]}
+TRAILING = {"gt_args_event": ["data"], "gt_arg_plan": ["ops"]}
 
 
 def python_offsets(fmt: struct.Struct, fields: list[str]) -> dict[str, tuple[int, int]]:
@@ -88,13 +87,12 @@ def test_python_format_matches_the_c_struct(c_layouts, name):
 
 def test_trailing_buffers_are_where_python_slices_them(c_layouts):
     event = c_layouts["gt_args_event"]
-    assert event["args"] == (args_trace.EVENT_HEADER.size, header.constant("GT_ARGS_BUF"))
-    assert event["res"] == (args_trace.EVENT_HEADER.size + header.constant("GT_ARGS_BUF"), header.constant("GT_RES_BUF"))
+    assert event["data"] == (args_trace.EVENT_HEADER.size, header.constant("GT_EVENT_DATA"))
     assert c_layouts["gt_arg_plan"]["ops"] == (args_trace.PLAN_HEADER.size,
                                                args_trace.OP_STRUCT.size * header.constant("GT_ARGS_MAX_OPS"))
 
 
 def test_the_check_itself_sees_a_moved_field():
     """A Python format with two fields swapped in size must not match (the comparison can fail)."""
-    wrong = python_offsets(struct.Struct("<BBBBHHHIH"), PYTHON_LAYOUTS["gt_arg_op"][1])
+    wrong = python_offsets(struct.Struct("<BBBBHHHHIHi"), PYTHON_LAYOUTS["gt_arg_op"][1])
     assert wrong != python_offsets(args_trace.OP_STRUCT, PYTHON_LAYOUTS["gt_arg_op"][1])
