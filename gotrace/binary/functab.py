@@ -17,6 +17,7 @@ find their function.
 from __future__ import annotations
 
 import functools
+from bisect import bisect_right
 from dataclasses import dataclass
 
 from gotrace.binary.elffile import ElfImage
@@ -114,6 +115,13 @@ class FunctionTable:
 
     def function(self, index: int) -> GoFunction:
         return GoFunction(index, self.name(index), self.entries[index], self.size(index), self.is_asm(index))
+
+    def function_at(self, vaddr: int) -> GoFunction | None:
+        """The function whose code contains the ELF vaddr (what a func value in args points to); None outside them."""
+        i = bisect_right(self.entries, vaddr, 0, len(self)) - 1
+        if i < 0 or vaddr >= self.entries[i + 1]:
+            return None
+        return self.function(i)
 
 
 def read_code(elf: ElfImage, fn: GoFunction) -> bytes:
