@@ -108,7 +108,7 @@ def shipped_probes(tmp_path: Path) -> Path:
     shutil.copytree(header.CHECKOUT_PROBES_DIR, probes)
     for program in compiler.PROGRAMS:
         for arch in compiler.ARCHES:
-            compiler.compile_object(probes / f"{program}.bpf.c", arch, probes / compiler.object_name(program, arch))
+            compiler.compile_program(program, probes, arch, probes / compiler.object_name(program, arch))
     return probes
 
 
@@ -317,7 +317,7 @@ def test_key_depends_on_sources_arch_and_clang(tmp_path):
     key = bpfcache.cache_key("latency", "amd64", str(clang), probes)
     assert bpfcache.cache_key("latency", "amd64", str(clang), probes) == key
     assert bpfcache.cache_key("latency", "arm64", str(clang), probes) != key
-    assert bpfcache.cache_key("args", "amd64", str(clang), probes) != key
+    assert bpfcache.cache_key("args16", "amd64", str(clang), probes) != key
     (probes / "gotrace.h").write_text("#define GT_X 2\n")
     changed_header = bpfcache.cache_key("latency", "amd64", str(clang), probes)
     assert changed_header != key

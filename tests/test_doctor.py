@@ -44,7 +44,7 @@ def test_doctor_says_what_the_tracer_then_does():
     assert report["kernel_release"] == os.uname().release
     commands = {c["command"]: c for c in report["commands"]}
     assert commands["latency"]["ok"] and commands["args"]["ok"] and commands["funcs"]["ok"]
-    assert {p["program"]: p["loads"] for p in report["programs"]} == {"latency": True, "args": True}
+    assert {p["program"]: p["loads"] for p in report["programs"]} == {"latency": True, "args128": True}
     features_by_name = {f["name"]: f["available"] for f in report["features"]}
 
     binary = gobuild.build("latencytruth", "1.23.9", "default")

@@ -28,7 +28,7 @@ from gotrace.trace.tracer import CONFIG_STRUCT
 
 pytestmark = pytest.mark.skipif(compiler.find_clang() is None, reason="clang is not installed (scripts/install)")
 
-PROGRAMS = {"latency": {"gt_entry", "gt_return"}, "args": {"gt_args_entry", "gt_args_return"}}
+PROGRAMS = {"latency": {"gt_entry", "gt_return"}, "args128": {"gt_args_entry", "gt_args_return"}}
 OBJDUMP = shutil.which("llvm-objdump") or shutil.which("llvm-objdump-14")
 
 # Byte offsets in the probe's context of the goroutine register and SP (uapi/asm/ptrace.h):
@@ -43,7 +43,7 @@ def objects(tmp_path_factory) -> dict[tuple[str, str], Path]:
     for program in PROGRAMS:
         for arch in compiler.ARCHES:
             path = out / compiler.object_name(program, arch)
-            result = compiler.compile_object(header.CHECKOUT_PROBES_DIR / f"{program}.bpf.c", arch, path)
+            result = compiler.compile_program(program, header.CHECKOUT_PROBES_DIR, arch, path)
             assert result.peak_rss_kb > 0
             built[program, arch] = path
     return built
@@ -101,7 +101,7 @@ def test_each_arch_reads_its_own_pt_regs_layout(objects, arch):
 
 def test_map_layouts_are_those_of_gotrace_h_and_of_what_python_packs(objects, tmp_path):
     latency = {spec.name: spec for spec in elfobj.read_object_file(objects["latency", "amd64"]).maps}
-    args = {spec.name: spec for spec in elfobj.read_object_file(objects["args", "amd64"]).maps}
+    args = {spec.name: spec for spec in elfobj.read_object_file(objects["args128", "amd64"]).maps}
     c = header.constant
     assert (latency["gt_config"].map_type, latency["gt_config"].value_size, latency["gt_config"].max_entries) == \
         (2, CONFIG_STRUCT.size, 1)
@@ -115,7 +115,7 @@ def test_map_layouts_are_those_of_gotrace_h_and_of_what_python_packs(objects, tm
         (27, 0, 0, c("GT_ARGS_RINGBUF_PAGES") * 4096)
     plan_size = args_tracer.PLAN_HEADER.size + c("GT_ARGS_MAX_OPS") * args_tracer.OP_STRUCT.size
     assert args["gt_arg_plans"].value_size == plan_size == len(args_tracer.pack_plan([]))
-    event_size = args_tracer.EVENT_HEADER.size + c("GT_ARGS_BUF") + c("GT_RES_BUF")
+    event_size = args_tracer.EVENT_HEADER.size + c("GT_EVENT_DATA")
     assert args["gt_args_event_scratch"].value_size == event_size
 
 
