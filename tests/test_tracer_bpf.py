@@ -29,6 +29,7 @@ from support import gobuild
 from gotrace.output import histogram
 from gotrace import header as probes_header
 from gotrace.binary.gobinary import GoBinary
+from gotrace.errors import UsageError
 from gotrace.trace.latency import LatencyTracer, TracedFunction
 from gotrace.trace.tracer import traced_functions as traced_in
 
@@ -191,6 +192,13 @@ def test_attach_refuses_bad_input_before_touching_the_kernel():
         LatencyTracer(_Binary(arch="riscv64"), [_fn()], pid=None)
     with pytest.raises(Exception, match="attach mode must be one of"):
         LatencyTracer(_Binary(), [_fn()], pid=None, mode="kprobe")
+
+
+def test_a_binary_of_another_architecture_is_refused_before_the_kernel_is_asked():
+    other = "arm64" if os.uname().machine == "x86_64" else "amd64"
+    tracer = LatencyTracer(_Binary(arch=other), [_fn()], pid=None)
+    with pytest.raises(UsageError, match=f"is an {other} binary and this machine is .*: trace it on an {other} machine"):
+        tracer.attach()
 
 
 def test_bpf_source_is_the_same_program_for_every_run_and_numbers_in_its_config():

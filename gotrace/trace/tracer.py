@@ -181,11 +181,11 @@ class Tracer:
         if self._loaded is not None:
             return
         started = time.perf_counter()
-        kernel.check_can_trace()
         machine_arch = compiler.host_arch()
         if self.arch != machine_arch:
             raise UsageError(f"{self.binary_path} is an {self.arch} binary and this machine is "
                              f"{machine_arch or os.uname().machine}: trace it on an {self.arch} machine")
+        kernel.check_can_trace()
         compile_started = time.perf_counter()
         self.timings_s["prepare"] = compile_started - started
         found = cache.find_program(self.PROGRAM, self.arch)
