@@ -48,8 +48,6 @@ PYTHON = str(REPO / ".venv" / "bin" / "python")
 CADDY_DEFAULT = Path("/var/cache/gotrace/thirdparty/caddy/bin/caddy")
 HOTLOOP_FUNC = "main.hot"
 STARTUP_FUNC = "net/http.(*conn).serve"
-# caddy is stripped: `args` takes the signature from --sig (receiver first; context.Context is an interface).
-STARTUP_ARGS_SIG = "func(c unsafe.Pointer, ctx any)"
 SCALE_PATTERN = "net/http.*"
 SCALE_SIZES = (10, 100, 1000)
 ATTACHED_TIMEOUT_S = 120.0
@@ -461,15 +459,8 @@ def print_startup(args, caddy: Caddy, r: dict, go_version: str) -> dict:
     cold = r["cold"]
     print(f"  cold run (cache emptied first: a child process imports bcc, clang compiles): total {cold['total_s']:.3f} s, "
           f"of which BPF compile {cold.get('bpf_compile', float('nan')):.3f} s")
-    args_total = median([x["total_s"] for x in r["args_runs"]])
-    args_cold = r["cold_args"]
-    print(f"  gotrace args -p PID '{STARTUP_FUNC}' --sig '{STARTUP_ARGS_SIG}', same runs interleaved: "
-          f"warm median {args_total:.3f} s ({args_total / total:.2f}x latency's), "
-          f"BPF load {median([x.get('bpf_compile', float('nan')) for x in r['args_runs']]):.3f} s; "
-          f"cold {args_cold['total_s']:.3f} s")
-    print("  args runs: " + " ".join(f"{x['total_s']:.3f}" for x in r["args_runs"]) + " s")
     print()
-    return {"startup_s": total, "startup_cold_s": cold["total_s"], "startup_args_s": args_total}
+    return {"startup_s": total, "startup_cold_s": cold["total_s"]}
 
 
 # -- scale ------------------------------------------------------------------------------------

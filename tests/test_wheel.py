@@ -29,7 +29,7 @@ import pytest
 
 from support import gobuild
 from gotrace.bpf import compiler
-from test_args_truth import PATTERNS, STR_LEN, score
+from test_args_truth import DEPTH, MAX_ELEMS, PATTERNS, STR_LEN, score
 from test_tracer_bpf import TRUTH_FUNCTIONS
 
 pytestmark = pytest.mark.bpf
@@ -162,7 +162,8 @@ def test_args_in_the_bare_venv_reports_every_value_exactly(built, tmp_path):
     binary = gobuild.build("argstruth", gobuild.TOOLCHAINS[-1], "default")
     truth_path = tmp_path / "truth.jsonl"
     proc = hidden(venv, [venv / "bin" / "gotrace", "args", "-c", f"{binary} -truth {truth_path}", binary, *PATTERNS,
-                         "--str-len", str(STR_LEN), "--max-rate", "0", "--json"])
+                         "--str-len", str(STR_LEN), "--depth", str(DEPTH), "--max-elems", str(MAX_ELEMS),
+                         "--max-rate", "0", "--json"])
     assert proc.returncode == 0, proc.stderr
     truth = [json.loads(line) for line in truth_path.read_text().splitlines()]
     calls = [json.loads(line) for line in proc.stdout.splitlines()]
