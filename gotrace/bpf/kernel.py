@@ -11,14 +11,13 @@ tree for this process.
 
 from __future__ import annotations
 
-import ctypes
 import errno
 import os
-import struct
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
+from gotrace.bpf.syscalls import Syscalls
 from gotrace.errors import CapabilityError
 
 HEADERS_CACHE = Path("/var/cache/gotrace/kernel-headers")
@@ -28,9 +27,7 @@ TRACEFS_DIR = Path("/sys/kernel/tracing")
 PROC_STATUS = Path("/proc/self/status")
 
 _DEBIAN_ARCH = {"x86_64": "amd64", "aarch64": "arm64"}
-_SYS_BPF = {"x86_64": 321, "aarch64": 280}
-_BPF_MAP_CREATE = 0
-_BPF_MAP_TYPE_ARRAY = 2
+BPF_MAP_TYPE_ARRAY = 2  # enum bpf_map_type
 
 # Capability numbers (linux/capability.h) that decide whether BPF tracing is allowed.
 CAP_SYS_ADMIN = 21
@@ -105,17 +102,13 @@ def check_bpf_syscall() -> None:
     CONFIG_BPF_SYSCALL all refuse it. Creating and closing a one-element
     array map tells, before anything else is tried.
     """
-    number = _SYS_BPF.get(os.uname().machine)
-    if number is None:
-        raise CapabilityError(f"gotrace supports x86_64 and aarch64 machines, not {os.uname().machine}")
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.syscall.restype = ctypes.c_long
-    attr = ctypes.create_string_buffer(struct.pack("<IIII", _BPF_MAP_TYPE_ARRAY, 4, 4, 1), 64)
-    fd = libc.syscall(ctypes.c_long(number), ctypes.c_long(_BPF_MAP_CREATE), attr, ctypes.c_uint(64))
-    if fd >= 0:
+    try:
+        fd = Syscalls().map_create(BPF_MAP_TYPE_ARRAY, 4, 4, 1, 0, b"gt_check")
+    except OSError as exc:
+        err = exc.errno
+    else:
         os.close(fd)
         return
-    err = ctypes.get_errno()
     if err == errno.ENOSYS:
         raise CapabilityError("this kernel has no bpf() system call: use a kernel built with CONFIG_BPF_SYSCALL")
     if err in (errno.EPERM, errno.EACCES):

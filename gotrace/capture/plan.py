@@ -112,9 +112,9 @@ class Op:
     size: int
     arg: int = 0
     flags: int = 0
-    dep: int = 65535
-    src: int = 65535
-    len_src: int = 65535
+    dep: int = probes_header.constant("GT_OP_NO_DEP")
+    src: int = probes_header.constant("GT_OP_NO_SRC")
+    len_src: int = probes_header.constant("GT_OP_NO_SRC")
     mul: int = 0
     offset: int = 0
 
