@@ -126,7 +126,7 @@ def assert_matches_truth(tracer: LatencyTracer, functions: list[TracedFunction],
     ids=["go1.23-exe-pid", "go1.25-pie-every-process"],
 )
 def test_latency_matches_program_own_timing(version, mode, by_pid, private_binary):
-    binary = private_binary(gobuild.build("latencytruth", version, mode))  # every process of it: this test's only
+    binary = private_binary(gobuild.build("latencytruth", version, mode, gobuild.NATIVE_ARCH))  # every process of it: this test's only
     functions = traced_functions(binary, TRUTH_FUNCTIONS)
     proc = start_truth(binary) if by_pid else None
     tracer = latency_tracer(binary, functions, pid=proc.pid if by_pid else None)
@@ -142,7 +142,7 @@ def test_latency_matches_program_own_timing(version, mode, by_pid, private_binar
 @pytest.mark.bpf
 def test_perf_link_attach_path_counts_the_same():
     """The Linux 5.15-6.5 path (one perf-event link per site) gives the same results."""
-    binary = gobuild.build("latencytruth", "1.23.9", "default")
+    binary = gobuild.build("latencytruth", "1.23.9", "default", gobuild.NATIVE_ARCH)
     functions = traced_functions(binary, TRUTH_FUNCTIONS)
     proc = start_truth(binary)
     tracer = latency_tracer(binary, functions, pid=proc.pid, mode="perf_link")
@@ -153,7 +153,7 @@ def test_perf_link_attach_path_counts_the_same():
 
 @pytest.mark.bpf
 def test_reset_starts_a_new_report():
-    binary = gobuild.build("latencytruth", "1.23.9", "default")
+    binary = gobuild.build("latencytruth", "1.23.9", "default", gobuild.NATIVE_ARCH)
     functions = traced_functions(binary, ["main.work", "main.mayPanic"])
     proc = start_truth(binary)
     with latency_tracer(binary, functions, pid=proc.pid) as tracer:
