@@ -7,7 +7,12 @@ floor, or to the target), since raw times on a shared VM say little alone.
 * Overhead: testdata/hotloop calls main.hot in a tight loop and times itself.
   Rounds alternate untraced / empty bcc uprobes at the same sites (the floor)
   / `gotrace latency -p` / bpftrace (when installed), and the median of each
-  is compared, so drift of a busy machine hits all alike.
+  is compared, so drift of a busy machine hits all alike. `--floor empty`
+  takes as the floor an empty program (`r0 = 0; exit`, no compiler, no bcc)
+  attached at the same sites the way gotrace attaches (uprobe_multi, else
+  perf-event links); `--overhead-only` measures only this, on this machine's
+  arch (how the arm64 figure is taken: scripts/vmtest arm64 -- scripts/bench
+  --overhead-only --floor empty).
 * Start-up: wall time from invoking `gotrace latency -p PID FUNC` on a running
   caddy (about 50 MB, stripped) to its "Tracing ..." line, which it prints
   once the probes are attached; GOTRACE_TIMINGS=1 gives the phases.
@@ -43,8 +48,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-GOTRACE = [str(REPO / ".venv" / "bin" / "gotrace")]
 PYTHON = str(REPO / ".venv" / "bin" / "python")
+# The checkout's venv; elsewhere (the arm64 guest of scripts/vmtest, gotrace installed from its wheel) this Python.
+GOTRACE = [str(REPO / ".venv" / "bin" / "gotrace")] if os.access(REPO / ".venv" / "bin" / "gotrace", os.X_OK) \
+    else [sys.executable, "-m", "gotrace"]
 CADDY_DEFAULT = Path("/var/cache/gotrace/thirdparty/caddy/bin/caddy")
 HOTLOOP_FUNC = "main.hot"
 STARTUP_FUNC = "net/http.(*conn).serve"
@@ -118,7 +125,10 @@ def verdict(value: float, target: float) -> str:
 
 
 def gotrace_commit() -> str:
-    out = subprocess.run(["git", "-C", str(REPO), "log", "-1", "--format=%h %s"], capture_output=True, text=True)
+    try:
+        out = subprocess.run(["git", "-C", str(REPO), "log", "-1", "--format=%h %s"], capture_output=True, text=True)
+    except OSError:  # no git (the arm64 guest)
+        return "unknown"
     return out.stdout.strip()[:72] or "unknown"
 
 
@@ -223,6 +233,37 @@ class FloorProbes:
         self.bpf.cleanup()
 
 
+# mov64 r0, 0; exit
+EMPTY_INSNS = bytes.fromhex("b700000000000000" "9500000000000000")
+
+
+class EmptyProbes:
+    """An empty BPF program attached at the given sites as gotrace attaches its own (gotrace.bpf.uprobes):
+    the kernel's floor without bcc or a compiler, on any arch."""
+
+    def __init__(self, binary: Path, vaddrs: list[int]):
+        from gotrace.binary.gobinary import GoBinary
+        from gotrace.bpf.image import ProgramImage
+
+        with GoBinary.open(binary) as gobin:
+            self.file_offsets = gobin.file_offsets(vaddrs)
+        self.binary = str(binary)
+        self.loaded = ProgramImage("GPL", (), {"gt_bench_empty": EMPTY_INSNS}).instantiate()
+        self.links = None
+
+    def attach(self, pid: int) -> None:
+        from gotrace.bpf import uprobes
+
+        self.links = uprobes.attach_sites(self.binary, [(b"gt_bench_empty", [(o, 0) for o in self.file_offsets])],
+                                          pid=pid, load_program=self.loaded.load_program)
+
+    def detach(self) -> None:
+        self.links.close()
+
+    def close(self) -> None:
+        self.loaded.close()
+
+
 def gotrace_latency(pid: int, func: str, env_extra: dict[str, str] | None = None,
                     command: str = "latency") -> "GotraceRun":
     """`gotrace COMMAND -p PID FUNC --json` (latency, or args), once its probes are attached."""
@@ -321,16 +362,16 @@ def bench_overhead(args) -> dict:
     from support import gobuild
     from gotrace.binary.gobinary import GoBinary
 
-    binary = gobuild.build("hotloop", gobuild.SYSTEM_GO_VERSION)
+    binary = gobuild.build("hotloop", gobuild.SYSTEM_GO_VERSION, "default", gobuild.NATIVE_ARCH)
     with GoBinary.open(binary) as gobin:
         (fn,) = gobin.match([HOTLOOP_FUNC])
         probes = gobin.probe_sites(fn)
         goid_offset = gobin.runtime_offsets.goid
         go_version = gobin.go_version
     vaddrs = [probes.sites.entry_vaddr, *probes.sites.return_vaddrs]
-    floor = FloorProbes(binary, vaddrs)
+    floor = EmptyProbes(binary, vaddrs) if args.floor == "empty" else FloorProbes(binary, vaddrs)
     bpftrace = None
-    if shutil.which("bpftrace") and not args.no_bpftrace:
+    if shutil.which("bpftrace") and not args.no_bpftrace and gobuild.NATIVE_ARCH == "amd64":
         bpftrace = Bpftrace(binary, HOTLOOP_FUNC, probes.sites.entry_vaddr - fn.entry_vaddr,
                             [v - fn.entry_vaddr for v in probes.sites.return_vaddrs], goid_offset)
     per_call: dict[str, list[float]] = {"untraced": [], "floor": [], "gotrace": []}
@@ -373,18 +414,19 @@ def bench_overhead(args) -> dict:
     finally:
         hot.close()
         floor.close()
-    return {"binary": str(binary), "go_version": go_version, "sites": len(vaddrs), "per_call_ns": per_call,
-            "counted": counted, "rss_mb": rss, "notes": notes}
+    return {"binary": str(binary), "go_version": go_version, "arch": gobuild.NATIVE_ARCH, "sites": len(vaddrs),
+            "per_call_ns": per_call, "counted": counted, "rss_mb": rss, "notes": notes}
 
 
 def print_overhead(args, r: dict) -> dict:
     med = {name: median(v) for name, v in r["per_call_ns"].items()}
     base = med["untraced"]
     floor_cost = med["floor"] - base
-    print(f"== Overhead per traced call: testdata/hotloop {HOTLOOP_FUNC} ({r['go_version']}, {r['sites']} probe sites: "
+    print(f"== Overhead per traced call: testdata/hotloop {HOTLOOP_FUNC} ({r['go_version']} {r['arch']}, {r['sites']} probe sites: "
           f"entry + {r['sites'] - 1} ret), {args.calls} calls x {args.rounds} rounds, interleaved, median ==")
     print(f"  {'mode':34s} {'per call':>12s} {'added by tracing':>17s} {'ratio to floor':>15s}")
-    labels = {"untraced": "untraced", "floor": "floor: empty uprobes via bcc", "gotrace": "gotrace latency -p",
+    floor_label = "floor: empty program, gotrace's attach" if args.floor == "empty" else "floor: empty uprobes via bcc"
+    labels = {"untraced": "untraced", "floor": floor_label, "gotrace": "gotrace latency -p",
               "bpftrace": "bpftrace, same keyed timing"}
     for name, value in med.items():
         added = value - base
@@ -585,6 +627,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--startup-runs", type=int, help="start-up runs (default 7; --quick 1)")
     parser.add_argument("--scale-runs", type=int, help="runs per scale size (default 3; --quick 1)")
     parser.add_argument("--no-bpftrace", action="store_true", help="leave bpftrace out even when installed")
+    parser.add_argument("--floor", choices=("bcc", "empty"), default="bcc",
+                        help="the overhead floor: empty uprobes via bcc (default), or an empty program attached "
+                             "as gotrace attaches (no bcc, no compiler: any arch)")
+    parser.add_argument("--overhead-only", action="store_true",
+                        help="only the per-call overhead (no caddy): what an arm64 guest measures")
     parser.add_argument("--scale-worker", nargs=3, metavar=("BINARY", "PID", "N"), help=argparse.SUPPRESS)
     parser.add_argument("--bcc-floor-worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -622,6 +669,9 @@ def run_all(args) -> int:
     clear_bpf_cache()
     r = bench_overhead(args)
     summary.update(print_overhead(args, r))
+    if args.overhead_only:
+        print(f"load average at end {load_average()}")
+        return 0
     rss_cold = r["rss_mb"][:1]  # its first round compiled
     rss += r["rss_mb"][1:]
     binary = caddy_path()
