@@ -49,8 +49,9 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 PYTHON = str(REPO / ".venv" / "bin" / "python")
-# The checkout's venv; elsewhere (the arm64 guest of scripts/vmtest, gotrace installed from its wheel) this Python.
-GOTRACE = [str(REPO / ".venv" / "bin" / "gotrace")] if os.access(REPO / ".venv" / "bin" / "gotrace", os.X_OK) \
+# The checkout venv's command when this is its Python; else (the arm64 guest of scripts/vmtest, where gotrace is
+# installed from its wheel and the checkout's venv is another arch's) gotrace run by this Python.
+GOTRACE = [str(REPO / ".venv" / "bin" / "gotrace")] if Path(sys.executable).parent == REPO / ".venv" / "bin" \
     else [sys.executable, "-m", "gotrace"]
 CADDY_DEFAULT = Path("/var/cache/gotrace/thirdparty/caddy/bin/caddy")
 HOTLOOP_FUNC = "main.hot"

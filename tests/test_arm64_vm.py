@@ -40,8 +40,10 @@ pytestmark = [pytest.mark.bpf, pytest.mark.vm]
 
 VMTEST = gobuild.REPO_ROOT / "scripts" / "vmtest"
 GO_VERSION = "1.23.9"
-GUEST_BUILDS = [("latencytruth", "default"), ("latencytruth", "pie"), ("argstruth", "default"),
-                ("argstruth", "stripped-pie"), ("service", "default")]
+# (program, Go version, mode) of every binary the guest's tests run, all for arm64.
+GUEST_BUILDS = [("latencytruth", "1.23.9", "default"), ("latencytruth", "1.25.5", "pie"),
+                ("argstruth", GO_VERSION, "default"), ("argstruth", GO_VERSION, "stripped-pie"),
+                ("service", GO_VERSION, "default")]
 GUEST_TESTS = [
     "tests/test_tracer_bpf.py::test_latency_matches_program_own_timing",
     "tests/test_tracer_bpf.py::test_perf_link_attach_path_counts_the_same",
@@ -67,8 +69,8 @@ def run_group(argv: list[str], timeout_s: float) -> tuple[int, str]:
 
 
 def test_arm64_guest_traces_arm64_binaries():
-    for program, mode in GUEST_BUILDS:
-        gobuild.build(program, GO_VERSION, mode, "arm64")
+    for program, version, mode in GUEST_BUILDS:
+        gobuild.build(program, version, mode, "arm64")
     started = time.monotonic()
     code, release = run_group([str(VMTEST), "--release", "arm64"], 3600)
     assert code == 0, f"scripts/vmtest could not build the arm64 guest:\n{release[-4000:]}"
