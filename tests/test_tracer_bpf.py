@@ -4,7 +4,7 @@ testdata/latencytruth times each call of its traced functions itself and
 prints its own counts, p50 and p99 as JSON. The tracer must see exactly the
 same number of normal returns, the panicked calls as unmatched, and the same
 percentiles within 5% + 50 us (a uprobe pair costs ~33 us on this VM; part of
-it falls inside the traced interval; 20% + 500 us in the emulated arm64 guest).
+it falls inside the traced interval; more in the emulated arm64 guest, see TOLERANCE).
 
 The bucket index code of probes/gotrace.h is also compiled for the host and
 compared with gotrace.output.histogram's formula (no BPF needed for that one).
@@ -95,16 +95,20 @@ def finish_truth(proc: subprocess.Popen) -> dict:
     return truth["functions"]
 
 
-# Part of a uprobe pair's cost falls inside the traced interval. Under emulation (the arm64 guest of
-# `scripts/vmtest arm64`, QEMU's TCG) a trap costs tens of microseconds, and when the host deschedules the
-# guest's vCPU thread inside one, milliseconds: there p50 and p99 must be within 20% + 500 us. A call paired
-# with the wrong start (another goroutine's, another recursion level's) is off by far more.
+# Part of a uprobe pair's cost falls inside the traced interval: p50 and p99 must be within 5% + 50 us.
+# Under emulation (a scripts/vmtest guest on QEMU's TCG: the arm64 guest always) a trap costs tens of
+# microseconds, and milliseconds when the host deschedules the guest's vCPU thread inside one: there p50 must be
+# within 20% + 500 us and p99 within 30% + 1 ms (measured in the arm64 guest on 6.12: p50 +16..+117 us, p99 up
+# to +1.4 ms; on a host loaded by other VMs p99 went up to +3.5 ms, which fails).
+# Counts, unmatched calls and the tracer's error counters stay exact everywhere.
 EMULATED = os.environ.get("VMTEST_ACCEL") == "tcg"
-TOLERANCE_SHARE, TOLERANCE_NS = (0.20, 500_000) if EMULATED else (0.05, 50_000)
+TOLERANCE = {"p50": (0.20, 500_000), "p99": (0.30, 1_000_000)} if EMULATED else \
+    {"p50": (0.05, 50_000), "p99": (0.05, 50_000)}
 
 
 def assert_close(name: str, what: str, got_ns: int, want_ns: int) -> None:
-    tolerance_ns = TOLERANCE_SHARE * want_ns + TOLERANCE_NS
+    share, slack_ns = TOLERANCE[what]
+    tolerance_ns = share * want_ns + slack_ns
     assert abs(got_ns - want_ns) <= tolerance_ns, f"{name} {what}: gotrace {got_ns} ns, program {want_ns} ns"
 
 
