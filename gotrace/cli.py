@@ -9,6 +9,7 @@ user.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import sys
@@ -27,11 +28,12 @@ EXIT_USAGE = 2
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="gotrace")
 def cli() -> None:
-    """eBPF tracing for Go binaries: goroutine-correct latency, call arguments.
+    """eBPF tracing for Go binaries: goroutine-correct latency, call counts, call arguments.
 
     \b
     Examples:
       gotrace funcs ./server 'main.*'
+      gotrace count -p 4242 'net/http.*' -d 5
       gotrace latency ./server 'main.(*Server).handle'
       gotrace latency -p 4242 'net/http.(*conn).serve' -d 10
       gotrace args ./server main.work
@@ -45,7 +47,8 @@ def cli() -> None:
 @click.argument("args", nargs=-1, metavar="TARGET [PATTERN]...")
 @click.option("-p", "--pid", type=int, help="Inspect the binary of process PID (/proc/PID/exe).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object (see the CLI contract).")
-@click.option("--all", "show_all", is_flag=True, help="Also list functions that cannot be traced.")
+@click.option("--all", "show_all", is_flag=True,
+              help="Also list functions that cannot be traced (with a PATTERN they are always listed).")
 def funcs_cmd(args: tuple[str, ...], pid: int | None, as_json: bool, show_all: bool) -> None:
     """List a Go binary's functions and where gotrace would probe them.
 
@@ -67,7 +70,7 @@ def funcs_cmd(args: tuple[str, ...], pid: int | None, as_json: bool, show_all: b
     if as_json:
         click.echo(json.dumps(funcs_json(listing)))
     else:
-        click.echo(render_funcs_text(listing, show_all=show_all or bool(listing.patterns)), nl=False)
+        click.echo(render_funcs_text(listing, show_all=show_all), nl=False)
 
 
 # -- latency -----------------------------------------------------------------------------
@@ -83,13 +86,35 @@ def target_options(f):
     return f
 
 
+def guard_options(f):
+    """--max-overhead, -v, -i: the options of the commands that report under the cost guard (latency, count)."""
+    from gotrace.commands import DEFAULT_MAX_OVERHEAD_PCT
+
+    f = click.option("-v", "--verbose", is_flag=True,
+                     help="List every skipped, idle and detached function instead of a summary line.")(f)
+    f = click.option("--max-overhead", type=click.FloatRange(min=0), default=DEFAULT_MAX_OVERHEAD_PCT,
+                     show_default=True, metavar="PERCENT",
+                     help="Cost guard: when the probes cost more than PERCENT of the traced process's CPU time, "
+                          "detach the costliest functions (0: only estimate). See the README.")(f)
+    f = click.option("-i", "--interval", type=click.FloatRange(min=0, min_open=True), metavar="SECONDS",
+                     help="Print a report every SECONDS (and reset).")(f)
+    return f
+
+
+def _trace_options(pid, command, duration, interval, max_overhead, verbose, **more):
+    from gotrace.commands.tracing import TraceOptions
+
+    return TraceOptions(pid, command, duration, interval, max_overhead or None, verbose, **more)
+
+
 @cli.command("latency")
 @click.argument("args", nargs=-1, metavar="[./bin] PATTERN...")
 @target_options
-@click.option("-i", "--interval", type=click.FloatRange(min=0, min_open=True), metavar="SECONDS",
-              help="Print a report every SECONDS (and reset).")
+@guard_options
 @click.option("--unit", type=click.Choice(["auto", "ns", "us", "ms", "s"]), default="auto", show_default=True,
               help="Unit of the text report.")
+@click.option("--sort", type=click.Choice(["total", "count", "mean", "p99", "max", "name", "address"]),
+              default="total", show_default=True, help="Order of the functions in the text report.")
 @click.option("--prometheus", metavar="HOST:PORT",
               help="Serve Prometheus metrics at http://HOST:PORT/metrics while tracing (cumulative histograms; "
                    "see the README for the metrics).")
@@ -97,15 +122,22 @@ def target_options(f):
 @click.option("--keep-exited", type=click.FloatRange(min=0), default=300, show_default=True, metavar="SECONDS",
               help="Every-process mode: an exited process's series stay in the metrics this long, then go.")
 @click.option("--print-bpf", is_flag=True, hidden=True, help="Print the BPF C source and exit.")
-def latency_cmd(args, pid, command, duration, as_json, interval, unit, prometheus, quiet, keep_exited,
+def latency_cmd(args, pid, command, duration, as_json, interval, max_overhead, verbose, unit, sort, prometheus,
+                quiet, keep_exited,
                 print_bpf) -> None:
     """Latency histograms of Go functions, per goroutine, from entry to return.
 
     Probes go after each function's stack-check prologue and on every return
     instruction (never uretprobes, which crash Go). Calls are paired by
     goroutine and stack depth, so thread migration, recursion and stack growth
-    are handled. Ctrl-C, SIGTERM, -d expiry or the traced process's exit print
-    the final report; the traced process keeps running untouched.
+    are handled. Calls still running at a report are shown as in flight;
+    unmatched calls are the ones unwound by a panic or runtime.Goexit.
+    Ctrl-C, SIGTERM, -d expiry or the traced process's exit print the final
+    report; the traced process keeps running untouched.
+
+    The cost guard estimates what the probes cost the traced process (each
+    hit is a trap into the kernel) and detaches the costliest functions when
+    that exceeds --max-overhead; `gotrace count` costs far less per call.
 
     \b
     Examples:
@@ -113,16 +145,49 @@ def latency_cmd(args, pid, command, duration, as_json, interval, unit, prometheu
       gotrace latency -p 4242 'net/http.(*conn).serve' -d 10
       gotrace latency -c './server -n 1000' ./server 'main.*' --unit us
       gotrace latency ./server 'main.*' -i 5 --json
+      gotrace latency -p 4242 'net/http.*' --max-overhead 20 --sort p99
       gotrace latency ./server 'main.(*Server).handle' --prometheus 127.0.0.1:9464 --quiet
     """
     started = time.perf_counter()
     from gotrace.commands.latency import LatencyRequest, latency
 
     timings = {"imports": time.perf_counter() - started} if os.environ.get("GOTRACE_TIMINGS") == "1" else None
-    request = LatencyRequest(args, pid=pid, command=command, duration_s=duration, interval_s=interval,
-                             print_bpf=print_bpf, timings=timings, prometheus=prometheus, quiet=quiet,
+    options = _trace_options(pid, command, duration, interval, max_overhead, verbose, quiet=quiet,
                              keep_exited_s=keep_exited)
+    request = LatencyRequest(args, options, sort=sort, print_bpf=print_bpf, timings=timings, prometheus=prometheus)
     _show(latency(request), as_json=as_json, unit=unit)
+
+
+# -- count -------------------------------------------------------------------------------
+
+@cli.command("count")
+@click.argument("args", nargs=-1, metavar="[./bin] PATTERN...")
+@target_options
+@guard_options
+@click.option("--sort", type=click.Choice(["count", "name", "address"]), default="count", show_default=True,
+              help="Order of the functions in the text report.")
+@click.option("--print-bpf", is_flag=True, hidden=True, help="Print the BPF C source and exit.")
+def count_cmd(args, pid, command, duration, as_json, interval, max_overhead, verbose, sort, print_bpf) -> None:
+    """Calls per function and calls per second: what is hot?
+
+    One probe per call, at the function's entry (after its stack-check
+    prologue): no return probe and no goroutine key, so it costs a fraction
+    of `gotrace latency` per call and is the first look to take at a busy
+    production process. Functions without a return instruction (tail-jump
+    wrappers, functions that only panic) can be counted too. Same targets
+    and cost guard as latency.
+
+    \b
+    Examples:
+      gotrace count -p 4242 'net/http.*' -d 5
+      gotrace count ./server 'main.*' -i 1
+      gotrace count -c './server -n 1000' ./server 'main.*' --json
+    """
+    from gotrace.commands.count import CountRequest, count
+
+    request = CountRequest(args, _trace_options(pid, command, duration, interval, max_overhead, verbose), sort=sort,
+                           print_bpf=print_bpf)
+    _show(count(request), as_json=as_json)
 
 
 def _show(events, *, as_json: bool, unit: str = "auto") -> None:
@@ -130,12 +195,26 @@ def _show(events, *, as_json: bool, unit: str = "auto") -> None:
     from gotrace.output.stream import render
 
     for event in events:
-        to_stdout, text = render(event, as_json=as_json, unit=unit)
-        stream = sys.stdout if to_stdout else sys.stderr
-        if not to_stdout:
-            sys.stdout.flush()
+        for to_stdout, text in render(event, as_json=as_json, unit=unit):
+            if not to_stdout:
+                sys.stdout.flush()
+            _write_all(sys.stdout if to_stdout else sys.stderr, text)
+
+
+def _write_all(stream, text: str) -> None:
+    """Write text whole: straight to the file descriptor when there is one. (CPython 3.11's buffered writer
+    dropped the rest of a write to a full pipe that a signal interrupted after a partial write, seen on a
+    Ctrl-C while a reader was slow; os.write returns the partial count and the loop writes the rest.)"""
+    try:
+        fd = stream.fileno()
+    except (AttributeError, OSError, ValueError, io.UnsupportedOperation):
         stream.write(text)
         stream.flush()
+        return
+    stream.flush()
+    data = memoryview(text.encode(stream.encoding or "utf-8", stream.errors or "strict"))
+    while data:
+        data = data[os.write(fd, data):]
 
 
 # -- args ------------------------------------------------------------------------------

@@ -32,18 +32,23 @@
  * The uprobe's BPF cookie is the traced function's id, 0..nfuncs-1.
  */
 #define GT_MAX_FUNCS 65536
-/* Open calls remembered at once (LRU: calls lost to panics cannot fill it). */
+/* Open calls remembered at once. Not an LRU: a start is never dropped without a trace. A start left by a call
+ * unwound by a panic is replaced by the next call at its key, or removed by user space once its goroutine has
+ * exited (gt_exited); an entry that finds the map full counts as untimed (GT_FC_UNTIMED). */
 #define GT_START_ENTRIES 65536
+/* Goroutines seen exiting (runtime.goexit1), remembered at once (LRU). */
+#define GT_EXITED_ENTRIES 65536
 /* Distinct (function, bucket, process) keys the histogram map holds at once;
  * user space deletes the keys of processes that exited (every-process mode). */
 #define GT_HIST_MIN_ENTRIES 65536
 #define GT_HIST_ENTRIES_PER_FUNC 512
 #define GT_HIST_MAX_ENTRIES 1048576
 
-/* Per-function counters: gt_func_counts[func_id * GT_FC_N + GT_FC_*]. */
-#define GT_FC_ENTRIES 0        /* entry probe hits with a goroutine */
-#define GT_FC_RETURNS_SAME_GEN 1 /* matched returns of calls entered in the current report */
-#define GT_FC_N 2
+/* Per-function counters: gt_func_counts[func_id * GT_FC_N + GT_FC_*] (probes/guard.h counts the hits). */
+#define GT_FC_ENTRIES 0 /* entry probe hits through a counting link (the cost guard's and `gotrace count`'s) */
+#define GT_FC_RETURNS 1 /* return probe hits through a counting link */
+#define GT_FC_UNTIMED 2 /* calls whose start could not be recorded: the start map was full */
+#define GT_FC_N 3
 
 /* Global counters: gt_stats[GT_STAT_*]. */
 #define GT_STAT_NO_GOROUTINE 0          /* g register was 0 (assembly, cgo callback) */
@@ -53,8 +58,6 @@
 #define GT_STAT_START_UPDATE_FAILED 4   /* the start map refused an update */
 #define GT_STAT_HIST_FULL 5             /* the histogram map had no room for a new bucket */
 #define GT_STAT_N 6
-
-/* The report generation lives in gt_gen[0]; user space bumps it at each reset. */
 
 /* gt_config[0], written by user space before the probes are attached. */
 struct gt_config {
@@ -71,9 +74,16 @@ struct gt_start_key {
 };
 
 struct gt_start_val {
-    __u64 start_ns;
+    __u64 start_ns; /* bpf_ktime_get_ns(): CLOCK_MONOTONIC */
     __u32 func_id;
-    __u32 gen;
+    __u32 reserved;
+};
+
+/* A goroutine of a process: the key of gt_exited (its value: when it exited, CLOCK_MONOTONIC ns). */
+struct gt_goroutine {
+    __u64 goid;
+    __u32 tgid;
+    __u32 reserved;
 };
 
 /* gt_hist keys: one per (function, bucket, process). Besides the bucket
@@ -237,6 +247,30 @@ struct gt_args_rate {
     __u64 count;
 };
 
+/* ---- The cost guard (probes/guard.h; user side gotrace/trace/guard.py, cost.py) ----
+ * Every hit of latency's and count's probes goes through gt_counted_hit:
+ * it counts the hit per function in gt_func_counts (GT_FC_ENTRIES,
+ * GT_FC_RETURNS) and, per CPU, in gt_cost[GT_COST_*] with what it costs:
+ * gt_hit_cost[func_id] ns for an entry hit of the function (by the kind of
+ * its entry instruction), gt_hit_cost[nfuncs] ns for a return hit, written
+ * by user space before attaching (gotrace/trace/cost.py measures them). So
+ * the probes' cost over a window is one cheap read of gt_cost.
+ */
+#define GT_COST_HITS 0
+#define GT_COST_NS 1
+#define GT_COST_N 2
+#define GT_MAP_MMAPABLE 1024 /* BPF_F_MMAPABLE: gt_hit_cost is written through memory, not a call per function */
+
+/* Which link counts a hit. A site's BPF cookie is (generation << 32) |
+ * func_id. gt_active[func_id] holds the generation of the links that count
+ * for the function (0 at first); a hit through a link of another generation
+ * is ignored. To detach some functions of a link for real, user space
+ * attaches a new link for the others with the next generation, switches
+ * their gt_active entries, then closes the old link: each hit is counted
+ * once, never twice, never lost. A detached function's entry is
+ * GT_GEN_DETACHED: nothing counts for it while its traps are removed. */
+#define GT_GEN_DETACHED 4294967295
+
 /* ---- BPF programs only: the run's settings and the goroutine a probe hit runs on ----
  * Compiled where the build gives GT_CFG_ARCH (never in user-space builds of
  * this header). Keys pair an entry with its return: (tgid, goid,
@@ -284,7 +318,9 @@ static __always_inline int gt_goroutine_key(struct pt_regs *ctx, __u32 func_id, 
     if (bpf_probe_read_user(&goid, sizeof(goid), (void *)(g + cfg->goid_offset)) != 0 ||
         bpf_probe_read_user(&stack_hi, sizeof(stack_hi), (void *)(g + cfg->stack_hi_offset)) != 0)
         return GT_KEY_READ_FAULT;
-    key->goid = goid;
+    /* goid 0: a system stack (g0 of each thread, gsignal), not a goroutine; every thread has its own and
+     * none moves, so the g's address tells them apart (bit 63: never a goid). */
+    key->goid = goid ? goid : (g | (1ULL << 63));
     key->tgid = (__u32)tgid;
     key->depth = (__u32)(stack_hi - GT_SP_REG(ctx));
     return GT_KEY_OK;

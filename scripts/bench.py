@@ -228,7 +228,9 @@ def gotrace_latency(pid: int, func: str, env_extra: dict[str, str] | None = None
     """`gotrace COMMAND -p PID FUNC --json` (latency, or args), once its probes are attached."""
     env = dict(os.environ, **(env_extra or {}))
     started = time.perf_counter()
-    proc = subprocess.Popen([*GOTRACE, command, "-p", str(pid), func, "--json"],
+    # The bench measures what tracing costs per call: the cost guard must not detach the hot function.
+    guard = ["--max-overhead", "0"] if command == "latency" else []
+    proc = subprocess.Popen([*GOTRACE, command, "-p", str(pid), func, "--json", *guard],
                             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, cwd=REPO)
     seen: list[str] = []
     header = read_line_until(proc.stderr, re.compile(r"^Tracing "), ATTACHED_TIMEOUT_S, seen)

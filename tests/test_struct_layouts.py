@@ -27,6 +27,9 @@ PYTHON_LAYOUTS = {
     "gt_arg_plan": (args_trace.PLAN_HEADER, ["nops", "base", "send", "reserved"]),
     "gt_args_event": (args_trace.EVENT_HEADER, ["start_ns", "end_ns", "goid", "entry_ip", "tgid", "func_id"]),
     "gt_hist_key": (latency_trace.HIST_KEY, ["func_id", "bucket", "tgid"]),
+    "gt_start_key": (latency_trace.START_KEY, ["goid", "tgid", "depth"]),
+    "gt_start_val": (latency_trace.START_VAL, ["start_ns", "func_id", "reserved"]),
+    "gt_goroutine": (latency_trace.GOROUTINE, ["goid", "tgid", "reserved"]),
 }
 # Whole sizes Python relies on: a plan is the header then GT_ARGS_MAX_OPS operations; an event is the
 # header then its data.
@@ -35,6 +38,9 @@ SIZES = {
     "gt_args_event": args_trace.EVENT_HEADER.size + header.constant("GT_EVENT_DATA"),
     "gt_arg_op": args_trace.OP_STRUCT.size,
     "gt_hist_key": latency_trace.HIST_KEY.size,
+    "gt_start_key": 16,
+    "gt_start_val": 16,
+    "gt_goroutine": 16,
 }
 TRAILING = {"gt_args_event": ["data"], "gt_arg_plan": ["ops"]}
 

@@ -30,6 +30,7 @@ ARGS_OPS_BOUNDS = (16, 32, 64, 128)
 # program -> (its source, probes/<source>.bpf.c, and the -D constants of its build)
 BUILDS: dict[str, tuple[str, dict[str, int]]] = {
     "latency": ("latency", {}),
+    "count": ("count", {}),
     **{f"args{bound}": ("args", {"GT_CFG_OPS_BOUND": bound}) for bound in ARGS_OPS_BOUNDS},
 }
 PROGRAMS = tuple(BUILDS)

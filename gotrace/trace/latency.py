@@ -4,7 +4,12 @@ The BPF side pairs each call's entry and `ret` by goroutine and aggregates
 latencies into log-linear buckets (probes/gotrace.h) in per-CPU maps, one
 histogram per (function, process), with the exact sum of the latencies and
 the count of calls found unwound beside it; no event per call reaches user
-space. This module reads those maps two ways:
+space. Every call whose start was recorded is in exactly one of: returned
+(in the histogram), unwound (panic, runtime.Goexit), in flight (its start
+still in gt_starts). A probe on runtime.goexit1 notes goroutines that end;
+sweep() removes the starts they left and counts them as unwound. A call
+whose start found the start map full is counted as untimed. This module
+reads those maps two ways:
 
 * read(reset=...): per function, all processes together, since the last
   reset (the reports of `gotrace latency`, `-i` resets);
@@ -26,6 +31,9 @@ import time
 from dataclasses import dataclass, field
 
 from gotrace import header
+from gotrace.bpf import uprobes
+from gotrace.bpf.image import LoadedImage
+from gotrace.errors import GotraceError
 from gotrace.trace.tracer import Tracer, TracedFunction
 
 __all__ = ["CumulativeCounts", "FunctionCounts", "LatencyTracer", "ProcessCounts", "TracedFunction"]
@@ -41,15 +49,21 @@ STAT_NAMES = {
 
 HIST_KEY = struct.Struct("<III")  # struct gt_hist_key: func_id, bucket (or a GT_HIST_SLOT_*), tgid
 START_KEY = struct.Struct("<QII")  # struct gt_start_key: goid, tgid, depth
-START_VAL = struct.Struct("<QII")  # struct gt_start_val: start_ns, func_id, gen
+START_VAL = struct.Struct("<QII")  # struct gt_start_val: start_ns, func_id, reserved
+GOROUTINE = struct.Struct("<QII")  # struct gt_goroutine: goid, tgid, reserved
+GOEXIT = "runtime.goexit1"  # every goroutine ends through it (also runtime.Goexit)
+SWEEP_EVERY_S = 1.0
 
 
 @dataclass
 class FunctionCounts:
     """One function's calls since the last reset, all processes together."""
 
-    buckets: dict[int, int]  # bucket index (probes/gotrace.h scheme) -> count
-    unmatched: int  # entered, never seen returning (panic unwinds, evicted, still open at final report)
+    buckets: dict[int, int]  # bucket index (probes/gotrace.h scheme) -> calls that returned
+    unmatched: int = 0  # calls unwound without returning (panic, runtime.Goexit), found since the last reset
+    in_flight: int = 0  # calls entered and not yet returned at the read
+    oldest_in_flight_ns: int | None = None  # how long the oldest of them has been running
+    untimed: int = 0  # calls whose start could not be recorded (the start map was full), since the last reset
 
 
 @dataclass
@@ -58,8 +72,8 @@ class ProcessCounts:
 
     buckets: dict[int, int] = field(default_factory=dict)  # bucket index -> calls returned
     sum_ns: int = 0  # exact sum of those calls' latencies
-    unwound: int = 0  # calls found unwound without returning (panics); see GT_HIST_SLOT_UNWOUND
-    in_flight: int = 0  # starts the kernel holds: calls running now (and unwound frames not yet found)
+    unwound: int = 0  # calls found unwound without returning (panics, goroutines that ended under them)
+    in_flight: int = 0  # calls running now
 
 
 @dataclass
@@ -67,7 +81,7 @@ class CumulativeCounts:
     """Everything since the probes were attached, never reset."""
 
     processes: dict[tuple[int, int], ProcessCounts]  # (func_id, tgid) -> counts
-    entries: list[int]  # per func_id: entry probe hits on a goroutine of a traced process
+    entries: list[int]  # per func_id: entry probe hits in a traced process
     alive: dict[int, bool]  # tgid -> whether the process still exists
 
 
@@ -75,6 +89,20 @@ def hist_entries(nfuncs: int) -> int:
     """Room in the histogram map for nfuncs functions: distinct (function, bucket, process) keys at once."""
     return min(header.constant("GT_HIST_MAX_ENTRIES"),
                max(header.constant("GT_HIST_MIN_ENTRIES"), nfuncs * header.constant("GT_HIST_ENTRIES_PER_FUNC")))
+
+
+def goexit_site(gobin) -> int | None:
+    """The file offset of runtime.goexit1's entry probe site, or None when the binary has none gotrace can use
+    (then a goroutine's exit after a panic is not seen, and the call it left stays in flight)."""
+    try:
+        (goexit,) = [fn for fn in gobin.match([GOEXIT]) if fn.name == GOEXIT]
+        probes = gobin.probe_sites(goexit)
+    except (GotraceError, ValueError, AttributeError):
+        return None
+    # Only the entry matters here: goexit1 never returns (it switches to goexit0 on the system stack).
+    if probes.sites.entry_vaddr is None or (probes.reason and not probes.reason.startswith("no return")):
+        return None
+    return gobin.file_offset(probes.sites.entry_vaddr)
 
 
 def process_exists(tgid: int) -> bool:
@@ -88,6 +116,8 @@ class LatencyTracer(Tracer):
     PROGRAM = "latency"
     ENTRY_PROGRAM = b"gt_entry"
     RETURN_PROGRAM = b"gt_return"
+    GOEXIT_PROGRAM = b"gt_goexit"
+    DETACHABLE = True
 
     def __init__(self, gobin, functions, *, pid, mode="auto") -> None:
         super().__init__(gobin, functions, pid=pid, mode=mode)
@@ -99,13 +129,75 @@ class LatencyTracer(Tracer):
         self._lock = threading.Lock()  # read(), read_cumulative() and retire_exited() may run on two threads
         self._hist_base: dict[tuple[int, int, int], int] = {}  # (func_id, bucket, tgid) -> count at last reset
         self._fc_base: list[int] = [0] * (len(self.functions) * header.constant("GT_FC_N"))
-        self._retired: dict[tuple[int, int], int] = {}  # (func_id, bucket) -> counts of deleted keys since last reset
+        # (func_id, bucket or GT_HIST_SLOT_UNWOUND) -> counts of deleted keys since last reset
+        self._retired: dict[tuple[int, int], int] = {}
         self._dead_since: dict[int, float] = {}  # tgid -> when it was first seen gone (monotonic s)
-        self._gen = 0
+        self._swept: dict[tuple[int, int], int] = {}  # (func_id, tgid) -> starts of exited goroutines removed
+        self._swept_total: dict[int, int] = {}  # func_id -> those removed, all processes, since attach
+        self._swept_base: dict[int, int] = {}  # ... at last reset
+        self._running: dict[tuple[int, int], tuple[int, int]] = {}  # (func_id, tgid) -> (calls, oldest start_ns)
+        self._swept_at = 0.0
+        self._goexit_file_offset = goexit_site(gobin)
+        self._goexit: uprobes.UprobeSet | None = None
 
     def map_sizes(self) -> dict[str, int]:
-        return {"gt_func_counts": len(self.functions) * header.constant("GT_FC_N"),
-                "gt_hist": hist_entries(len(self.functions))}
+        return {**super().map_sizes(), "gt_hist": hist_entries(len(self.functions))}
+
+    def setup_maps(self, loaded: LoadedImage) -> None:
+        """The probe on runtime.goexit1 goes first: a goroutine that ends after a traced call began is seen."""
+        if self._goexit_file_offset is not None:
+            self._goexit = uprobes.attach_sites(self.binary_path, [(self.GOEXIT_PROGRAM, [(self._goexit_file_offset, 0)])],
+                                                pid=self.pid, load_program=loaded.load_program, mode=self.mode)
+
+    def closing(self) -> None:
+        goexit, self._goexit = self._goexit, None
+        if goexit is not None:
+            goexit.close()
+
+    def sweep(self) -> dict[tuple[int, int], tuple[int, int]]:
+        """Remove the starts of goroutines that have exited (counted as unwound) and of detached functions (never
+        to return under a probe); (func_id, tgid) -> (calls running now, start of the oldest in CLOCK_MONOTONIC
+        ns) of the others. A goroutine id is never reused in a process, so no later call can take a removed
+        start's key."""
+        with self._lock:
+            return self._sweep()
+
+    def _sweep(self) -> dict[tuple[int, int], tuple[int, int]]:
+        starts_fd = self.loaded().map_fd("gt_starts")
+        keys, values, count = self._sys.map_lookup_batch(starts_fd, START_KEY.size, START_VAL.size,
+                                                         header.constant("GT_START_ENTRIES"))
+        exited: dict[tuple[int, int], int] = {}
+        if self._goexit is not None and count:
+            g_keys, g_values, g_count = self._sys.map_lookup_batch(
+                self.loaded().map_fd("gt_exited"), GOROUTINE.size, 8, header.constant("GT_EXITED_ENTRIES"))
+            for (goid, tgid, _), (exit_ns,) in zip(GOROUTINE.iter_unpack(g_keys[:g_count * GOROUTINE.size]),
+                                                   struct.iter_unpack("<Q", g_values[:g_count * 8])):
+                exited[tgid, goid] = exit_ns
+        detached = self.detached_ids()
+        running: dict[tuple[int, int], tuple[int, int]] = {}
+        for at, ((goid, tgid, _), (start_ns, func_id, _)) in enumerate(zip(
+                START_KEY.iter_unpack(keys[:count * START_KEY.size]),
+                START_VAL.iter_unpack(values[:count * START_VAL.size]))):
+            if func_id >= len(self.functions):
+                continue
+            exit_ns = exited.get((tgid, goid))
+            gone = exit_ns is not None and exit_ns >= start_ns
+            if gone or func_id in detached:
+                key = keys[at * START_KEY.size:(at + 1) * START_KEY.size]
+                if self._sys.map_delete_elem(starts_fd, key) and gone and func_id not in detached:
+                    self._swept[func_id, tgid] = self._swept.get((func_id, tgid), 0) + 1
+                    self._swept_total[func_id] = self._swept_total.get(func_id, 0) + 1
+                continue
+            n, oldest = running.get((func_id, tgid), (0, start_ns))
+            running[func_id, tgid] = (n + 1, min(oldest, start_ns))
+        self._swept_at = time.monotonic()
+        self._running = running
+        return running
+
+    def upkeep(self) -> None:
+        """Sweep now and then (the cost guard's thread calls this): starts of exited goroutines take room."""
+        if time.monotonic() - self._swept_at >= SWEEP_EVERY_S:
+            self.sweep()
 
     def _hist(self) -> dict[tuple[int, int, int], int]:
         """Every key of gt_hist as (func_id, bucket or slot, tgid) -> its sum over CPUs."""
@@ -122,33 +214,42 @@ class LatencyTracer(Tracer):
             return self._read(reset)
 
     def _read(self, reset: bool) -> dict[int, FunctionCounts]:
-        loaded = self.loaded()
-        if reset:
-            # New generation first: returns of calls entered from now on count toward the next report.
-            self._gen += 1
-            self._sys.map_update_elem(loaded.map_fd("gt_gen"), struct.pack("<I", 0),
-                                      struct.pack("<I", self._gen & 0xFFFFFFFF))
+        running = self._sweep()
+        now_ns = time.monotonic_ns()
         fc_n = header.constant("GT_FC_N")
         _, fc_sums = self.percpu_sums("gt_func_counts", 4, len(self.functions) * fc_n)
         hist_now = self._hist()
-        result = {fn.func_id: FunctionCounts(buckets={}, unmatched=0) for fn in self.functions}
+        result = {fn.func_id: FunctionCounts(buckets={}) for fn in self.functions}
         for (func_id, bucket), count in self._retired.items():
-            result[func_id].buckets[bucket] = count
+            if bucket == self._slot_unwound:
+                result[func_id].unmatched += count
+            else:
+                result[func_id].buckets[bucket] = count
         for key, total in hist_now.items():
             func_id, bucket, _ = key
             delta = total - self._hist_base.get(key, 0)
-            if delta > 0 and bucket < self._nbuckets and func_id in result:
+            if delta <= 0 or func_id not in result:
+                continue
+            if bucket < self._nbuckets:
                 buckets = result[func_id].buckets
                 buckets[bucket] = buckets.get(bucket, 0) + delta
-        i_entries, i_returns = header.constant("GT_FC_ENTRIES"), header.constant("GT_FC_RETURNS_SAME_GEN")
+            elif bucket == self._slot_unwound:
+                result[func_id].unmatched += delta
+        swept = dict(self._swept_total)
+        for (func_id, _), (n, oldest_ns) in running.items():
+            counts = result[func_id]
+            counts.in_flight += n
+            age_ns = max(0, now_ns - oldest_ns)
+            counts.oldest_in_flight_ns = max(counts.oldest_in_flight_ns or 0, age_ns)
+        i_untimed = header.constant("GT_FC_UNTIMED")
         for func_id, counts in result.items():
-            base = func_id * fc_n
-            entries = fc_sums[base + i_entries] - self._fc_base[base + i_entries]
-            returns = fc_sums[base + i_returns] - self._fc_base[base + i_returns]
-            counts.unmatched = max(0, entries - returns)
+            counts.unmatched += swept.get(func_id, 0) - self._swept_base.get(func_id, 0)
+            at = func_id * fc_n + i_untimed
+            counts.untimed = fc_sums[at] - self._fc_base[at]
         if reset:
             self._hist_base = hist_now
             self._fc_base = fc_sums
+            self._swept_base = swept
             self._retired = {}
         return result
 
@@ -158,10 +259,11 @@ class LatencyTracer(Tracer):
         Processes whose keys retire_exited() deleted are no longer listed.
         """
         with self._lock:
+            running = self._sweep() if time.monotonic() - self._swept_at >= SWEEP_EVERY_S else self._running
             hist_now = self._hist()
             fc_n = header.constant("GT_FC_N")
             _, fc_sums = self.percpu_sums("gt_func_counts", 4, len(self.functions) * fc_n)
-            open_calls = self._open_calls()
+            swept = dict(self._swept)
         processes: dict[tuple[int, int], ProcessCounts] = {}
         for (func_id, bucket, tgid), total in hist_now.items():
             counts = processes.setdefault((func_id, tgid), ProcessCounts())
@@ -172,23 +274,15 @@ class LatencyTracer(Tracer):
                 counts.sum_ns = total
             elif bucket == self._slot_unwound:
                 counts.unwound = total
+        for key, n in swept.items():
+            processes.setdefault(key, ProcessCounts()).unwound += n
         alive = {tgid: process_exists(tgid) for _, tgid in processes}
-        for key, n in open_calls.items():
+        for key, (n, _) in running.items():
             if key in processes and alive[key[1]]:  # a process that is gone runs nothing
                 processes[key].in_flight = n
         i_entries = header.constant("GT_FC_ENTRIES")
         entries = [fc_sums[fn.func_id * fc_n + i_entries] for fn in self.functions]
         return CumulativeCounts(processes, entries, alive)
-
-    def _open_calls(self) -> dict[tuple[int, int], int]:
-        """(func_id, tgid) -> starts held in gt_starts now."""
-        map_fd = self.loaded().map_fd("gt_starts")
-        keys, values, _ = self._sys.map_lookup_batch(map_fd, START_KEY.size, START_VAL.size,
-                                                     header.constant("GT_START_ENTRIES"))
-        out: dict[tuple[int, int], int] = {}
-        for (_, tgid, _), (_, func_id, _) in zip(START_KEY.iter_unpack(keys), START_VAL.iter_unpack(values)):
-            out[(func_id, tgid)] = out.get((func_id, tgid), 0) + 1
-        return out
 
     def retire_exited(self, keep_s: float) -> list[int]:
         """Deletes the kernel's keys of processes gone for at least keep_s seconds; returns their pids.
@@ -213,17 +307,17 @@ class LatencyTracer(Tracer):
                 if tgid not in expired:
                     continue
                 delta = total - self._hist_base.pop(key, 0)
-                if delta > 0 and bucket < self._nbuckets:
+                if delta > 0 and (bucket < self._nbuckets or bucket == self._slot_unwound):
                     self._retired[(func_id, bucket)] = self._retired.get((func_id, bucket), 0) + delta
                 self._sys.map_delete_elem(map_fd, HIST_KEY.pack(*key))
             for tgid in expired:
                 del self._dead_since[tgid]
+            self._swept = {key: n for key, n in self._swept.items() if key[1] not in expired}
             return sorted(expired)
 
     def stats(self) -> dict[str, int]:
         """Whole-run counters of the BPF side.
 
-        LRU evictions of start times are not visible to BPF; an evicted call
-        shows as a return without entry (and as unmatched for its function).
+        A call entered before gotrace attached shows as a return without entry.
         """
         return self.counters("gt_stats", STAT_NAMES)
