@@ -19,8 +19,9 @@ import time
 
 import pytest
 
-from test_latency_cli import (BUILD, HANDLE, REPO, SERVE_HTTP, TRY_FAIL, WORK, parse_service, service, spawn,  # noqa: F401
-                              start_waiting_service, untraced_run)
+from support.gobuild import REPO_ROOT as REPO
+from test_latency_cli import (BUILD, HANDLE, SERVE_HTTP, TRY_FAIL, WORK, parse_service, service, start_waiting_service,
+                              untraced_run)
 
 FAIL = "main.fail"
 

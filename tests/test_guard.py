@@ -29,15 +29,16 @@ from pathlib import Path
 
 import pytest
 
-import gobuild
+from support import gobuild
+from support.gobuild import REPO_ROOT as REPO
 from gotrace.binary.gobinary import GoBinary
 from gotrace.trace import cost
 from gotrace.trace.guard import CostGuard, FLOOR_SHARE_OF_CPU
 from gotrace.trace.latency import LatencyTracer
 from gotrace.trace.targetcpu import process_cpu_ns
 from gotrace.trace.tracer import traced_functions
-from test_latency_cli import (HANDLE, REPO, TRY_FAIL, WORK, file_bytes, parse_service, process_bytes, ret_sites,
-                              service, spawn, start_waiting_service)  # noqa: F401
+from test_latency_cli import (HANDLE, TRY_FAIL, WORK, file_bytes, parse_service, process_bytes, ret_sites, service,
+                              start_waiting_service)
 
 HOT = "main.hot"
 

@@ -2,9 +2,9 @@
 
 No return probe and no goroutine key: each call costs one trap, the
 cheapest trace there is, so it is the first look at a busy process (what is
-hot?). The calls are the entry hits the cost guard counts anyway (gt_hits),
-cumulative in memory shared with the kernel; this module reports differences
-since the last reset.
+hot?). The calls are the entry hits the cost guard counts anyway
+(gt_func_counts, cumulative); this module reports differences since the
+last reset.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ __all__ = ["CountTracer"]
 class CountTracer(Tracer):
     """Calls per function of the given functions of one Go binary (entry sites only)."""
 
-    SOURCE = "count.bpf.c"
+    PROGRAM = "count"
     ENTRY_PROGRAM = b"gt_count_entry"
     RETURN_PROGRAM = None
     DETACHABLE = True
