@@ -250,7 +250,7 @@ struct gt_args_rate {
 /* ---- The cost guard (probes/guard.h; user side gotrace/trace/guard.py, cost.py) ----
  * Every hit of latency's and count's probes goes through gt_counted_hit:
  * it counts the hit per function in gt_func_counts (GT_FC_ENTRIES,
- * GT_FC_RETURNS) and, per CPU, in gt_cost[GT_COST_*] with what it costs:
+ * GT_FC_RETURNS: an array user space maps into its memory) and, per CPU, in gt_cost[GT_COST_*] with what it costs:
  * gt_hit_cost[func_id] ns for an entry hit of the function (by the kind of
  * its entry instruction), gt_hit_cost[nfuncs] ns for a return hit, written
  * by user space before attaching (gotrace/trace/cost.py measures them). So
@@ -259,7 +259,7 @@ struct gt_args_rate {
 #define GT_COST_HITS 0
 #define GT_COST_NS 1
 #define GT_COST_N 2
-#define GT_MAP_MMAPABLE 1024 /* BPF_F_MMAPABLE: gt_hit_cost is written through memory, not a call per function */
+#define GT_MAP_MMAPABLE 1024 /* BPF_F_MMAPABLE: gt_func_counts and gt_hit_cost are read and written through memory */
 
 /* Which link counts a hit. A site's BPF cookie is (generation << 32) |
  * func_id. gt_active[func_id] holds the generation of the links that count

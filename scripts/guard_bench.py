@@ -33,9 +33,16 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 GOTRACE = [sys.executable, "-m", "gotrace"]
-CADDY_PATHS = [Path("/var/cache/gotrace/thirdparty/caddy/bin/caddy"), Path("/var/cache/gotrace/caddy/bin/caddy")]
 PATTERNS = ["net/http.(*conn).serve", "*ServeHTTP", "net/http.*", "runtime.*", "*"]
 TRANSIENT_S = 5
+
+
+def find_caddy() -> Path | None:
+    """The caddy that scripts/thirdparty installs (it prints its path; installing it the first time)."""
+    proc = subprocess.run(["bash", str(REPO / "scripts" / "thirdparty")], capture_output=True, text=True)
+    lines = proc.stdout.strip().splitlines()
+    path = Path(lines[-1]) if proc.returncode == 0 and lines else None
+    return path if path is not None and path.is_file() else None
 
 
 def free_port() -> int:
@@ -132,9 +139,9 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--command", default="latency", choices=["latency", "count"])
     args = parser.parse_args()
-    binary = next((p for p in CADDY_PATHS if p.is_file()), None)
+    binary = find_caddy()
     if binary is None:
-        raise SystemExit("no caddy: run scripts/thirdparty")
+        raise SystemExit("no caddy: scripts/thirdparty could not install it")
     with tempfile.TemporaryDirectory(prefix="gotrace-guard-bench-") as tmp:
         work = Path(tmp)
         private = work / "caddy"

@@ -3,7 +3,7 @@
 No return probe and no goroutine key: each call costs one trap, the
 cheapest trace there is, so it is the first look at a busy process (what is
 hot?). The calls are the entry hits the cost guard counts anyway
-(gt_func_counts, cumulative); this module reports differences since the
+(gt_func_counts, cumulative, in memory shared with the kernel); this module reports differences since the
 last reset.
 """
 

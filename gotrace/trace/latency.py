@@ -95,14 +95,15 @@ def goexit_site(gobin) -> int | None:
     """The file offset of runtime.goexit1's entry probe site, or None when the binary has none gotrace can use
     (then a goroutine's exit after a panic is not seen, and the call it left stays in flight)."""
     try:
-        (goexit,) = [fn for fn in gobin.match([GOEXIT]) if fn.name == GOEXIT]
-        probes = gobin.probe_sites(goexit)
-    except (GotraceError, ValueError, AttributeError):
-        return None
-    # Only the entry matters here: goexit1 never returns (it switches to goexit0 on the system stack).
-    if probes.sites.entry_vaddr is None or (probes.reason and not probes.reason.startswith("no return")):
-        return None
-    return gobin.file_offset(probes.sites.entry_vaddr)
+        candidates = [fn for fn in gobin.match([GOEXIT]) if fn.name == GOEXIT]
+        for goexit in candidates:  # the Go function, not its ABI0 wrapper (listed under the same name)
+            probes = gobin.probe_sites(goexit)
+            # Only the entry matters: goexit1 never returns (it switches to goexit0 on the system stack).
+            if probes.sites.entry_vaddr is not None and (not probes.reason or probes.reason.startswith("no return")):
+                return gobin.file_offset(probes.sites.entry_vaddr)
+    except (GotraceError, ValueError):
+        pass
+    return None
 
 
 def process_exists(tgid: int) -> bool:
@@ -217,7 +218,7 @@ class LatencyTracer(Tracer):
         running = self._sweep()
         now_ns = time.monotonic_ns()
         fc_n = header.constant("GT_FC_N")
-        _, fc_sums = self.percpu_sums("gt_func_counts", 4, len(self.functions) * fc_n)
+        fc_sums = self.func_counts()
         hist_now = self._hist()
         result = {fn.func_id: FunctionCounts(buckets={}) for fn in self.functions}
         for (func_id, bucket), count in self._retired.items():
@@ -262,7 +263,7 @@ class LatencyTracer(Tracer):
             running = self._sweep() if time.monotonic() - self._swept_at >= SWEEP_EVERY_S else self._running
             hist_now = self._hist()
             fc_n = header.constant("GT_FC_N")
-            _, fc_sums = self.percpu_sums("gt_func_counts", 4, len(self.functions) * fc_n)
+            fc_sums = self.func_counts()
             swept = dict(self._swept)
         processes: dict[tuple[int, int], ProcessCounts] = {}
         for (func_id, bucket, tgid), total in hist_now.items():

@@ -139,6 +139,7 @@ class Tracer:
         # set by the cost guard before attach()
         self.hit_cost_ns: tuple[list[float], float] | None = None
         self.after_chunk = None  # DETACHABLE: called after each chunk is attached (the cost guard's check)
+        self._func_counts: memoryview | None = None  # DETACHABLE: gt_func_counts, shared with the kernel
         self.attached_by: str | None = None  # "uprobe_multi" or "perf_link", once attached
         self.timings_s: dict[str, float] = {}  # seconds per phase of attach(): prepare, bpf_compile, attach
         self.bpf_origin: str | None = None  # where the programs came from: "shipped", "cached" or "compiled"
@@ -252,6 +253,7 @@ class Tracer:
         self.setup_maps(self._loaded)
         site_name = lambda func_id: self.functions[func_id].name  # noqa: E731
         if self.DETACHABLE:
+            self._func_counts = self._loaded.map_memory("gt_func_counts")
             if self.hit_cost_ns is not None:
                 entry_ns, return_ns = self.hit_cost_ns
                 cost = self._loaded.map_memory("gt_hit_cost")
@@ -297,10 +299,17 @@ class Tracer:
 
     def hits(self) -> tuple[list[int], list[int]]:
         """(entry probe hits, return probe hits) per func_id so far, cumulative (DETACHABLE programs): each hit is
-        a trap the traced process paid for (gt_func_counts, summed over CPUs)."""
+        a trap the traced process paid for."""
         n = header.constant("GT_FC_N")
-        _, sums = self.percpu_sums("gt_func_counts", 4, len(self.functions) * n)
-        return sums[header.constant("GT_FC_ENTRIES")::n], sums[header.constant("GT_FC_RETURNS")::n]
+        counts = self.func_counts()
+        return counts[header.constant("GT_FC_ENTRIES")::n], counts[header.constant("GT_FC_RETURNS")::n]
+
+    def func_counts(self) -> list[int]:
+        """gt_func_counts now (DETACHABLE programs): func_id * GT_FC_N + GT_FC_*, cumulative; read from memory
+        shared with the kernel, no system call."""
+        if self._func_counts is None:
+            raise RuntimeError(f"{type(self).__name__}.attach() was not called (or close() was)")
+        return self._func_counts.tolist()
 
     def cost_totals(self) -> tuple[int, int]:
         """(hits, their cost in ns per gt_hit_cost) of all functions so far, cumulative (DETACHABLE programs)."""
@@ -309,6 +318,7 @@ class Tracer:
 
     def close(self) -> None:
         """Detach every probe and free the BPF programs and maps. Safe to call twice."""
+        self._func_counts = None
         attached, self._uprobes = self._uprobes, None
         if attached is not None:
             attached.close()
