@@ -102,7 +102,7 @@ def validated_functions(functions: Sequence[TracedFunction], *, need_returns: bo
 
 
 class Tracer:
-    """The programs of SOURCE attached at the entry and return sites of `functions` in one Go binary.
+    """The programs of probes/<PROGRAM>.bpf.c attached at the entry and return sites of `functions` in one Go binary.
 
     Use as a context manager, or call attach() and close(). pid None traces
     every process running the binary, now or started later.
