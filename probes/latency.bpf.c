@@ -8,6 +8,9 @@
  * goroutine survives thread migration, the distance from the stack top
  * survives stack copies and separates recursive calls.
  *
+ * Built with -DGT_CFG_STACKS=1 (the `latency_stacks` object), each matched
+ * return also feeds --slow and --by caller (probes/latency_stacks.h).
+ *
  * The run's settings are in gt_config[0] (see gotrace.h), written by user
  * space before attaching; the maps sized by the number of functions get
  * their size from the loader. Nothing about a run is compiled in.
@@ -27,6 +30,10 @@ GT_MAP(gt_stats, BPF_MAP_TYPE_PERCPU_ARRAY, sizeof(__u32), sizeof(__u64), GT_STA
 GT_MAP(gt_gen, BPF_MAP_TYPE_ARRAY, sizeof(__u32), sizeof(__u32), 1, 0);
 
 char _license[] SEC("license") = "GPL";
+
+#if GT_CFG_STACKS
+#include "latency_stacks.h" /* the `latency_stacks` object: --slow and --by caller (gotrace.h) */
+#endif
 
 static __always_inline void gt_count(int stat)
 {
@@ -137,5 +144,8 @@ int gt_return(struct pt_regs *ctx)
     bpf_map_delete_elem(&gt_starts, &key);
     gt_hist_add(func_id, gt_hist_bucket(latency_ns), key.tgid, 1);
     gt_hist_add(func_id, GT_HIST_SLOT_SUM, key.tgid, latency_ns);
+#if GT_CFG_STACKS
+    gt_stacks_return(ctx, &key, func_id, now_ns, latency_ns);
+#endif
     return 0;
 }

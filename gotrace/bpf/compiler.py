@@ -30,6 +30,8 @@ ARGS_OPS_BOUNDS = (16, 32, 64, 128)
 # program -> (its source, probes/<source>.bpf.c, and the -D constants of its build)
 BUILDS: dict[str, tuple[str, dict[str, int]]] = {
     "latency": ("latency", {}),
+    # latency with --slow and --by caller compiled in (probes/latency_stacks.h): plain runs load the one without
+    "latency_stacks": ("latency", {"GT_CFG_STACKS": 1}),
     **{f"args{bound}": ("args", {"GT_CFG_OPS_BOUND": bound}) for bound in ARGS_OPS_BOUNDS},
 }
 PROGRAMS = tuple(BUILDS)

@@ -42,7 +42,7 @@ from gotrace.errors import CapabilityError, UsageError
 
 MAX_PID = 2**22  # PID_MAX_LIMIT on 64-bit Linux
 MAX_G_OFFSET = 4096  # bytes into runtime.g; the real offsets are below 200
-CONFIG_STRUCT = struct.Struct("<IIII")  # struct gt_config of probes/gotrace.h
+CONFIG_STRUCT = struct.Struct("<IIIIQIIII")  # struct gt_config of probes/gotrace.h
 
 
 @dataclass(frozen=True)
@@ -116,6 +116,12 @@ class Tracer:
             "nfuncs": len(self.functions),
             "goid_offset": compiler.validated_int("goid_offset", offsets.goid, 0, MAX_G_OFFSET),
             "stack_hi_offset": compiler.validated_int("stack_hi_offset", offsets.stack_hi, 0, MAX_G_OFFSET),
+            # latency's stack build only (LatencyTracer sets them)
+            "slow_ns": 0,
+            "slow_rate": 0,
+            "stack_depth": 0,
+            "by": 0,
+            "reserved": 0,
         }
         self._sys = Syscalls()
         self._ncpus = possible_cpus()
@@ -218,7 +224,7 @@ class Tracer:
         self.setup_maps(self._loaded)
         self._uprobes = uprobes.attach_sites(
             self.binary_path, self.site_groups(), pid=self.pid, load_program=self._loaded.load_program,
-            mode=self.mode, site_name=lambda func_id: self.functions[func_id].name)
+            mode=self.mode, site_name=lambda cookie: self.functions[cookie % header.constant("GT_MAX_FUNCS")].name)
         self.attached_by = self._uprobes.mode
         self.opened(self._loaded)
 
