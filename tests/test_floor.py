@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-import gobuild
+from support import gobuild
 from gotrace.commands import floor
 from gotrace.output.latency import format_duration
 

@@ -38,7 +38,7 @@ import time
 
 import pytest
 
-import gobuild
+from support import gobuild
 
 pytestmark = pytest.mark.bpf
 

@@ -6,26 +6,14 @@ import json
 
 import pytest
 
-from clirun import run_gotrace
+from support.cli import run_gotrace
 from gotrace.binary.symbolize import SourceFrame
 from gotrace.output.histogram import LatencyHistogram
-from gotrace.output.latency import FunctionReport, LatencyReport, parse_duration_ns
+from gotrace.output.latency import FunctionReport, LatencyReport
 from gotrace.output.slow import SlowCall, SlowCounts
 from gotrace.output.stream import render
 
 TARGET = {"binary": "./bin", "pid": 4242, "go_version": "go1.23.9"}
-
-
-@pytest.mark.parametrize("text,ns", [("250us", 250_000), ("5ms", 5_000_000), ("1.5s", 1_500_000_000),
-                                     ("800ns", 800), ("2µs", 2_000), (".5ms", 500_000)])
-def test_durations(text, ns):
-    assert parse_duration_ns(text) == ns
-
-
-@pytest.mark.parametrize("text", ["5", "5 minutes", "ms", "0ms", "-1ms", ""])
-def test_bad_durations_say_what_is_expected(text):
-    with pytest.raises(ValueError, match="duration"):
-        parse_duration_ns(text)
 
 
 def slow_call() -> SlowCall:

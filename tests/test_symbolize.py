@@ -20,7 +20,7 @@ import subprocess
 
 import pytest
 
-import gobuild
+from support import gobuild
 from gotrace.binary.gobinary import GoBinary
 from gotrace.binary.symbolize import SourceFrame, Symbolizer, name_for_print
 

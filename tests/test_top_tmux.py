@@ -20,7 +20,7 @@ import uuid
 
 import pytest
 
-import gobuild
+from support import gobuild
 
 REPO = gobuild.REPO_ROOT
 WIDTH, HEIGHT = 80, 24

@@ -31,6 +31,12 @@ class FunctionReport:
     name: str
     histogram: LatencyHistogram
     unmatched: int = 0
+    # --by caller / --by pid: this row holds the calls from one caller (a Go function, its call sites as
+    # "file:line") or one process; a split row with neither holds the unmatched calls (no caller seen).
+    split: str | None = None  # "caller" or "pid"
+    caller: str | None = None
+    pid: int | None = None
+    call_sites: tuple[str, ...] = ()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,14 +47,29 @@ class LatencyReport:
     interval_s: float
     functions: list[FunctionReport]
     interval: bool = False  # one of several -i reports (the text gets a time stamp line)
+    slow: object | None = None  # gotrace.output.slow.SlowCounts of this report, with --slow
+    floor_ns: int | None = None  # what an empty function measures on this host (the probes' own cost)
+    floor_reason: str | None = None  # why the floor is unknown, when it is
 
     def json(self) -> dict:
-        return latency_report_json(self.target, self.interval_s, self.functions)
+        out = {"event": "report", **latency_report_json(self.target, self.interval_s, self.functions)}
+        if self.slow is not None:
+            out["slow"] = self.slow.json()
+        if self.floor_ns is not None or self.floor_reason is not None:
+            out["floor_ns"] = None if self.floor_ns is None else int(self.floor_ns)
+        return out
 
     def text(self, unit: str = "auto") -> str:
         body = render_latency_text(self.functions, unit=unit)
         if self.interval:
             body = f"--- {time.strftime('%H:%M:%S')}  last {self.interval_s:.1f}s ---\n" + body
+        if self.slow is not None:
+            body += "\n" + self.slow.text(unit) + "\n"
+        if self.floor_ns is not None:
+            body += (f"\nfloor: an empty Go function measures {format_duration(self.floor_ns, unit)} on this host "
+                     "(the probes' own cost, included in every latency above)\n")
+        elif self.floor_reason is not None:
+            body += f"\nfloor: unknown ({self.floor_reason})\n"
         return body
 
 
@@ -103,8 +124,14 @@ def latency_report_json(target: dict, interval_s: float, functions: Sequence[Fun
 
 def _function_json(function: FunctionReport) -> dict:
     s = _summarize(function.histogram)
+    split = {}
+    if function.split == "caller":
+        split = {"caller": function.caller, "call_sites": list(function.call_sites)}
+    elif function.split == "pid":
+        split = {"pid": function.pid}
     return {
         "name": function.name,
+        **split,
         "count": s.count,
         "mean_ns": s.mean_ns,
         "min_ns": s.min_ns,
@@ -208,7 +235,19 @@ def _title(function: FunctionReport, count: int) -> str:
     calls = f"{count} call{'' if count == 1 else 's'}" if count else "no calls"
     if function.unmatched:
         calls += f", {function.unmatched} unmatched ({_UNMATCHED_NOTE})"
-    return f"{function.name}  {calls}"
+    return f"{function.name}{_split_label(function)}  {calls}"
+
+
+def _split_label(function: FunctionReport) -> str:
+    """`  from CALLER (file:line, ...)` or `  pid N` on a --by row; empty otherwise."""
+    if function.split == "caller" and function.caller is not None:
+        sites = ", ".join(site.rsplit("/", 1)[-1] for site in function.call_sites)
+        return f"  from {function.caller}" + (f" ({sites})" if sites else "")
+    if function.split == "pid" and function.pid is not None:
+        return f"  pid {function.pid}"
+    if function.split is not None and function.unmatched:
+        return "  (caller unknown: never returned)" if function.split == "caller" else "  (process unknown)"
+    return ""
 
 
 def _render_function(function: FunctionReport, unit: str, width: int, ascii_bars: bool) -> str:
