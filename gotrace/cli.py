@@ -314,8 +314,7 @@ def top_cmd(args, pid, command, duration) -> None:
 
     Refreshed every second, one row per function: calls per second, calls
     since start, p50, p99 and max over the last second, calls in flight
-    (always 0 for now: gotrace does not count running calls yet), and the
-    function's share of the time spent in all traced functions. Sorted by
+    (running at the refresh), and the function's share of the time spent in all traced functions. Sorted by
     that time. Keys: t c p m n sort by time, calls/s, p99, max, name;
     space pauses; q quits. Needs a terminal (80x24 is enough).
 

@@ -88,7 +88,7 @@ def test_top_screen_counts_equal_the_program(tmp_path):
         shares = [float(row[7]) for row in rows]
         assert shares == sorted(shares, reverse=True)
         assert 99.5 <= sum(shares) <= 100.5 or sum(shares) == 0  # no call returned in the last, partial second
-        assert all(row[6] == "0" for row in rows)  # in flight: not counted yet
+        assert all(row[6] == "0" for row in rows)  # in flight: the process exited, nothing runs
 
         tmux("send-keys", "-t", session, "n")
         deadline = time.monotonic() + 30

@@ -4,7 +4,8 @@ The same probes as `gotrace latency` (one program, histograms in the kernel).
 Each refresh reads and resets the histograms: calls per second, p50, p99
 and max are over the last refresh; calls since start add up. Between
 snapshots it yields TICK about every 0.1 s, so a screen can read keys while
-tracing goes on. In-flight calls are 0: gotrace does not count them yet.
+tracing goes on. In flight: the calls whose start the kernel holds at the
+refresh (running now, in every traced process).
 """
 
 from __future__ import annotations
@@ -37,9 +38,10 @@ class TopRequest:
     refresh_s: float = 1.0
 
 
-def top_rows(names: list[str], counts: dict, totals: list[int], elapsed_s: float) -> tuple[TopRow, ...]:
-    """One row per function from one refresh's counts (func_id -> FunctionCounts); totals (calls since start,
-    per func_id) are updated in place."""
+def top_rows(names: list[str], counts: dict, totals: list[int], elapsed_s: float,
+             in_flight: list[int] | None = None) -> tuple[TopRow, ...]:
+    """One row per function from one refresh's counts (func_id -> FunctionCounts) and the calls running at
+    its end (per func_id); totals (calls since start, per func_id) are updated in place."""
     rows = []
     hists = []
     for func_id, name in enumerate(names):
@@ -53,7 +55,7 @@ def top_rows(names: list[str], counts: dict, totals: list[int], elapsed_s: float
         n = histogram.count()
         p = histogram.percentiles((50.0, 99.0)) if n else {50.0: 0, 99.0: 0}
         rows.append(TopRow(name, n / elapsed_s if elapsed_s > 0 else 0.0, totals[func_id], p[50.0], p[99.0],
-                           histogram.max_ns() if n else 0, 0, times[func_id],
+                           histogram.max_ns() if n else 0, in_flight[func_id] if in_flight else 0, times[func_id],
                            times[func_id] / all_time if all_time else 0.0))
     return tuple(rows)
 
@@ -81,7 +83,7 @@ def top(request: TopRequest) -> Iterator[object]:
             def snapshot(ended: str | None = None) -> TopSnapshot:
                 nonlocal last
                 now = time.monotonic()
-                rows = top_rows(names, tracer.read(reset=True), totals, now - last)
+                rows = top_rows(names, tracer.read(reset=True), totals, now - last, tracer.in_flight())
                 elapsed, last = now - last, now
                 return TopSnapshot(target.display, target.pid, gobin.go_version, elapsed, rows, ended=ended,
                                    floor_ns=floor_ns)

@@ -35,7 +35,7 @@ class TopRow:
     p50_ns: int           # over the last refresh (0 without calls)
     p99_ns: int
     max_ns: int
-    in_flight: int        # calls running at the end of the refresh (0 until in-flight counting exists)
+    in_flight: int        # calls running at the end of the refresh
     time_ns: int          # time spent in the function's calls that returned in the last refresh
     share: float          # time_ns over all rows' time_ns (0..1)
 

@@ -307,6 +307,18 @@ class LatencyTracer(Tracer):
         entries = [fc_sums[fn.func_id * fc_n + i_entries] for fn in self.functions]
         return CumulativeCounts(processes, entries, alive)
 
+    def in_flight(self) -> list[int]:
+        """Per func_id: the calls running now, all processes (starts the kernel holds; an unwound frame not
+        yet found counts until a later call at its depth replaces it)."""
+        with self._lock:
+            open_calls = self._open_calls()
+        out = [0] * len(self.functions)
+        alive = {tgid: process_exists(tgid) for _, tgid in open_calls}
+        for (func_id, tgid), n in open_calls.items():
+            if func_id < len(out) and alive[tgid]:  # a process that is gone runs nothing
+                out[func_id] += n
+        return out
+
     def _open_calls(self) -> dict[tuple[int, int], int]:
         """(func_id, tgid) -> starts held in gt_starts now."""
         map_fd = self.loaded().map_fd("gt_starts")

@@ -158,19 +158,25 @@ class Ending:
         return wake
 
 
-def intervals(ending: Ending, interval_s: float | None):
-    """Yields once every interval_s (never when None) until the trace ends (ending.reason says why)."""
+def intervals(ending: Ending, interval_s: float | None, wait=None):
+    """Yields None once every interval_s (never when None) until the trace ends (ending.reason says why).
+
+    With `wait`, the pauses between checks are wait(seconds) instead of sleeping: it returns what arrived
+    meanwhile, and each of those is yielded as it comes."""
     next_report = ending.started + interval_s if interval_s else None
     while not ending.check():
         now = time.monotonic()
         if next_report is not None and now >= next_report:
-            yield
+            yield None
             next_report += interval_s
             continue
         wake = ending.wait_s()
         if next_report is not None:
             wake = min(wake, max(0.0, next_report - now))
-        time.sleep(wake)
+        if wait is None:
+            time.sleep(wake)
+        else:
+            yield from wait(wake)
 
 
 @contextlib.contextmanager

@@ -168,7 +168,9 @@ class Tracer:
         """The program's C text, after a comment giving this run's gt_config values and map sizes."""
         settings = " ".join(f"{name}={value}" for name, value in self.config.items())
         sizes = " ".join(f"{name}={value}" for name, value in self.map_sizes().items())
-        return (f"/* {self.source_path.name} for {self.arch}; gt_config[0]: {settings}"
+        defines = " ".join(f"-D{name}={value}" for name, value in compiler.BUILDS[self.PROGRAM][1].items())
+        build = f" (object {self.PROGRAM}: {defines})" if defines else ""
+        return (f"/* {self.source_path.name}{build} for {self.arch}; gt_config[0]: {settings}"
                 + (f"; max_entries: {sizes}" if sizes else "") + " */\n" + self.source_path.read_text())
 
     @property
