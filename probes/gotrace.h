@@ -76,10 +76,11 @@ struct gt_config {
  * histogram: plain `latency` loads the object without it and pays nothing.
  *
  * The traced function's entry site, as a runtime address of the traced
- * process, is found at a return site without any state kept per call: a
- * return site's cookie is func_id | (its vaddr - the entry site's vaddr,
- * as s32) << GT_RET_COOKIE_SHIFT, and the probe's ip minus that offset is
- * the entry site's runtime address (minus its vaddr: a PIE's load bias).
+ * process (minus its vaddr: a PIE's load bias), is what return addresses
+ * are taken relative to. The entry probe keeps it per (function, process)
+ * in gt_entry_ips (written when absent or different: a reused pid), and
+ * the return probe looks it up: no state is added per call, and the
+ * cookies stay the function ids.
  *
  * Slow calls: a call whose latency is at least slow_ns goes to the ring
  * buffer gt_slow_events as a struct gt_slow_event, with its goroutine's
@@ -95,7 +96,7 @@ struct gt_config {
  * caller's return address minus the entry site's runtime address: exact,
  * the same in every process, PIE or not.
  */
-#define GT_RET_COOKIE_SHIFT 32
+#define GT_ENTRY_IPS_ENTRIES 65536  /* (function, process) pairs whose entry address is kept (LRU) */
 #define GT_BY_NONE 0
 #define GT_BY_CALLER 1
 
@@ -108,7 +109,8 @@ struct gt_config {
 #define GT_SSTAT_RINGBUF_FULL 2       /* slow calls dropped: ring buffer full (reader behind) */
 #define GT_SSTAT_STACK_FAULT 3        /* a stack word could not be read (the stack is cut there) */
 #define GT_SSTAT_CALLER_FULL 4        /* gt_caller_hist had no room for a new key */
-#define GT_SSTAT_N 5
+#define GT_SSTAT_NO_ENTRY_IP 5        /* a return found no entry address of its (function, process): not counted */
+#define GT_SSTAT_N 6
 
 struct gt_slow_event {
     __u64 end_ns;      /* CLOCK_MONOTONIC at the return */
@@ -120,6 +122,11 @@ struct gt_slow_event {
     __u32 nframes;     /* valid entries of pcs */
     __u32 reserved;
     __u64 pcs[GT_SLOW_MAX_DEPTH]; /* return addresses, the caller's first */
+};
+
+struct gt_func_process {
+    __u32 func_id;
+    __u32 tgid;
 };
 
 struct gt_caller_key {

@@ -102,6 +102,9 @@ int gt_entry(struct pt_regs *ctx)
     if (!gt_make_key(ctx, func_id, &key))
         return 0;
     gt_func_count(func_id, GT_FC_ENTRIES);
+#if GT_CFG_STACKS
+    gt_stacks_entry(ctx, func_id, key.tgid);
+#endif
     stale = bpf_map_lookup_elem(&gt_starts, &key);
     if (stale) {
         gt_count(GT_STAT_STALE_STARTS);

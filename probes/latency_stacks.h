@@ -9,6 +9,7 @@
 GT_MAP(gt_slow_events, BPF_MAP_TYPE_RINGBUF, 0, 0, GT_SLOW_RINGBUF_PAGES * 4096, 0);
 GT_MAP(gt_slow_rate, BPF_MAP_TYPE_ARRAY, sizeof(__u32), sizeof(struct gt_slow_rate), 1, 0);
 GT_MAP(gt_slow_stats, BPF_MAP_TYPE_PERCPU_ARRAY, sizeof(__u32), sizeof(__u64), GT_SSTAT_N, 0);
+GT_MAP(gt_entry_ips, BPF_MAP_TYPE_LRU_HASH, sizeof(struct gt_func_process), sizeof(__u64), GT_ENTRY_IPS_ENTRIES, 0);
 /* Cumulative, as gt_hist; sized by the loader like it. */
 GT_MAP(gt_caller_hist, BPF_MAP_TYPE_PERCPU_HASH, sizeof(struct gt_caller_key), sizeof(__u64), GT_HIST_MIN_ENTRIES,
        BPF_F_NO_PREALLOC);
@@ -141,22 +142,39 @@ static __always_inline void gt_slow_send(struct pt_regs *ctx, struct gt_config *
     gt_slow_count(GT_SSTAT_EVENTS);
 }
 
+/* The hook in gt_entry: keeps the entry site's runtime address of (func_id, tgid). */
+static __always_inline void gt_stacks_entry(struct pt_regs *ctx, __u32 func_id, __u32 tgid)
+{
+    struct gt_func_process fp = {.func_id = func_id, .tgid = tgid};
+    __u64 ip = PT_REGS_IP(ctx);
+    __u64 *known = bpf_map_lookup_elem(&gt_entry_ips, &fp);
+
+    if (!known || *known != ip)
+        bpf_map_update_elem(&gt_entry_ips, &fp, &ip, BPF_ANY);
+}
+
 /* The hook in gt_return: a matched call of func_id that took latency_ns, returning now. */
 static __always_inline void gt_stacks_return(struct pt_regs *ctx, struct gt_start_key *key, __u32 func_id,
                                              __u64 end_ns, __u64 latency_ns)
 {
     __u32 zero = 0;
     struct gt_config *cfg = bpf_map_lookup_elem(&gt_config, &zero);
-    __u64 cookie = bpf_get_attach_cookie(ctx);
-    /* the entry site's runtime address: this return site's minus its offset from the entry (gotrace.h) */
-    __u64 entry_ip = PT_REGS_IP(ctx) - (__s64)(__s32)(cookie >> GT_RET_COOKIE_SHIFT);
+    struct gt_func_process fp = {.func_id = func_id, .tgid = key->tgid};
+    __u64 *entry_ip;
 
     if (!cfg)
         return;
+    if (cfg->by != GT_BY_CALLER && (cfg->slow_ns == 0 || latency_ns < cfg->slow_ns))
+        return;
+    entry_ip = bpf_map_lookup_elem(&gt_entry_ips, &fp);
+    if (!entry_ip) {
+        gt_slow_count(GT_SSTAT_NO_ENTRY_IP);
+        return;
+    }
     if (cfg->by == GT_BY_CALLER)
-        gt_caller_add(ctx, func_id, gt_hist_bucket(latency_ns), entry_ip);
+        gt_caller_add(ctx, func_id, gt_hist_bucket(latency_ns), *entry_ip);
     if (cfg->slow_ns != 0 && latency_ns >= cfg->slow_ns)
-        gt_slow_send(ctx, cfg, key, func_id, entry_ip, end_ns, latency_ns);
+        gt_slow_send(ctx, cfg, key, func_id, *entry_ip, end_ns, latency_ns);
 }
 
 #endif /* GT_LATENCY_STACKS_H */

@@ -113,7 +113,7 @@ def test_map_layouts_are_those_of_gotrace_h_and_of_what_python_packs(objects, tm
     assert (latency["gt_stats"].map_type, latency["gt_stats"].max_entries) == (6, c("GT_STAT_N"))
     # --slow and --by caller are only in the stack build: plain latency carries none of their maps
     stacks = {spec.name: spec for spec in elfobj.read_object_file(objects["latency_stacks", "amd64"]).maps}
-    extra = {"gt_slow_events", "gt_slow_rate", "gt_slow_stats", "gt_caller_hist"}
+    extra = {"gt_slow_events", "gt_slow_rate", "gt_slow_stats", "gt_caller_hist", "gt_entry_ips"}
     assert set(stacks) == set(latency) | extra and not extra & set(latency)
     slow_ring = stacks["gt_slow_events"]
     assert (slow_ring.map_type, slow_ring.max_entries) == (27, c("GT_SLOW_RINGBUF_PAGES") * 4096)

@@ -169,7 +169,10 @@ def _is_int(value: object) -> bool:
 def check_contract(doc: dict) -> dict[str, dict]:
     """Validate one `gotrace latency --json` object against the CLI contract (keys and types exactly, and the
     statistics' own consistency); its functions by name."""
-    assert set(doc) == {"target", "interval_s", "functions"}, sorted(doc)
+    assert doc["event"] == "report"  # contract version 2
+    # the contract's keys, and gotrace's documented additions (README): the --slow counts, the floor
+    assert {"event", "target", "interval_s", "functions"} <= set(doc) <= {
+        "event", "target", "interval_s", "functions", "slow", "floor_ns"}, sorted(doc)
     target = doc["target"]
     assert set(target) == {"binary", "pid", "go_version"}, sorted(target)
     assert isinstance(target["binary"], str) and target["binary"]

@@ -65,6 +65,7 @@ SLOW_STAT_NAMES = {
     "GT_SSTAT_RINGBUF_FULL": "dropped_ringbuf_full",
     "GT_SSTAT_STACK_FAULT": "stack_read_faults",
     "GT_SSTAT_CALLER_FULL": "caller_histogram_full",
+    "GT_SSTAT_NO_ENTRY_IP": "no_entry_address",
 }
 
 
@@ -178,17 +179,6 @@ class LatencyTracer(Tracer):
         if self.stacks:
             sizes["gt_caller_hist"] = hist_entries(len(self.functions))
         return sizes
-
-    def site_groups(self) -> list[tuple[bytes, list[tuple[int, int]]]]:
-        """As Tracer's; in the stack build a return site's cookie also carries its offset from the entry site
-        (gotrace.h, "latency: slow calls and callers"), from which the probe finds the entry's runtime address."""
-        groups = super().site_groups()
-        if not self.stacks:
-            return groups
-        shift = header.constant("GT_RET_COOKIE_SHIFT")
-        returns = [(offset, fn.func_id | (((vaddr - fn.entry_vaddr) & 0xFFFFFFFF) << shift))
-                   for fn in self.functions for vaddr, offset in zip(fn.return_vaddrs, fn.return_file_offsets)]
-        return [groups[0], (self.RETURN_PROGRAM, returns)]
 
     def opened(self, loaded: LoadedImage) -> None:
         if self.stacks and self.config["slow_ns"]:
