@@ -6,9 +6,9 @@ runtime/symtab.go, symtabinl.go and runtime2.go):
 
 * A function's `_func` record holds offsets into the pc-value tables
   (`pctab`): `pcfile` (a file number per pc), `pcln` (a line per pc), then
-  `npcdata` more table offsets and `nfuncdata` funcdata offsets. In the 1.18
-  layout the record is 40 bytes, in 1.20+ 44 (`startLine` added); the 1.16
-  layout (Go 1.16-1.17) starts with a pointer-sized entry.
+  `npcdata` more table offsets and `nfuncdata` funcdata offsets; it is read
+  by gotrace.binary.pclntab (`func_record`, `func_tables_pos`), in all its
+  layouts.
 * A pc-value table is a list of (value delta, pc delta) pairs of varints,
   the value delta zig-zag encoded, starting from value -1 at the function's
   entry; a pair gives the value for [pc, pc + delta * minLC). A zero value
