@@ -37,6 +37,7 @@ def cli() -> None:
       gotrace latency ./server 'main.(*Server).handle'
       gotrace latency -p 4242 'net/http.(*conn).serve' -d 10
       gotrace args ./server main.work
+      gotrace top -p 4242 'main.*'
       gotrace doctor
     """
 
@@ -107,6 +108,31 @@ def _trace_options(pid, command, duration, interval, max_overhead, verbose, **mo
     return TraceOptions(pid, command, duration, interval, max_overhead or None, verbose, **more)
 
 
+class Duration(click.ParamType):
+    """A duration as Go writes one: 250us, 5ms, 1.5s, 100ns, 2m (a unit is required); in nanoseconds."""
+
+    name = "DURATION"
+
+    def __init__(self, positive: bool = False) -> None:
+        self.positive = positive  # 0 is refused
+
+    _UNITS = {"ns": 1, "us": 1_000, "µs": 1_000, "ms": 1_000_000, "s": 1_000_000_000, "m": 60_000_000_000,
+              "h": 3_600_000_000_000}
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, int):
+            return value
+        import re
+
+        match = re.fullmatch(r"\s*(\d+(?:\.\d*)?|\.\d+)\s*(ns|us|µs|ms|s|m|h)\s*", str(value))
+        if not match:
+            self.fail(f"{value!r} is not a duration: write a number and a unit, e.g. 250us, 5ms, 1.5s", param, ctx)
+        ns = round(float(match[1]) * self._UNITS[match[2]])
+        if self.positive and ns <= 0:
+            self.fail(f"{value!r}: the duration must be more than 0", param, ctx)
+        return ns
+
+
 @cli.command("latency")
 @click.argument("args", nargs=-1, metavar="[./bin] PATTERN...")
 @target_options
@@ -121,10 +147,18 @@ def _trace_options(pid, command, duration, interval, max_overhead, verbose, **mo
 @click.option("-q", "--quiet", is_flag=True, help="Print no reports (with --prometheus: the metrics are the output).")
 @click.option("--keep-exited", type=click.FloatRange(min=0), default=300, show_default=True, metavar="SECONDS",
               help="Every-process mode: an exited process's series stay in the metrics this long, then go.")
+@click.option("--slow", "slow_ns", type=Duration(positive=True), metavar="DURATION",
+              help="Also print each call that takes at least DURATION (250us, 5ms, 1.5s) when it returns, "
+                   "with its goroutine's stack.")
+@click.option("--stack-depth", type=click.IntRange(1, 64), default=16, show_default=True, metavar="N",
+              help="Frames of each --slow call's stack shown (inlined calls count as frames).")
+@click.option("--slow-rate", type=click.IntRange(min=0), default=100, show_default=True, metavar="N",
+              help="At most N slow calls a second are printed; the rest are counted in the report (0: no limit).")
+@click.option("--by", type=click.Choice(["caller", "pid"]),
+              help="One histogram per (function, immediate caller) or (function, process).")
 @click.option("--print-bpf", is_flag=True, hidden=True, help="Print the BPF C source and exit.")
 def latency_cmd(args, pid, command, duration, as_json, interval, max_overhead, verbose, unit, sort, prometheus,
-                quiet, keep_exited,
-                print_bpf) -> None:
+                quiet, keep_exited, slow_ns, stack_depth, slow_rate, by, print_bpf) -> None:
     """Latency histograms of Go functions, per goroutine, from entry to return.
 
     Probes go after each function's stack-check prologue and on every return
@@ -139,6 +173,13 @@ def latency_cmd(args, pid, command, duration, as_json, interval, max_overhead, v
     hit is a trap into the kernel) and detaches the costliest functions when
     that exceeds --max-overhead; `gotrace count` costs far less per call.
 
+    --slow prints every call at least that long with the stack of its
+    goroutine (the caller first; file:line from the binary's pclntab, so
+    stripped binaries work; inlined calls marked). --by caller splits each
+    histogram by the Go function that made the call (counted in the kernel,
+    every call); --by pid by process. Each report states the measurement
+    floor: what an empty Go function measures on this host.
+
     \b
     Examples:
       gotrace latency ./server 'main.(*Server).handle'
@@ -147,6 +188,8 @@ def latency_cmd(args, pid, command, duration, as_json, interval, max_overhead, v
       gotrace latency ./server 'main.*' -i 5 --json
       gotrace latency -p 4242 'net/http.*' --max-overhead 20 --sort p99
       gotrace latency ./server 'main.(*Server).handle' --prometheus 127.0.0.1:9464 --quiet
+      gotrace latency -p 4242 'main.(*DB).Query' --slow 5ms --stack-depth 8
+      gotrace latency ./server 'main.lookup' --by caller
     """
     started = time.perf_counter()
     from gotrace.commands.latency import LatencyRequest, latency
@@ -154,7 +197,8 @@ def latency_cmd(args, pid, command, duration, as_json, interval, max_overhead, v
     timings = {"imports": time.perf_counter() - started} if os.environ.get("GOTRACE_TIMINGS") == "1" else None
     options = _trace_options(pid, command, duration, interval, max_overhead, verbose, quiet=quiet,
                              keep_exited_s=keep_exited)
-    request = LatencyRequest(args, options, sort=sort, print_bpf=print_bpf, timings=timings, prometheus=prometheus)
+    request = LatencyRequest(args, options, sort=sort, print_bpf=print_bpf, timings=timings, prometheus=prometheus,
+                             slow_ns=slow_ns, stack_depth=stack_depth, slow_rate=slow_rate, by=by)
     _show(latency(request), as_json=as_json, unit=unit)
 
 
@@ -218,24 +262,6 @@ def _write_all(stream, text: str) -> None:
 
 
 # -- args ------------------------------------------------------------------------------
-
-class Duration(click.ParamType):
-    """A duration as Go writes one: 250us, 5ms, 1.5s, 100ns, 2m (a unit is required); in nanoseconds."""
-
-    name = "DURATION"
-    _UNITS = {"ns": 1, "us": 1_000, "µs": 1_000, "ms": 1_000_000, "s": 1_000_000_000, "m": 60_000_000_000,
-              "h": 3_600_000_000_000}
-
-    def convert(self, value, param, ctx):
-        if isinstance(value, int):
-            return value
-        import re
-
-        match = re.fullmatch(r"\s*(\d+(?:\.\d*)?|\.\d+)\s*(ns|us|µs|ms|s|m|h)\s*", str(value))
-        if not match:
-            self.fail(f"{value!r} is not a duration: write a number and a unit, e.g. 250us, 5ms, 1.5s", param, ctx)
-        return round(float(match[1]) * self._UNITS[match[2]])
-
 
 @cli.command("args")
 @click.argument("args", nargs=-1, metavar="[./bin] PATTERN...")
@@ -317,6 +343,74 @@ def doctor_cmd(as_json: bool) -> None:
     else:
         click.echo(render_doctor_text(report), nl=False)
     sys.exit(exit_code(report))
+
+
+# -- floor ------------------------------------------------------------------------------------
+
+@cli.command("floor")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@click.option("--cached", is_flag=True, help="Print the cached figure; do not measure.")
+def floor_cmd(as_json: bool, cached: bool) -> None:
+    """Measure what an empty Go function measures on this host: the probes' own cost.
+
+    Every latency gotrace reports includes this much of its own probes'
+    cost; reports state it. gotrace measures it on its first latency run on
+    a host (building a tiny Go program, which needs a Go toolchain, and
+    tracing 5000 calls of its empty function) and caches it per kernel
+    release and gotrace version; this command measures it again.
+
+    \b
+    Examples:
+      gotrace floor
+      gotrace floor --cached --json
+    """
+    from gotrace.commands.floor import cache_path, host_floor
+
+    floor = host_floor(measure=not cached, again=not cached)
+    if as_json:
+        click.echo(json.dumps({"floor_ns": floor.ns, "calls": floor.calls or None, "reason": floor.reason,
+                               "cache": str(cache_path())}))
+    elif floor.ns is None:
+        click.echo(f"floor unknown: {floor.reason}")
+    else:
+        click.echo(f"an empty Go function measures {floor.ns / 1000:.1f}us on this host "
+                   f"(median of {floor.calls} calls; cached in {cache_path()})")
+    if floor.ns is None:
+        sys.exit(EXIT_USAGE)
+
+
+# -- top ------------------------------------------------------------------------------------
+
+@cli.command("top")
+@click.argument("args", nargs=-1, metavar="[./bin] PATTERN...")
+@click.option("-p", "--pid", type=click.IntRange(min=1), help="Trace only process PID.")
+@click.option("-c", "--command", metavar="'COMMAND ARGS'", help="Start COMMAND and trace only it.")
+@click.option("-d", "--duration", type=click.FloatRange(min=0, min_open=True), metavar="SECONDS",
+              help="Stop after SECONDS (the final counts stay on the screen until q).")
+def top_cmd(args, pid, command, duration) -> None:
+    """A live table of Go functions, like top: what is slow right now.
+
+    Refreshed every second, one row per function: calls per second, calls
+    since start, p50, p99 and max over the last second, calls in flight
+    (running at the refresh), and the function's share of the time spent in all traced functions. Sorted by
+    that time. Keys: t c p m n sort by time, calls/s, p99, max, name;
+    space pauses; q quits. Needs a terminal (80x24 is enough).
+
+    \b
+    Examples:
+      gotrace top -p 4242 'main.*'
+      gotrace top ./server 'net/http.*' 'main.(*Server).*'
+      gotrace top -c './server -n 1000' ./server 'main.*'
+    """
+    from gotrace.errors import UsageError
+
+    if not (sys.stdout.isatty() and sys.stdin.isatty()):
+        raise UsageError("gotrace top needs a terminal and this is not one; "
+                         "for reports in a pipe or a file use gotrace latency -i 1")
+    from gotrace.commands.top import TopRequest, top
+    from gotrace.output.topscreen import run_top
+
+    run_top(top(TopRequest(args, pid=pid, command=command, duration_s=duration)))
 
 
 # -- entry point --------------------------------------------------------------------------

@@ -65,6 +65,82 @@ struct gt_config {
     __u32 nfuncs;          /* functions traced: a cookie (function id) at or above is ignored */
     __u32 goid_offset;     /* byte offset of goid in runtime.g */
     __u32 stack_hi_offset; /* byte offset of stack.hi in runtime.g */
+    /* latency's stack build only (GT_CFG_STACKS, see "latency: slow calls and callers"); 0 elsewhere */
+    __u64 slow_ns;         /* a call at least this long is sent with its stack; 0: none is */
+    __u32 slow_rate;       /* slow calls sent per second at most; 0: no limit */
+    __u32 stack_depth;     /* return addresses read per slow call, 0..GT_SLOW_MAX_DEPTH */
+    __u32 by;              /* GT_BY_*: what gt_caller_hist splits histograms by */
+    __u32 reserved;
+};
+
+/* ---- latency: slow calls and callers (issue 12) ----
+ * latency.bpf.c built with -DGT_CFG_STACKS=1 (the object `latency_stacks`;
+ * the code is in probes/latency_stacks.h) adds, at each return, after the
+ * histogram: plain `latency` loads the object without it and pays nothing.
+ *
+ * The traced function's entry site, as a runtime address of the traced
+ * process (minus its vaddr: a PIE's load bias), is what return addresses
+ * are taken relative to. The entry probe keeps it per (function, process)
+ * in gt_entry_ips (written when absent or different: a reused pid), and
+ * the return probe looks it up: no state is added per call, and the
+ * cookies stay the function ids.
+ *
+ * Slow calls: a call whose latency is at least slow_ns goes to the ring
+ * buffer gt_slow_events as a struct gt_slow_event, with its goroutine's
+ * return addresses: the word at SP at the `ret` (amd64; the link register
+ * on arm64) is the caller's, then the frame-pointer chain from the caller's
+ * frame pointer (the returning function restored it before its `ret`):
+ * [fp] is the next frame pointer, [fp + 8] a return address. The walk stays
+ * inside the goroutine's stack (SP .. g.stack.hi). At most slow_rate events
+ * a second (0: no limit); drops are counted in gt_slow_stats.
+ *
+ * Callers (by == GT_BY_CALLER): every return also counts into
+ * gt_caller_hist under (function, bucket, caller), caller being the
+ * caller's return address minus the entry site's runtime address: exact,
+ * the same in every process, PIE or not.
+ */
+#define GT_ENTRY_IPS_ENTRIES 65536  /* (function, process) pairs whose entry address is kept (LRU) */
+#define GT_BY_NONE 0
+#define GT_BY_CALLER 1
+
+#define GT_SLOW_MAX_DEPTH 64          /* return addresses per slow call, at most */
+#define GT_SLOW_RINGBUF_PAGES 256     /* ring buffer of 1 MiB: about 1800 slow calls */
+
+/* Counters: gt_slow_stats[GT_SSTAT_*]. */
+#define GT_SSTAT_EVENTS 0             /* slow calls sent */
+#define GT_SSTAT_RATE_LIMITED 1       /* slow calls dropped by the rate limit */
+#define GT_SSTAT_RINGBUF_FULL 2       /* slow calls dropped: ring buffer full (reader behind) */
+#define GT_SSTAT_STACK_FAULT 3        /* a stack word could not be read (the stack is cut there) */
+#define GT_SSTAT_CALLER_FULL 4        /* gt_caller_hist had no room for a new key */
+#define GT_SSTAT_NO_ENTRY_IP 5        /* a return found no entry address of its (function, process): not counted */
+#define GT_SSTAT_N 6
+
+struct gt_slow_event {
+    __u64 end_ns;      /* CLOCK_MONOTONIC at the return */
+    __u64 latency_ns;
+    __u64 goid;
+    __u64 entry_ip;    /* runtime address of the traced function's entry site */
+    __u32 tgid;
+    __u32 func_id;
+    __u32 nframes;     /* valid entries of pcs */
+    __u32 reserved;
+    __u64 pcs[GT_SLOW_MAX_DEPTH]; /* return addresses, the caller's first */
+};
+
+struct gt_func_process {
+    __u32 func_id;
+    __u32 tgid;
+};
+
+struct gt_caller_key {
+    __u32 func_id;
+    __u32 bucket;      /* a bucket index */
+    __u64 caller;      /* the caller's return address - the entry site's (runtime addresses) */
+};
+
+struct gt_slow_rate {
+    __u64 window_start_ns;
+    __u64 count;
 };
 
 struct gt_start_key {

@@ -18,6 +18,9 @@
  * exit in gt_exited: user space then removes the starts that goroutine left
  * and counts them as unwound.
  *
+ * Built with -DGT_CFG_STACKS=1 (the `latency_stacks` object), each matched
+ * return also feeds --slow and --by caller (probes/latency_stacks.h).
+ *
  * The run's settings are in gt_config[0] (see gotrace.h), written by user
  * space before attaching; the maps sized by the number of functions get
  * their size from the loader. Nothing about a run is compiled in.
@@ -37,6 +40,10 @@ GT_MAP(gt_hist, BPF_MAP_TYPE_PERCPU_HASH, sizeof(struct gt_hist_key), sizeof(__u
 GT_MAP(gt_stats, BPF_MAP_TYPE_PERCPU_ARRAY, sizeof(__u32), sizeof(__u64), GT_STAT_N, 0);
 
 char _license[] SEC("license") = "GPL";
+
+#if GT_CFG_STACKS
+#include "latency_stacks.h" /* the `latency_stacks` object: --slow and --by caller (gotrace.h) */
+#endif
 
 static __always_inline void gt_count(int stat)
 {
@@ -97,6 +104,9 @@ int gt_entry(struct pt_regs *ctx)
 
     if (!gt_counted_hit(ctx, func_id, GT_FC_ENTRIES) || !gt_make_key(ctx, func_id, &key))
         return 0;
+#if GT_CFG_STACKS
+    gt_stacks_entry(ctx, func_id, key.tgid);
+#endif
     stale = bpf_map_lookup_elem(&gt_starts, &key);
     if (stale) {
         gt_count(GT_STAT_STALE_STARTS);
@@ -154,5 +164,8 @@ int gt_return(struct pt_regs *ctx)
     bpf_map_delete_elem(&gt_starts, &key);
     gt_hist_add(func_id, gt_hist_bucket(latency_ns), key.tgid, 1);
     gt_hist_add(func_id, GT_HIST_SLOT_SUM, key.tgid, latency_ns);
+#if GT_CFG_STACKS
+    gt_stacks_return(ctx, &key, func_id, now_ns, latency_ns);
+#endif
     return 0;
 }

@@ -47,6 +47,7 @@ GOTRACE = [str(REPO / ".venv" / "bin" / "gotrace")]
 PYTHON = str(REPO / ".venv" / "bin" / "python")
 CADDY_DEFAULT = Path("/var/cache/gotrace/thirdparty/caddy/bin/caddy")
 HOTLOOP_FUNC = "main.hot"
+SLOW_THRESHOLD = "1s"  # latency --slow in the overhead rounds: no call of main.hot is that slow
 STARTUP_FUNC = "net/http.(*conn).serve"
 SCALE_PATTERN = "net/http.*"
 SCALE_SIZES = (10, 100, 1000)
@@ -224,13 +225,13 @@ class FloorProbes:
 
 
 def gotrace_latency(pid: int, func: str, env_extra: dict[str, str] | None = None,
-                    command: str = "latency") -> "GotraceRun":
-    """`gotrace COMMAND -p PID FUNC --json` (latency, or args), once its probes are attached."""
+                    command: str = "latency", extra_args: tuple[str, ...] = ()) -> "GotraceRun":
+    """`gotrace COMMAND -p PID FUNC --json [EXTRA_ARGS]` (latency, or args), once its probes are attached."""
     env = dict(os.environ, **(env_extra or {}))
     started = time.perf_counter()
     # The bench measures what tracing costs per call: the cost guard must not detach the hot function.
     guard = ["--max-overhead", "0"] if command == "latency" else []
-    proc = subprocess.Popen([*GOTRACE, command, "-p", str(pid), func, "--json", *guard],
+    proc = subprocess.Popen([*GOTRACE, command, "-p", str(pid), func, "--json", *guard, *extra_args],
                             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, cwd=REPO)
     seen: list[str] = []
     header = read_line_until(proc.stderr, re.compile(r"^Tracing "), ATTACHED_TIMEOUT_S, seen)
@@ -335,7 +336,7 @@ def bench_overhead(args) -> dict:
     if shutil.which("bpftrace") and not args.no_bpftrace:
         bpftrace = Bpftrace(binary, HOTLOOP_FUNC, probes.sites.entry_vaddr - fn.entry_vaddr,
                             [v - fn.entry_vaddr for v in probes.sites.return_vaddrs], goid_offset)
-    per_call: dict[str, list[float]] = {"untraced": [], "floor": [], "gotrace": []}
+    per_call: dict[str, list[float]] = {"untraced": [], "floor": [], "gotrace": [], "slow": []}
     if bpftrace:
         per_call["bpftrace"] = []
     counted: list[tuple[int, int]] = []
@@ -361,6 +362,12 @@ def bench_overhead(args) -> dict:
             rss.append(rss_mb)
             count = sum(f["count"] for r in reports for f in r["functions"] if f["name"] == HOTLOOP_FUNC)
             counted.append((count, args.calls))
+            # --slow above every call's latency: the stack build of the probes, its threshold checked at each return
+            run = gotrace_latency(hot.pid, HOTLOOP_FUNC, extra_args=("--slow", SLOW_THRESHOLD))
+            try:
+                per_call["slow"].append(hot.run(args.calls))
+            finally:
+                run.stop()
             if bpftrace:
                 try:
                     bpftrace.attach(hot.pid)
@@ -387,6 +394,7 @@ def print_overhead(args, r: dict) -> dict:
           f"entry + {r['sites'] - 1} ret), {args.calls} calls x {args.rounds} rounds, interleaved, median ==")
     print(f"  {'mode':34s} {'per call':>12s} {'added by tracing':>17s} {'ratio to floor':>15s}")
     labels = {"untraced": "untraced", "floor": "floor: empty uprobes via bcc", "gotrace": "gotrace latency -p",
+              "slow": f"gotrace latency -p --slow {SLOW_THRESHOLD}",
               "bpftrace": "bpftrace, same keyed timing"}
     for name, value in med.items():
         added = value - base
@@ -399,6 +407,9 @@ def print_overhead(args, r: dict) -> dict:
     print(f"  gotrace/floor = {ratio:.3f} (median of per-round ratios {' '.join(f'{x:.3f}' for x in paired)}; "
           f"ratio of medians {(med['gotrace'] - base) / floor_cost:.3f})")
     print(f"  target <= {TARGET_OVERHEAD_RATIO}: {verdict(ratio, TARGET_OVERHEAD_RATIO)}")
+    slow_paired = [(s - u) / (g - u) for u, g, s in zip(pc["untraced"], pc["gotrace"], pc["slow"])]
+    print(f"  --slow/plain = {median(slow_paired):.3f} (cost added per call, median of per-round ratios "
+          f"{' '.join(f'{x:.3f}' for x in slow_paired)})")
     if "bpftrace" in med:
         print(f"  gotrace/bpftrace = {(med['gotrace'] - base) / (med['bpftrace'] - base):.3f}")
     elif not r["notes"]:

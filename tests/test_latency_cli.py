@@ -185,8 +185,10 @@ def _is_int(value: object) -> bool:
 def check_contract(doc: dict) -> dict[str, dict]:
     """Validate one `gotrace latency --json` object against the CLI contract, version 2 (keys and types exactly,
     and the statistics' own consistency); its functions by name."""
-    assert set(doc) - {"overhead"} == {"event", "target", "interval_s", "ts_start_ns", "ts_end_ns", "final",
-                                       "functions"}, sorted(doc)
+    # the contract's keys, and gotrace's documented additions (README): the cost estimate, the --slow counts,
+    # the floor
+    assert set(doc) - {"overhead", "slow", "floor_ns"} == {"event", "target", "interval_s", "ts_start_ns",
+                                                           "ts_end_ns", "final", "functions"}, sorted(doc)
     assert doc["event"] == "report" and isinstance(doc["final"], bool)
     assert _is_int(doc["ts_start_ns"]) and _is_int(doc["ts_end_ns"])
     assert 1.7e18 < doc["ts_start_ns"] < doc["ts_end_ns"] < time.time_ns() + 1, doc

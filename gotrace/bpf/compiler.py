@@ -31,6 +31,8 @@ ARGS_OPS_BOUNDS = (16, 32, 64, 128)
 BUILDS: dict[str, tuple[str, dict[str, int]]] = {
     "latency": ("latency", {}),
     "count": ("count", {}),
+    # latency with --slow and --by caller compiled in (probes/latency_stacks.h): plain runs load the one without
+    "latency_stacks": ("latency", {"GT_CFG_STACKS": 1}),
     **{f"args{bound}": ("args", {"GT_CFG_OPS_BOUND": bound}) for bound in ARGS_OPS_BOUNDS},
 }
 PROGRAMS = tuple(BUILDS)

@@ -11,16 +11,24 @@ from dataclasses import dataclass, field
 
 from gotrace import __version__
 from gotrace.binary.gobinary import FunctionProbes, GoBinary
+from gotrace.binary.symbolize import SourceFrame, Symbolizer
 from gotrace.commands.exporter import MetricsExporter
+from gotrace.commands.floor import cache_path as floor_cache_path
+from gotrace.commands.floor import host_floor
 from gotrace.commands.target import open_traced, tracing_target
 from gotrace.commands.tracing import TraceOptions, nothing_to_trace, trace_session
-from gotrace.output.events import BpfSource, Skipped
+from gotrace.output.events import BpfSource, FloorMeasured, Skipped
 from gotrace.output.histogram import LatencyHistogram
 from gotrace.output.latency import FunctionReport, LatencyReport
 from gotrace.output.prometheus import MetricsSnapshot, SeriesCounts
 from gotrace.output.report import ReportFrame
-from gotrace.trace.latency import LatencyTracer
-from gotrace.trace.tracer import traced_functions
+from gotrace.output.slow import SlowCall, SlowCounts
+from gotrace.trace.latency import LatencyTracer, SlowRecord
+from gotrace.trace.tracer import TracedFunction, traced_functions
+
+DEFAULT_STACK_DEPTH = 16
+DEFAULT_SLOW_RATE = 100  # slow calls per second printed at most; the rest are counted
+UNKNOWN_FRAME = "?"
 
 
 @dataclass(frozen=True)
@@ -69,6 +77,55 @@ def function_reports(names: list[str], counts: dict, detached: set[int] = frozen
     return out
 
 
+def slow_call(record: SlowRecord, names: list[str], functions: list[TracedFunction], symbolizer: Symbolizer,
+              wall_offset_ns: int, depth: int) -> SlowCall:
+    """A slow call as the user reads it: its return addresses symbolized (inlined calls expanded, at most
+    `depth` frames), its time on the wall clock."""
+    bias = record.entry_ip - functions[record.func_id].entry_vaddr  # a PIE's load bias; 0 otherwise
+    stack: list[SourceFrame] = []
+    for address in record.return_addresses:
+        stack += symbolizer.frames_at_return(address - bias) or [SourceFrame(UNKNOWN_FRAME, None, None, False)]
+        if len(stack) >= depth:
+            break
+    return SlowCall(names[record.func_id], record.tgid, record.goid, record.end_ns + wall_offset_ns,
+                    record.latency_ns, tuple(stack[:depth]))
+
+
+def split_reports(names: list[str], functions: list[TracedFunction], counts: dict, by: str,
+                  symbolizer: Symbolizer) -> list[FunctionReport]:
+    """--by rows: per traced function, one row per caller (a Go function, all its call sites merged) or
+    per process, the busiest first; a function's unmatched calls (never returned, so no caller was seen)
+    in a row of their own; a function without calls as one empty row."""
+    out: list[FunctionReport] = []
+    for func_id, name in enumerate(names):
+        c = counts.get(func_id)
+        rows: dict[object, tuple[dict[int, int], set[str]]] = {}
+        split = (c.callers if by == "caller" else c.processes) if c else {}
+        for key, buckets in split.items():
+            sites: set[str] = set()
+            if by == "caller":
+                return_vaddr = functions[func_id].entry_vaddr + key
+                frames = symbolizer.frames_at_return(return_vaddr)
+                group = frames[0].function if frames else UNKNOWN_FRAME
+                if frames and frames[0].file is not None:
+                    sites.add(f"{frames[0].file}:{frames[0].line}")
+            else:
+                group = key
+            merged, all_sites = rows.setdefault(group, ({}, set()))
+            for bucket, count in buckets.items():
+                merged[bucket] = merged.get(bucket, 0) + count
+            all_sites |= sites
+        mine = [(LatencyHistogram(merged), group, sites) for group, (merged, sites) in rows.items()]
+        mine.sort(key=lambda row: (-row[0].count(), str(row[1])))
+        for histogram, group, sites in mine:
+            out.append(FunctionReport(name, histogram, 0, split=by, call_sites=tuple(sorted(sites)),
+                                      **({"caller": group} if by == "caller" else {"pid": group})))
+        unmatched = c.unmatched if c else 0
+        if unmatched or not mine:
+            out.append(FunctionReport(name, LatencyHistogram(), unmatched, split=by))
+    return out
+
+
 @dataclass(frozen=True)
 class LatencyRequest:
     """The options of `gotrace latency`."""
@@ -79,6 +136,11 @@ class LatencyRequest:
     print_bpf: bool = False
     timings: dict[str, float] | None = None  # GOTRACE_TIMINGS: phases timed so far (the CLI's imports); None: off
     prometheus: str | None = None  # HOST:PORT to serve /metrics on while tracing
+    slow_ns: int | None = None  # --slow: print each call at least this long, with its stack
+    stack_depth: int = DEFAULT_STACK_DEPTH
+    slow_rate: int = DEFAULT_SLOW_RATE  # 0: no limit
+    by: str | None = None  # --by: "caller" or "pid"
+    floor: bool = True  # state the measurement floor in each report (measured on first use, then cached)
 
 
 def metrics_snapshot(tracer: LatencyTracer, names: list[str], binary: str, go_version: str,
@@ -99,10 +161,11 @@ def metrics_snapshot(tracer: LatencyTracer, names: list[str], binary: str, go_ve
 
 
 def latency(request: LatencyRequest) -> Iterator[object]:
-    """Yields, in order: a summary of the untraceable matches, the cost guard's detachments while attaching,
-    Started, Serving with --prometheus, reports (LatencyReport) every interval and a final one (none when
-    quiet), detachments as they happen, then TargetExited when the traced process ended. With print_bpf,
-    only BpfSource.
+    """Yields, in order: FloorMeasured when this run measured the host's floor, a summary of the untraceable
+    matches, the cost guard's detachments while attaching, Started, Serving with --prometheus, reports
+    (LatencyReport) every interval and a final one (none when quiet), detachments as they happen and, with
+    slow_ns, each slow call (SlowCall) as it returns, then TargetExited when the traced process ended. With
+    print_bpf, only BpfSource.
 
     With --prometheus, the port is bound before the probes are attached (a taken port is a UsageError), and
     /metrics serves cumulative counts from attach until the trace ends; after a -c command's exit, until
@@ -116,20 +179,49 @@ def latency(request: LatencyRequest) -> Iterator[object]:
         names = report_names(plan.traced)
         analysed = time.perf_counter()
 
+        functions = traced_functions(gobin, plan.traced)
+
         def make_tracer() -> LatencyTracer:
-            return LatencyTracer(gobin, traced_functions(gobin, plan.traced), pid=target.pid)
+            return LatencyTracer(gobin, functions, pid=target.pid, slow_ns=request.slow_ns or 0,
+                                 slow_rate=request.slow_rate, stack_depth=request.stack_depth,
+                                 by=request.by or "none")
 
         if request.print_bpf:
             yield BpfSource(make_tracer().bpf_source())
             return
+        floor = host_floor() if request.floor and not options.quiet else None
+        if floor is not None and (floor.measured_now or floor.ns is None):
+            yield FloorMeasured(floor.ns, floor.reason, str(floor_cache_path()))
         exporter = None
         if request.prometheus is not None:
             exporter = cleanup.enter_context(MetricsExporter(request.prometheus))
+        wall_offset_ns = time.time_ns() - time.monotonic_ns()
+        slow_base = dict.fromkeys(("events", "dropped_rate_limit", "dropped_ringbuf_full"), 0)
+
+        def slow_calls(tracer: LatencyTracer, timeout_s: float) -> list[SlowCall]:
+            return [slow_call(record, names, functions, gobin.symbolizer, wall_offset_ns, request.stack_depth)
+                    for record in tracer.poll_slow(timeout_s) if record.func_id < len(functions)]
+
+        def slow_counts(tracer: LatencyTracer) -> SlowCounts | None:
+            nonlocal slow_base
+            if not request.slow_ns:
+                return None
+            now = tracer.slow_stats()
+            delta = {name: now[name] - slow_base[name] for name in slow_base}
+            slow_base = {name: now[name] for name in slow_base}
+            return SlowCounts(request.slow_ns, request.slow_rate, delta["events"], delta["dropped_rate_limit"],
+                              delta["dropped_ringbuf_full"])
 
         def make_report(tracer: LatencyTracer, frame: ReportFrame) -> LatencyReport:
             counts = tracer.read(reset=True)
-            return LatencyReport(frame, function_reports(names, counts, tracer.detached_ids(), tracer.refused),
-                                 sort=request.sort, verbose=options.verbose)
+            if request.by:
+                rows = split_reports(names, functions, counts, request.by, gobin.symbolizer)
+            else:
+                rows = function_reports(names, counts, tracer.detached_ids(), tracer.refused)
+            # --by rows stay grouped under their function, the busiest first (split_reports' order)
+            return LatencyReport(frame, rows, sort="address" if request.by else request.sort, verbose=options.verbose,
+                                 slow=slow_counts(tracer),
+                                 floor_ns=floor.ns if floor else None, floor_reason=floor.reason if floor else None)
 
         def snapshot(tracer: LatencyTracer) -> MetricsSnapshot:
             return metrics_snapshot(tracer, names, exported_binary_path(target), gobin.go_version, target.pid)
@@ -139,7 +231,8 @@ def latency(request: LatencyRequest) -> Iterator[object]:
                                  skipped=[Skipped(p.function.name, p.reason) for p in plan.skipped],
                                  matched=len(plan.traced) + len(plan.skipped), make_report=make_report,
                                  timings=timings, exporter=exporter, snapshot=snapshot,
-                                 housekeeping=lambda tracer: tracer.retire_exited(options.keep_exited_s))
+                                 housekeeping=lambda tracer: tracer.retire_exited(options.keep_exited_s),
+                                 events=slow_calls if request.slow_ns else None)
 
 
 def exported_binary_path(target) -> str:

@@ -98,10 +98,13 @@ def trace_session(target: Target, make_tracer: Callable[[], object], options: Tr
                   skipped: Sequence[Skipped], matched: int, make_report: ReportMaker,
                   timings: dict[str, float] | None = None, exporter: MetricsExporter | None = None,
                   snapshot: Callable[[object], object] | None = None,
-                  housekeeping: Callable[[object], object] | None = None) -> Iterator[object]:
+                  housekeeping: Callable[[object], object] | None = None,
+                  events: Callable[[object, float], list] | None = None) -> Iterator[object]:
     """Attach, guard, report; see the module's docstring. With an exporter, it serves snapshot(tracer) from
     Started until the end (after a -c command's exit, until the next scrape, LAST_SCRAPE_GRACE_S at most).
-    In every-process mode, housekeeping(tracer) runs every HOUSEKEEPING_S."""
+    In every-process mode, housekeeping(tracer) runs every HOUSEKEEPING_S. With events, the pauses between
+    checks are events(tracer, seconds), which waits that long at most and returns what the tracer sent
+    meanwhile (slow calls); each is yielded as it comes, and all are yielded before each report."""
     if skipped:
         yield SkippedSummary(tuple(skipped), matched, options.verbose)
     guards: list[CostGuard] = []
@@ -163,10 +166,16 @@ def trace_session(target: Target, make_tracer: Callable[[], object], options: Tr
         every_process = target.pid is None
         housekept = time.monotonic()
         with guard.watching(CHECK_PERIOD_S):
-            for due in ticks(ending, options.interval_s, CHECK_PERIOD_S):
+            wait = None if events is None else (lambda timeout_s: events(tracer, timeout_s))
+            for due in ticks(ending, options.interval_s, CHECK_PERIOD_S, wait=wait):
+                if due is not True and due is not False:
+                    yield due  # an event the tracer sent
+                    continue
                 for found in guard.take_detached():
                     yield detached_event(found, options.verbose)
                 if due and not options.quiet:
+                    if events is not None:
+                        yield from events(tracer, 0.0)
                     yield report(False)
                 if housekeeping is not None and every_process and time.monotonic() - housekept >= HOUSEKEEPING_S:
                     housekeeping(tracer)
@@ -174,6 +183,8 @@ def trace_session(target: Target, make_tracer: Callable[[], object], options: Tr
         exited_seen = time.monotonic()  # the counts are final from here when the target exited
         for found in guard.take_detached():
             yield detached_event(found, options.verbose)
+        if events is not None:
+            yield from events(tracer, 0.0)
         if not options.quiet:
             yield report(True)
         if ending.reason == "target-exit":

@@ -211,3 +211,18 @@ class BpfSource:
     """--print-bpf: the C text as compiled."""
 
     text: str
+
+
+@dataclass(frozen=True)
+class FloorMeasured:
+    """The measurement floor was measured by this run (once per host), or could not be."""
+
+    floor_ns: int | None
+    reason: str | None
+    cache_path: str
+
+    def text(self) -> str:
+        if self.floor_ns is None:
+            return f"gotrace: the measurement floor of this host is unknown: {self.reason}"
+        return (f"gotrace: measured this host's floor once: an empty Go function measures "
+                f"{self.floor_ns / 1000:.1f}us here (cached in {self.cache_path})")

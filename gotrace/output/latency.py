@@ -41,6 +41,12 @@ class FunctionReport:
     oldest_in_flight_ns: int | None = None
     detached: bool = False  # by the cost guard: nothing is counted after that
     untimed: int = 0  # entered while the start map was full: not timed
+    # --by caller / --by pid: this row holds the calls from one caller (a Go function, its call sites as
+    # "file:line") or one process; a split row with neither holds the unmatched calls (no caller seen).
+    split: str | None = None  # "caller" or "pid"
+    caller: str | None = None
+    pid: int | None = None
+    call_sites: tuple[str, ...] = ()
 
     @property
     def idle(self) -> bool:
@@ -55,12 +61,28 @@ class LatencyReport:
     functions: list[FunctionReport]
     sort: str = "total"
     verbose: bool = False  # list idle and detached functions instead of one summary line each
+    slow: object | None = None  # gotrace.output.slow.SlowCounts of this report, with --slow
+    floor_ns: int | None = None  # what an empty function measures on this host (the probes' own cost)
+    floor_reason: str | None = None  # why the floor is unknown, when it is
 
     def json(self) -> dict:
-        return self.frame.json([_function_json(function) for function in self.functions])
+        out = self.frame.json([_function_json(function) for function in self.functions])
+        if self.slow is not None:
+            out["slow"] = self.slow.json()
+        if self.floor_ns is not None or self.floor_reason is not None:
+            out["floor_ns"] = None if self.floor_ns is None else int(self.floor_ns)
+        return out
 
     def text(self, unit: str = "auto") -> str:
-        return self.frame.framed(render_latency_text(self.functions, unit=unit, sort=self.sort, verbose=self.verbose))
+        body = render_latency_text(self.functions, unit=unit, sort=self.sort, verbose=self.verbose)
+        if self.slow is not None:
+            body += "\n" + self.slow.text(unit) + "\n"
+        if self.floor_ns is not None:
+            body += (f"\nfloor: an empty Go function measures {format_duration(self.floor_ns, unit)} on this host "
+                     "(the probes' own cost, included in every latency above)\n")
+        elif self.floor_reason is not None:
+            body += f"\nfloor: unknown ({self.floor_reason})\n"
+        return self.frame.framed(body)
 
 
 def sorted_functions(functions: Sequence[FunctionReport], sort: str) -> list[FunctionReport]:
@@ -128,7 +150,12 @@ def latency_report_json(target: dict, interval_s: float, functions: Sequence[Fun
 
 def _function_json(function: FunctionReport) -> dict:
     count = function.histogram.count()
-    out: dict = {"name": function.name, "count": count}
+    out: dict = {"name": function.name}
+    if function.split == "caller":
+        out.update(caller=function.caller, call_sites=list(function.call_sites))
+    elif function.split == "pid":
+        out["pid"] = function.pid
+    out["count"] = count
     if count:
         s = _summarize(function.histogram)
         out.update(mean_ns=s.mean_ns, min_ns=s.min_ns, max_ns=s.max_ns, p50_ns=s.p50_ns, p90_ns=s.p90_ns,
@@ -257,7 +284,19 @@ def _title(function: FunctionReport, count: int) -> str:
         calls += f", {function.untimed} not timed (over {header.constant('GT_START_ENTRIES'):,} calls open at once)"
     if function.detached:
         calls += ", detached by the cost guard"
-    return f"{function.name}  {calls}"
+    return f"{function.name}{_split_label(function)}  {calls}"
+
+
+def _split_label(function: FunctionReport) -> str:
+    """`  from CALLER (file:line, ...)` or `  pid N` on a --by row; empty otherwise."""
+    if function.split == "caller" and function.caller is not None:
+        sites = ", ".join(site.rsplit("/", 1)[-1] for site in function.call_sites)
+        return f"  from {function.caller}" + (f" ({sites})" if sites else "")
+    if function.split == "pid" and function.pid is not None:
+        return f"  pid {function.pid}"
+    if function.split is not None and function.unmatched:
+        return "  (caller unknown: never returned)" if function.split == "caller" else "  (process unknown)"
+    return ""
 
 
 def _render_function(function: FunctionReport, unit: str, width: int, ascii_bars: bool) -> str:

@@ -9,6 +9,7 @@ from gotrace.output.args import call_json, format_call
 from gotrace.output.count import CountReport
 from gotrace.output.events import BpfSource, Detached
 from gotrace.output.latency import LatencyReport
+from gotrace.output.slow import SlowCall
 
 
 def render(event: object, *, as_json: bool, unit: str = "auto") -> list[tuple[bool, str]]:
@@ -19,6 +20,8 @@ def render(event: object, *, as_json: bool, unit: str = "auto") -> list[tuple[bo
     """
     if isinstance(event, (LatencyReport, CountReport)):
         return [(True, json.dumps(event.json()) + "\n" if as_json else event.text(unit))]
+    if isinstance(event, SlowCall):
+        return [(True, json.dumps(event.json(), ensure_ascii=False) + "\n" if as_json else event.text(unit))]
     if isinstance(event, Call):
         return [(True, (json.dumps(call_json(event), ensure_ascii=False) if as_json else format_call(event)) + "\n")]
     if isinstance(event, BpfSource):

@@ -16,7 +16,14 @@ reads those maps two ways:
 * read_cumulative(): per (function, process), since the probes were attached,
   never reset (what a Prometheus exporter serves).
 
-Both may be called from different threads. In every-process mode,
+With slow_ns or by="caller", the tracer loads the `latency_stacks` build of
+the program (probes/latency_stacks.h; settings in gt_config, nothing compiled
+in): each call at least slow_ns long arrives with its goroutine's return
+addresses through a ring buffer (poll_slow()), and read() also gives
+histograms per caller (FunctionCounts.callers). Per-process histograms
+(FunctionCounts.processes) come from gt_hist's keys in every build.
+
+All readers may be called from different threads. In every-process mode,
 retire_exited() deletes the kernel's keys of processes that exited a while
 ago (so the map never fills over a long run); their counts stay in read()'s
 totals.
@@ -31,12 +38,17 @@ import time
 from dataclasses import dataclass, field
 
 from gotrace import header
-from gotrace.bpf import uprobes
+from gotrace.bpf import compiler, uprobes
 from gotrace.bpf.image import LoadedImage
-from gotrace.errors import GotraceError
+from gotrace.bpf.ringbuf import RingBuffer
+from gotrace.errors import GotraceError, UsageError
 from gotrace.trace.tracer import Tracer, TracedFunction
 
-__all__ = ["CumulativeCounts", "FunctionCounts", "LatencyTracer", "ProcessCounts", "TracedFunction"]
+__all__ = ["BY", "CumulativeCounts", "FunctionCounts", "LatencyTracer", "ProcessCounts", "SlowRecord",
+           "TracedFunction"]
+
+BY = ("none", "caller", "pid")  # what read() splits each function's histogram by, besides the function
+STACKS_PROGRAM = "latency_stacks"  # the build with --slow and --by caller (compiler.BUILDS)
 
 STAT_NAMES = {
     "GT_STAT_NO_GOROUTINE": "no_goroutine",
@@ -53,6 +65,42 @@ START_VAL = struct.Struct("<QII")  # struct gt_start_val: start_ns, func_id, res
 GOROUTINE = struct.Struct("<QII")  # struct gt_goroutine: goid, tgid, reserved
 GOEXIT = "runtime.goexit1"  # every goroutine ends through it (also runtime.Goexit)
 SWEEP_EVERY_S = 1.0
+CALLER_KEY = struct.Struct("<IIQ")  # struct gt_caller_key: func_id, bucket, caller (return address - entry site)
+SLOW_EVENT_HEADER = struct.Struct("<QQQQIIII")  # struct gt_slow_event up to pcs
+SLOW_STAT_NAMES = {
+    "GT_SSTAT_EVENTS": "events",
+    "GT_SSTAT_RATE_LIMITED": "dropped_rate_limit",
+    "GT_SSTAT_RINGBUF_FULL": "dropped_ringbuf_full",
+    "GT_SSTAT_STACK_FAULT": "stack_read_faults",
+    "GT_SSTAT_CALLER_FULL": "caller_histogram_full",
+    "GT_SSTAT_NO_ENTRY_IP": "no_entry_address",
+}
+
+
+@dataclass(frozen=True)
+class SlowRecord:
+    """One call at least slow_ns long, as the BPF side sent it (addresses are the process's, at run time)."""
+
+    func_id: int
+    tgid: int
+    goid: int
+    end_ns: int        # CLOCK_MONOTONIC at the return
+    latency_ns: int
+    entry_ip: int      # runtime address of the function's entry site: minus its vaddr, the load bias
+    return_addresses: tuple[int, ...]  # the caller's first
+
+
+def parse_slow_record(raw: bytes) -> SlowRecord:
+    """A SlowRecord from the bytes of one struct gt_slow_event."""
+    end_ns, latency_ns, goid, entry_ip, tgid, func_id, nframes, _ = SLOW_EVENT_HEADER.unpack_from(raw, 0)
+    nframes = min(nframes, header.constant("GT_SLOW_MAX_DEPTH"), (len(raw) - SLOW_EVENT_HEADER.size) // 8)
+    pcs = struct.unpack_from(f"<{nframes}Q", raw, SLOW_EVENT_HEADER.size)
+    return SlowRecord(func_id, tgid, goid, end_ns, latency_ns, entry_ip, pcs)
+
+
+def _signed64(value: int) -> int:
+    return value - (1 << 64) if value >= 1 << 63 else value
+
 
 
 @dataclass
@@ -64,6 +112,10 @@ class FunctionCounts:
     in_flight: int = 0  # calls entered and not yet returned at the read
     oldest_in_flight_ns: int | None = None  # how long the oldest of them has been running
     untimed: int = 0  # calls whose start could not be recorded (the start map was full), since the last reset
+    processes: dict[int, dict[int, int]] = field(default_factory=dict)  # tgid -> its buckets (the same calls)
+    # by="caller": caller's return address minus the function's entry site (a difference of ELF vaddrs too)
+    # -> its buckets (the same calls, all processes)
+    callers: dict[int, dict[int, int]] = field(default_factory=dict)
 
 
 @dataclass
@@ -120,8 +172,24 @@ class LatencyTracer(Tracer):
     GOEXIT_PROGRAM = b"gt_goexit"
     DETACHABLE = True
 
-    def __init__(self, gobin, functions, *, pid, mode="auto") -> None:
+    def __init__(self, gobin, functions, *, pid, mode="auto", slow_ns: int = 0, slow_rate: int = 0,
+                 stack_depth: int = 0, by: str = "none") -> None:
         super().__init__(gobin, functions, pid=pid, mode=mode)
+        if by not in BY:
+            raise UsageError(f"by must be one of {', '.join(BY)}, not {by!r}")
+        self.by = by
+        self.config.update(
+            slow_ns=compiler.validated_int("slow_ns", slow_ns, 0, 2**63 - 1),
+            slow_rate=compiler.validated_int("slow_rate", slow_rate, 0, 10**9),
+            stack_depth=compiler.validated_int("stack_depth", stack_depth, 0, header.constant("GT_SLOW_MAX_DEPTH")),
+            by=header.constant("GT_BY_CALLER") if by == "caller" else header.constant("GT_BY_NONE"),
+        )
+        # Plain runs load the build without the stack code: they pay nothing for --slow and --by caller.
+        self.stacks = bool(slow_ns) or by == "caller"
+        if self.stacks:
+            self.PROGRAM = STACKS_PROGRAM
+        self._slow_ring: RingBuffer | None = None
+        self._caller_base: dict[tuple[int, int, int], int] = {}  # (func_id, bucket, caller) -> count at last reset
         self._nbuckets = header.constant("GT_HIST_NBUCKETS")
         self._slot_sum = header.constant("GT_HIST_SLOT_SUM")
         self._slot_unwound = header.constant("GT_HIST_SLOT_UNWOUND")
@@ -130,8 +198,8 @@ class LatencyTracer(Tracer):
         self._lock = threading.Lock()  # read(), read_cumulative() and retire_exited() may run on two threads
         self._hist_base: dict[tuple[int, int, int], int] = {}  # (func_id, bucket, tgid) -> count at last reset
         self._fc_base: list[int] = [0] * (len(self.functions) * header.constant("GT_FC_N"))
-        # (func_id, bucket or GT_HIST_SLOT_UNWOUND) -> counts of deleted keys since last reset
-        self._retired: dict[tuple[int, int], int] = {}
+        # (func_id, bucket or GT_HIST_SLOT_UNWOUND, tgid) -> counts of deleted keys since last reset
+        self._retired: dict[tuple[int, int, int], int] = {}
         self._dead_since: dict[int, float] = {}  # tgid -> when it was first seen gone (monotonic s)
         self._swept: dict[tuple[int, int], int] = {}  # (func_id, tgid) -> starts of exited goroutines removed
         self._swept_total: dict[int, int] = {}  # func_id -> those removed, all processes, since attach
@@ -142,7 +210,10 @@ class LatencyTracer(Tracer):
         self._goexit: uprobes.UprobeSet | None = None
 
     def map_sizes(self) -> dict[str, int]:
-        return {**super().map_sizes(), "gt_hist": hist_entries(len(self.functions))}
+        sizes = {**super().map_sizes(), "gt_hist": hist_entries(len(self.functions))}
+        if self.stacks:
+            sizes["gt_caller_hist"] = hist_entries(len(self.functions))
+        return sizes
 
     def setup_maps(self, loaded: LoadedImage) -> None:
         """The probe on runtime.goexit1 goes first: a goroutine that ends after a traced call began is seen."""
@@ -150,10 +221,38 @@ class LatencyTracer(Tracer):
             self._goexit = uprobes.attach_sites(self.binary_path, [(self.GOEXIT_PROGRAM, [(self._goexit_file_offset, 0)])],
                                                 pid=self.pid, load_program=loaded.load_program, mode=self.mode)
 
+    def opened(self, loaded: LoadedImage) -> None:
+        if self.stacks and self.config["slow_ns"]:
+            self._slow_ring = RingBuffer(loaded.map_fd("gt_slow_events"), loaded.map_spec("gt_slow_events").max_entries)
+
     def closing(self) -> None:
         goexit, self._goexit = self._goexit, None
         if goexit is not None:
             goexit.close()
+        ring, self._slow_ring = self._slow_ring, None
+        if ring is not None:
+            ring.close()
+
+    def poll_slow(self, timeout_s: float = 0.1) -> list[SlowRecord]:
+        """The slow calls sent so far, waiting up to timeout_s when there are none (always empty without slow_ns)."""
+        if self._slow_ring is None:
+            if self.config["slow_ns"]:
+                raise RuntimeError("LatencyTracer.attach() was not called (or close() was)")
+            return []
+        if not self._slow_ring.wait(timeout_s):
+            return []
+        return [parse_slow_record(raw) for raw in self._slow_ring.read()]
+
+    def slow_stats(self) -> dict[str, int]:
+        """Whole-run counters of slow calls sent and dropped (SLOW_STAT_NAMES values); zeros without the stack build."""
+        if not self.stacks:
+            return dict.fromkeys(SLOW_STAT_NAMES.values(), 0)
+        return self.counters("gt_slow_stats", SLOW_STAT_NAMES)
+
+    def _callers(self) -> dict[tuple[int, int, int], int]:
+        """Every key of gt_caller_hist as (func_id, bucket, caller) -> its sum over CPUs."""
+        keys, sums = self.percpu_sums("gt_caller_hist", CALLER_KEY.size, hist_entries(len(self.functions)))
+        return dict(zip(CALLER_KEY.iter_unpack(keys), sums))
 
     def sweep(self) -> dict[tuple[int, int], tuple[int, int]]:
         """Remove the starts of goroutines that have exited (counted as unwound) and of detached functions (never
@@ -221,21 +320,30 @@ class LatencyTracer(Tracer):
         fc_sums = self.func_counts()
         hist_now = self._hist()
         result = {fn.func_id: FunctionCounts(buckets={}) for fn in self.functions}
-        for (func_id, bucket), count in self._retired.items():
+
+        def add(func_id: int, bucket: int, tgid: int, delta: int) -> None:
+            counts = result[func_id]
             if bucket == self._slot_unwound:
-                result[func_id].unmatched += count
-            else:
-                result[func_id].buckets[bucket] = count
+                counts.unmatched += delta
+                return
+            counts.buckets[bucket] = counts.buckets.get(bucket, 0) + delta
+            mine = counts.processes.setdefault(tgid, {})
+            mine[bucket] = mine.get(bucket, 0) + delta
+
+        for (func_id, bucket, tgid), count in self._retired.items():
+            add(func_id, bucket, tgid, count)
         for key, total in hist_now.items():
-            func_id, bucket, _ = key
+            func_id, bucket, tgid = key
             delta = total - self._hist_base.get(key, 0)
-            if delta <= 0 or func_id not in result:
-                continue
-            if bucket < self._nbuckets:
-                buckets = result[func_id].buckets
-                buckets[bucket] = buckets.get(bucket, 0) + delta
-            elif bucket == self._slot_unwound:
-                result[func_id].unmatched += delta
+            if delta > 0 and func_id in result and (bucket < self._nbuckets or bucket == self._slot_unwound):
+                add(func_id, bucket, tgid, delta)
+        callers_now = self._callers() if self.by == "caller" else {}
+        for key, total in callers_now.items():
+            func_id, bucket, caller = key
+            delta = total - self._caller_base.get(key, 0)
+            if delta > 0 and func_id in result:
+                mine = result[func_id].callers.setdefault(_signed64(caller), {})
+                mine[bucket] = mine.get(bucket, 0) + delta
         swept = dict(self._swept_total)
         for (func_id, _), (n, oldest_ns) in running.items():
             counts = result[func_id]
@@ -252,6 +360,7 @@ class LatencyTracer(Tracer):
             self._fc_base = fc_sums
             self._swept_base = swept
             self._retired = {}
+            self._caller_base = callers_now
         return result
 
     def read_cumulative(self) -> CumulativeCounts:
@@ -285,6 +394,16 @@ class LatencyTracer(Tracer):
         entries = [fc_sums[fn.func_id * fc_n + i_entries] for fn in self.functions]
         return CumulativeCounts(processes, entries, alive)
 
+    def in_flight(self) -> list[int]:
+        """Per func_id: the calls running now in processes that still exist, all processes together."""
+        running = self.sweep()
+        out = [0] * len(self.functions)
+        alive = {tgid: process_exists(tgid) for _, tgid in running}
+        for (func_id, tgid), (n, _) in running.items():
+            if func_id < len(out) and alive[tgid]:  # a process that is gone runs nothing
+                out[func_id] += n
+        return out
+
     def retire_exited(self, keep_s: float) -> list[int]:
         """Deletes the kernel's keys of processes gone for at least keep_s seconds; returns their pids.
 
@@ -309,7 +428,7 @@ class LatencyTracer(Tracer):
                     continue
                 delta = total - self._hist_base.pop(key, 0)
                 if delta > 0 and (bucket < self._nbuckets or bucket == self._slot_unwound):
-                    self._retired[(func_id, bucket)] = self._retired.get((func_id, bucket), 0) + delta
+                    self._retired[key] = self._retired.get(key, 0) + delta
                 self._sys.map_delete_elem(map_fd, HIST_KEY.pack(*key))
             for tgid in expired:
                 del self._dead_since[tgid]

@@ -221,16 +221,24 @@ class Ending:
         return wake
 
 
-def intervals(ending: Ending, interval_s: float | None):
-    """Yields once every interval_s (never when None) until the trace ends (ending.reason says why)."""
-    for due in ticks(ending, interval_s):
-        if due:
-            yield
+def intervals(ending: Ending, interval_s: float | None, wait=None):
+    """Yields None once every interval_s (never when None) until the trace ends (ending.reason says why).
+
+    With `wait`, the pauses between checks are wait(seconds) instead of sleeping: it returns what arrived
+    meanwhile, and each of those is yielded as it comes."""
+    for due in ticks(ending, interval_s, wait=wait):
+        if due is True:
+            yield None
+        elif due is not False:
+            yield due
 
 
-def ticks(ending: Ending, interval_s: float | None, every_s: float | None = None):
+def ticks(ending: Ending, interval_s: float | None, every_s: float | None = None, wait=None):
     """Until the trace ends (ending.reason says why): yields True once every interval_s (never when None), and
-    False every every_s in between (never when None), for work that runs more often than reports."""
+    False every every_s in between (never when None), for work that runs more often than reports.
+
+    With `wait`, the pauses between checks are wait(seconds) instead of sleeping: it returns what arrived
+    meanwhile (never True or False), and each of those is yielded as it comes."""
     next_report = ending.started + interval_s if interval_s else None
     next_tick = ending.started + every_s if every_s else None
     while not ending.check():
@@ -247,7 +255,10 @@ def ticks(ending: Ending, interval_s: float | None, every_s: float | None = None
         for deadline in (next_report, next_tick):
             if deadline is not None:
                 wake = min(wake, max(0.0, deadline - now))
-        time.sleep(wake)
+        if wait is None:
+            time.sleep(wake)
+        else:
+            yield from wait(wake)
 
 
 @contextlib.contextmanager

@@ -50,7 +50,7 @@ from gotrace.errors import CapabilityError, UsageError
 
 MAX_PID = 2**22  # PID_MAX_LIMIT on 64-bit Linux
 MAX_G_OFFSET = 4096  # bytes into runtime.g; the real offsets are below 200
-CONFIG_STRUCT = struct.Struct("<IIII")  # struct gt_config of probes/gotrace.h
+CONFIG_STRUCT = struct.Struct("<IIIIQIIII")  # struct gt_config of probes/gotrace.h
 
 
 @dataclass(frozen=True)
@@ -129,6 +129,12 @@ class Tracer:
             "nfuncs": len(self.functions),
             "goid_offset": compiler.validated_int("goid_offset", offsets.goid, 0, MAX_G_OFFSET),
             "stack_hi_offset": compiler.validated_int("stack_hi_offset", offsets.stack_hi, 0, MAX_G_OFFSET),
+            # latency's stack build only (LatencyTracer sets them)
+            "slow_ns": 0,
+            "slow_rate": 0,
+            "stack_depth": 0,
+            "by": 0,
+            "reserved": 0,
         }
         self._sys = Syscalls()
         self._ncpus = possible_cpus()
@@ -183,8 +189,9 @@ class Tracer:
     @staticmethod
     def config_bytes(config: dict[str, int]) -> bytes:
         """struct gt_config of probes/gotrace.h holding config (the fields of Tracer.config, in order)."""
-        return CONFIG_STRUCT.pack(config["target_tgid"], config["nfuncs"], config["goid_offset"],
-                                  config["stack_hi_offset"])
+        fields = ("target_tgid", "nfuncs", "goid_offset", "stack_hi_offset", "slow_ns", "slow_rate", "stack_depth",
+                  "by", "reserved")
+        return CONFIG_STRUCT.pack(*(config.get(name, 0) for name in fields))
 
     @property
     def source_path(self) -> Path:
@@ -194,7 +201,9 @@ class Tracer:
         """The program's C text, after a comment giving this run's gt_config values and map sizes."""
         settings = " ".join(f"{name}={value}" for name, value in self.config.items())
         sizes = " ".join(f"{name}={value}" for name, value in self.map_sizes().items())
-        return (f"/* {self.source_path.name} for {self.arch}; gt_config[0]: {settings}"
+        defines = " ".join(f"-D{name}={value}" for name, value in compiler.BUILDS[self.PROGRAM][1].items())
+        build = f" (object {self.PROGRAM}: {defines})" if defines else ""
+        return (f"/* {self.source_path.name}{build} for {self.arch}; gt_config[0]: {settings}"
                 + (f"; max_entries: {sizes}" if sizes else "") + " */\n" + self.source_path.read_text())
 
     @property
@@ -251,7 +260,7 @@ class Tracer:
         self._sys.map_update_elem(self._loaded.map_fd("gt_config"), struct.pack("<I", 0),
                                   self.config_bytes(self.config))
         self.setup_maps(self._loaded)
-        site_name = lambda func_id: self.functions[func_id].name  # noqa: E731
+        site_name = lambda cookie: self.functions[cookie & 0xFFFFFFFF].name  # noqa: E731  (the low half: a function id)
         if self.DETACHABLE:
             self._func_counts = self._loaded.map_memory("gt_func_counts")
             if self.hit_cost_ns is not None:
