@@ -66,7 +66,7 @@ def top(request: TopRequest) -> Iterator[object]:
     target, patterns = tracing_target(request.args, request.pid, request.command)
     with open_traced(target) as gobin:
         plan = plan_latency(gobin, patterns)
-        names = report_names(plan)
+        names = report_names(plan.traced)
         for skipped in plan.skipped:
             yield Skipped(skipped.function.name, skipped.reason)
         functions = traced_functions(gobin, plan.traced)

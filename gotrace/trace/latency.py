@@ -206,7 +206,7 @@ class LatencyTracer(Tracer):
         self._swept_base: dict[int, int] = {}  # ... at last reset
         self._running: dict[tuple[int, int], tuple[int, int]] = {}  # (func_id, tgid) -> (calls, oldest start_ns)
         self._swept_at = 0.0
-        self._goexit_file_offset = goexit_site(gobin)
+        self._gobin = gobin  # runtime.goexit1's site is looked up when attaching
         self._goexit: uprobes.UprobeSet | None = None
 
     def map_sizes(self) -> dict[str, int]:
@@ -217,8 +217,9 @@ class LatencyTracer(Tracer):
 
     def setup_maps(self, loaded: LoadedImage) -> None:
         """The probe on runtime.goexit1 goes first: a goroutine that ends after a traced call began is seen."""
-        if self._goexit_file_offset is not None:
-            self._goexit = uprobes.attach_sites(self.binary_path, [(self.GOEXIT_PROGRAM, [(self._goexit_file_offset, 0)])],
+        goexit_file_offset = goexit_site(self._gobin)
+        if goexit_file_offset is not None:
+            self._goexit = uprobes.attach_sites(self.binary_path, [(self.GOEXIT_PROGRAM, [(goexit_file_offset, 0)])],
                                                 pid=self.pid, load_program=loaded.load_program, mode=self.mode)
 
     def opened(self, loaded: LoadedImage) -> None:
