@@ -18,6 +18,11 @@
  *        GT_BENCH_HIST=2        gt_hist a per-CPU array indexed by function and bucket (no tgid),
  *                               one update per call ({count, sum_ns} values)
  *        GT_BENCH_NO_FUNC_COUNTS=1  no per-function entry/return counters, no generation lookup
+ *        GT_BENCH_START_ARRAY=1 the start map a direct-mapped array indexed by a hash of the key (a
+ *                               colliding open call is lost: measures what the hash map costs, no more)
+ *        GT_BENCH_NOEXIST=1     entry inserts its start with BPF_NOEXIST and looks for a stale start
+ *                               only when that fails (one hash operation per entry, not two)
+ *        GT_BENCH_NO_KTIME=1    no bpf_ktime_get_ns (latencies wrong: measures what the clock costs)
  */
 #include "bpf_abi.h"
 #include "gotrace.h"
@@ -36,6 +41,21 @@
 #endif
 #ifndef GT_BENCH_NO_FUNC_COUNTS
 #define GT_BENCH_NO_FUNC_COUNTS 0
+#endif
+#ifndef GT_BENCH_START_ARRAY
+#define GT_BENCH_START_ARRAY 0
+#endif
+#ifndef GT_BENCH_NO_KTIME
+#define GT_BENCH_NO_KTIME 0
+#endif
+#ifndef GT_BENCH_NOEXIST
+#define GT_BENCH_NOEXIST 0
+#endif
+#define GT_BENCH_BPF_NOEXIST 1
+#if GT_BENCH_NO_KTIME
+#define gt_bench_now() 1000ULL
+#else
+#define gt_bench_now() bpf_ktime_get_ns()
 #endif
 
 char _license[] SEC("license") = "GPL";
@@ -60,6 +80,14 @@ int gt_return(struct pt_regs *ctx)
 #define GT_BENCH_SPAN 256 /* bytes of g one read may cover (GT_BENCH_ONE_READ) */
 
 GT_MAP(gt_stats, BPF_MAP_TYPE_PERCPU_ARRAY, sizeof(__u32), sizeof(__u64), GT_STAT_N, 0);
+#if GT_BENCH_START_ARRAY
+struct gt_bench_slot {
+    struct gt_start_key key;
+    struct gt_start_val val;
+};
+#define GT_BENCH_SLOTS_LOG2 16
+GT_MAP(gt_start_slots, BPF_MAP_TYPE_ARRAY, sizeof(__u32), sizeof(struct gt_bench_slot), 1 << GT_BENCH_SLOTS_LOG2, 0);
+#endif
 #if GT_BENCH_START_HASH
 GT_MAP(gt_starts, BPF_MAP_TYPE_HASH, sizeof(struct gt_start_key), sizeof(struct gt_start_val), GT_START_ENTRIES, 0);
 #else
@@ -111,13 +139,14 @@ static __always_inline int gt_bench_key(struct pt_regs *ctx, __u32 func_id, stru
     goid_at = cfg->goid_offset - lo;
     hi_at = cfg->stack_hi_offset - lo;
     size = (goid_at > hi_at ? goid_at : hi_at) + 8;
-    if (size > GT_BENCH_SPAN || goid_at > GT_BENCH_SPAN - 8 || hi_at > GT_BENCH_SPAN - 8)
+    if (size > GT_BENCH_SPAN || (goid_at | hi_at) % 8 != 0)
         return GT_KEY_READ_FAULT;
     if (bpf_probe_read_user(span, size, (void *)(g + lo)) != 0)
         return GT_KEY_READ_FAULT;
-    key->goid = *(__u64 *)(span + goid_at);
+    /* 8-aligned offsets below GT_BENCH_SPAN - 8, as the verifier must see them */
+    key->goid = *(__u64 *)(span + (goid_at & (GT_BENCH_SPAN - 8)));
     key->tgid = (__u32)tgid;
-    key->depth = (__u32)(*(__u64 *)(span + hi_at) - GT_SP_REG(ctx));
+    key->depth = (__u32)(*(__u64 *)(span + (hi_at & (GT_BENCH_SPAN - 8))) - GT_SP_REG(ctx));
     return GT_KEY_OK;
 }
 #else
@@ -268,6 +297,78 @@ static __always_inline void gt_hist_unwound(__u32 func_id, __u32 tgid)
 }
 #endif
 
+#if GT_BENCH_START_ARRAY
+static __always_inline __u32 gt_slot_index(const struct gt_start_key *key)
+{
+    __u64 h = (key->goid * 0x9E3779B97F4A7C15ULL) ^ ((__u64)key->depth * 0xC2B2AE3D27D4EB4FULL) ^ key->tgid;
+    return (__u32)(h >> (64 - GT_BENCH_SLOTS_LOG2));
+}
+
+static __always_inline int gt_same_key(const struct gt_start_key *a, const struct gt_start_key *b)
+{
+    return a->goid == b->goid && a->tgid == b->tgid && a->depth == b->depth;
+}
+
+SEC("uprobe/gt_entry")
+int gt_entry(struct pt_regs *ctx)
+{
+    __u32 func_id = (__u32)bpf_get_attach_cookie(ctx);
+    struct gt_start_key key = {};
+    struct gt_bench_slot *slot;
+    __u32 index;
+
+    if (!gt_make_key(ctx, func_id, &key))
+        return 0;
+    gt_func_count(func_id, GT_FC_ENTRIES);
+    index = gt_slot_index(&key);
+    slot = bpf_map_lookup_elem(&gt_start_slots, &index);
+    if (!slot)
+        return 0;
+    if (slot->val.start_ns && gt_same_key(&slot->key, &key)) {
+        gt_count(GT_STAT_STALE_STARTS);
+        gt_hist_unwound(slot->val.func_id, key.tgid);
+    }
+    slot->key = key;
+    slot->val.func_id = func_id;
+    slot->val.gen = gt_current_gen();
+    slot->val.start_ns = gt_bench_now();
+    return 0;
+}
+
+SEC("uprobe/gt_return")
+int gt_return(struct pt_regs *ctx)
+{
+    __u64 now_ns = gt_bench_now();
+    __u32 func_id = (__u32)bpf_get_attach_cookie(ctx);
+    struct gt_start_key key = {};
+    struct gt_bench_slot *slot;
+    __u64 latency_ns;
+    __u32 index;
+
+    if (!gt_make_key(ctx, func_id, &key))
+        return 0;
+    index = gt_slot_index(&key);
+    slot = bpf_map_lookup_elem(&gt_start_slots, &index);
+    if (!slot || !slot->val.start_ns || !gt_same_key(&slot->key, &key)) {
+        gt_count(GT_STAT_RETURNS_WITHOUT_ENTRY);
+        return 0;
+    }
+    if (slot->val.func_id != func_id) {
+        gt_hist_unwound(slot->val.func_id, key.tgid);
+        slot->val.start_ns = 0;
+        gt_count(GT_STAT_RETURNS_WITHOUT_ENTRY);
+        return 0;
+    }
+    latency_ns = now_ns - slot->val.start_ns;
+    if (slot->val.gen == gt_current_gen())
+        gt_func_count(func_id, GT_FC_RETURNS_SAME_GEN);
+    slot->val.start_ns = 0;
+    gt_hist_call(func_id, key.tgid, latency_ns);
+    return 0;
+}
+
+#else /* the start map */
+
 SEC("uprobe/gt_entry")
 int gt_entry(struct pt_regs *ctx)
 {
@@ -279,6 +380,13 @@ int gt_entry(struct pt_regs *ctx)
     if (!gt_make_key(ctx, func_id, &key))
         return 0;
     gt_func_count(func_id, GT_FC_ENTRIES);
+#if GT_BENCH_NOEXIST
+    val.func_id = func_id;
+    val.gen = gt_current_gen();
+    val.start_ns = gt_bench_now();
+    if (bpf_map_update_elem(&gt_starts, &key, &val, GT_BENCH_BPF_NOEXIST) == 0)
+        return 0;
+#endif
     stale = bpf_map_lookup_elem(&gt_starts, &key);
     if (stale) {
         gt_count(GT_STAT_STALE_STARTS);
@@ -286,7 +394,7 @@ int gt_entry(struct pt_regs *ctx)
     }
     val.func_id = func_id;
     val.gen = gt_current_gen();
-    val.start_ns = bpf_ktime_get_ns();
+    val.start_ns = gt_bench_now();
     if (bpf_map_update_elem(&gt_starts, &key, &val, BPF_ANY) != 0)
         gt_count(GT_STAT_START_UPDATE_FAILED);
     return 0;
@@ -295,7 +403,7 @@ int gt_entry(struct pt_regs *ctx)
 SEC("uprobe/gt_return")
 int gt_return(struct pt_regs *ctx)
 {
-    __u64 now_ns = bpf_ktime_get_ns();
+    __u64 now_ns = gt_bench_now();
     __u32 func_id = (__u32)bpf_get_attach_cookie(ctx);
     struct gt_start_key key = {};
     struct gt_start_val *start;
@@ -321,6 +429,7 @@ int gt_return(struct pt_regs *ctx)
     gt_hist_call(func_id, key.tgid, latency_ns);
     return 0;
 }
+#endif /* the start map */
 
 #else /* stages 3-5 */
 

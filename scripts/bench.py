@@ -387,6 +387,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--calls", type=int, help="calls of main.hot per row per round (default 1000; --quick 200)")
     parser.add_argument("--rows", help="overhead rows to measure besides untraced and floor, comma-separated "
                         f"(default all: {','.join(r.key for r in bench_overhead.ROWS)})")
+    parser.add_argument("--chunk", type=int, default=20, help="calls timed together; a run's figure is its median "
+                        "chunk's (default 20)")
     parser.add_argument("--cpu", type=int, help="the CPU the traced processes are pinned to (default the last)")
     parser.add_argument("--seed", type=int, default=None, help="seed of the rounds' shuffled order")
     parser.add_argument("--overhead-only", action="store_true", help="measure the overhead section only")

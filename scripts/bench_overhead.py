@@ -69,7 +69,14 @@ ROWS = (
     Row("hist_pair", "6 with 1 gt_hist update {count,sum}", "bench_hist_pair"),
     Row("hist_array", "6 with gt_hist a per-CPU array", "bench_hist_array"),
     Row("no_func_counts", "6 without per-function counters", "bench_no_func_counts"),
+    Row("start_array", "6 with start map a direct-mapped array*", "bench_start_array"),
+    Row("no_ktime", "6 without bpf_ktime_get_ns*", "bench_no_ktime"),
+    Row("noexist", "6 with 1 start map op at entry (NOEXIST)", "bench_noexist"),
+    Row("lean", "6 with NOEXIST + 1 gt_hist update", "bench_lean"),
+    Row("pair_hash", "6 with 1 gt_hist update + plain hash", "bench_pair_hash"),
+    Row("pair_hash_read", "6 with those two + 1 read", "bench_pair_hash_read"),
 )
+VARIANT_KEYS = {row.key for row in ROWS if row.program and not row.stage and row.key != "floor_aa"}
 QUICK_ROWS = ("untraced", "floor", "floor_aa", "empty", "key", "full", "latency", "args")
 
 
@@ -142,16 +149,17 @@ class Hotloop:
             raise BenchError("testdata/hotloop did not start")
         self.pid = self.proc.pid
 
-    def run(self, calls: int) -> tuple[float, int]:
-        """(nanoseconds per call, involuntary context switches) of `calls` calls of main.hot."""
+    def run(self, calls: int, chunk: int) -> tuple[float, float, int]:
+        """`calls` calls of main.hot timed in chunks of `chunk`: (ns per call in the median chunk, ns per call
+        over the whole run, involuntary context switches meanwhile)."""
         before = thread_switches(self.pid)
-        self.proc.stdin.write(f"{calls}\n")
+        self.proc.stdin.write(f"{calls} {chunk}\n")
         self.proc.stdin.flush()
         line = self.proc.stdout.readline()
-        m = re.match(r"ns=(\d+) calls=(\d+)", line)
+        m = re.match(r"ns=(\d+) calls=(\d+) chunk_ns=(\d+)", line)
         if not m:
             raise BenchError(f"testdata/hotloop answered {line!r}")
-        return int(m.group(1)) / calls, thread_switches(self.pid) - before
+        return int(m.group(3)) / chunk, int(m.group(1)) / calls, thread_switches(self.pid) - before
 
     def close(self) -> None:
         if self.proc.poll() is None:
@@ -215,7 +223,12 @@ def bench_probes(program: str, binary: Path, pid: int, mode: str):
     with GoBinary.open(binary) as gobin:
         (fn,) = gobin.match([HOTLOOP_FUNC])
         tracer = BenchTracer(gobin, traced_functions(gobin, [gobin.probe_sites(fn)]), pid=pid, mode=mode)
-    tracer.attach()
+    from gotrace.errors import GotraceError
+
+    try:
+        tracer.attach()
+    except GotraceError as exc:
+        raise BenchError(f"{program}: {exc}") from None
     if tracer.attached_by != mode:
         tracer.close()
         raise BenchError(f"{program} attached by {tracer.attached_by}, not {mode}")
@@ -227,7 +240,8 @@ class Slot:
     row: Row
     hot: Hotloop
     attached: object = None  # a Tracer or a CliTrace
-    per_call_ns: list[float] = field(default_factory=list)
+    per_call_ns: list[float] = field(default_factory=list)  # per round: the median chunk's, per call
+    whole_ns: list[float] = field(default_factory=list)  # per round: the whole run's, per call
     switches: list[int] = field(default_factory=list)
 
 
@@ -252,6 +266,9 @@ def bench_overhead(args, gotrace: list[str], repo: Path, attached_timeout_s: flo
         if unknown:
             raise BenchError(f"no overhead row {', '.join(sorted(unknown))}: rows are {', '.join(r.key for r in ROWS)}")
         rows = [row for row in ROWS if row.key in wanted]
+    chunk = args.chunk
+    if chunk <= 0 or args.calls % chunk:
+        raise BenchError(f"--calls ({args.calls}) must be a multiple of --chunk ({chunk})")
     built = gobuild.build("hotloop", gobuild.SYSTEM_GO_VERSION)
     with GoBinary.open(built) as gobin:
         (fn,) = gobin.match([HOTLOOP_FUNC])
@@ -277,7 +294,7 @@ def bench_overhead(args, gotrace: list[str], repo: Path, attached_timeout_s: flo
             elif row.command:
                 slot.attached = CliTrace(gotrace, row.command, slot.hot.pid, repo, attached_timeout_s)
         for slot in slots:
-            slot.hot.run(args.calls)  # warm up, also what the CLI rows count
+            slot.hot.run(args.calls, chunk)  # warm up, also what the CLI rows count
         rng = random.Random(args.seed)
         load_start = load_average()
         stat_start = cpu_times()
@@ -286,8 +303,9 @@ def bench_overhead(args, gotrace: list[str], repo: Path, attached_timeout_s: flo
             order = slots[:]
             rng.shuffle(order)
             for slot in order:
-                ns, switches = slot.hot.run(args.calls)
+                ns, whole_ns, switches = slot.hot.run(args.calls, chunk)
                 slot.per_call_ns.append(ns)
+                slot.whole_ns.append(whole_ns)
                 slot.switches.append(switches)
         elapsed_s = time.monotonic() - started
         stat_end = cpu_times()
@@ -319,8 +337,9 @@ def print_overhead(args, r: dict) -> dict:
     floor_cost = [f - u for f, u in zip(floor, untraced)]
     print(f"== Overhead per traced call: testdata/hotloop {HOTLOOP_FUNC} ({r['go_version']}, {r['sites']} probe sites: "
           f"entry + {r['sites'] - 1} ret), {args.calls} calls x {args.rounds} rounds, one process per row "
-          f"pinned to CPU {r['cpu']}, rows shuffled each round ==")
-    print(f"  {'':5s} {'row':46s} {'per call':>10s} {'added':>10s}   ratio to floor, mean [95% CI]   median")
+          f"pinned to CPU {r['cpu']}, rows shuffled each round, timed in chunks of {args.chunk} calls ==")
+    print(f"  {'':5s} {'row':46s} {'per call':>10s} {'added':>10s}   ratio to floor, mean [95% CI]   median"
+          + ("   variant - row 6, paired [95% CI]" if any(k in VARIANT_KEYS for k in slots) else ""))
     estimates = {}
     for key, slot in slots.items():
         row = slot.row
@@ -332,8 +351,15 @@ def print_overhead(args, r: dict) -> dict:
             est = Estimate.of([(t - u) / f for t, u, f in zip(slot.per_call_ns, untraced, floor_cost)])
             estimates[key] = est
             ratio = f"{est.text()}   {est.median:6.3f}"
+        if key in VARIANT_KEYS and "full" in slots:
+            full = slots["full"].per_call_ns
+            diff = Estimate.of([(t - g) / f for t, g, f in zip(slot.per_call_ns, full, floor_cost)])
+            ratio += f"   {diff.mean:+.3f} [{diff.low:+.3f}, {diff.high:+.3f}]"
         print(f"  {row.stage:>5s} {row.label:46s} {per_call / 1000:7.3f} us {added / 1000:7.3f} us   {ratio}")
-    print("  (per call and added: medians over rounds; added = row - untraced, in the same round)")
+    if any(row.label.endswith("*") for row in ROWS if row.key in slots):
+        print("  (*: not a correct program, a measure of what the part left out costs)")
+    print(f"  (per call: the median chunk's of a run; per call and added: medians over rounds; added = row - untraced, "
+          f"in the same round; ratio: mean over rounds of (row - untraced) / (floor - untraced))")
     aa = estimates.get("floor_aa")
     if aa:
         print(f"  bench's own error (A/A, identical floors): {aa.text()}: half-width {(aa.high - aa.low) / 2:.3f}")
@@ -341,8 +367,9 @@ def print_overhead(args, r: dict) -> dict:
         lat = estimates["latency"]
         print(f"  gotrace/floor = {lat.mean:.3f} (95% CI {lat.low:.3f}-{lat.high:.3f}; median of per-round ratios "
               f"{lat.median:.3f})")
-    if "full" in estimates and "start" in estimates:
-        pass
+        u, f, g = slots["untraced"].whole_ns, slots["floor"].whole_ns, slots["latency"].whole_ns
+        whole = Estimate.of([(gi - ui) / (fi - ui) for ui, fi, gi in zip(u, f, g)])
+        print(f"  the same from whole runs' times (preemptions included): {whole.text()}, median {whole.median:.3f}")
     # Noise: how much the machine moved the floor, and how often the traced CPU was taken away.
     floor_us = [x / 1000 for x in floor]
     cv = statistics.stdev(floor_us) / statistics.fmean(floor_us) if len(floor_us) > 1 else float("nan")

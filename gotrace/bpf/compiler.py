@@ -45,6 +45,13 @@ BENCH_BUILDS: dict[str, tuple[str, dict[str, int]]] = {
     "bench_hist_pair": ("bench", {"GT_BENCH_STAGE": 6, "GT_BENCH_HIST": 1}),
     "bench_hist_array": ("bench", {"GT_BENCH_STAGE": 6, "GT_BENCH_HIST": 2}),
     "bench_no_func_counts": ("bench", {"GT_BENCH_STAGE": 6, "GT_BENCH_NO_FUNC_COUNTS": 1}),
+    "bench_start_array": ("bench", {"GT_BENCH_STAGE": 6, "GT_BENCH_START_ARRAY": 1}),
+    "bench_no_ktime": ("bench", {"GT_BENCH_STAGE": 6, "GT_BENCH_NO_KTIME": 1}),
+    "bench_noexist": ("bench", {"GT_BENCH_STAGE": 6, "GT_BENCH_NOEXIST": 1}),
+    "bench_lean": ("bench", {"GT_BENCH_STAGE": 6, "GT_BENCH_NOEXIST": 1, "GT_BENCH_HIST": 1}),
+    "bench_pair_hash": ("bench", {"GT_BENCH_STAGE": 6, "GT_BENCH_HIST": 1, "GT_BENCH_START_HASH": 1}),
+    "bench_pair_hash_read": ("bench", {"GT_BENCH_STAGE": 6, "GT_BENCH_HIST": 1, "GT_BENCH_START_HASH": 1,
+                                       "GT_BENCH_ONE_READ": 1}),
 }
 # program -> (its source, probes/<source>.bpf.c, and the -D constants of its build)
 BUILDS: dict[str, tuple[str, dict[str, int]]] = {**SHIPPED_BUILDS, **BENCH_BUILDS}
