@@ -20,6 +20,9 @@
  *        GT_BENCH_NO_FUNC_COUNTS=1  no per-function entry/return counters, no generation lookup
  *        GT_BENCH_START_ARRAY=1 the start map a direct-mapped array indexed by a hash of the key (a
  *                               colliding open call is lost: measures what the hash map costs, no more)
+ *        GT_BENCH_START_ARRAY=2 that array in front of the start map: an entry claims its slot with a
+ *                               compare-and-swap of a tag (a hash of the key), and uses the map only when
+ *                               the slot is another open call's; a return looks in its slot, then the map
  *        GT_BENCH_NOEXIST=1     entry inserts its start with BPF_NOEXIST and looks for a stale start
  *                               only when that fails (one hash operation per entry, not two)
  *        GT_BENCH_NO_KTIME=1    no bpf_ktime_get_ns (latencies wrong: measures what the clock costs)
@@ -82,6 +85,9 @@ int gt_return(struct pt_regs *ctx)
 GT_MAP(gt_stats, BPF_MAP_TYPE_PERCPU_ARRAY, sizeof(__u32), sizeof(__u64), GT_STAT_N, 0);
 #if GT_BENCH_START_ARRAY
 struct gt_bench_slot {
+#if GT_BENCH_START_ARRAY == 2
+    __u64 tag; /* 0: free; else gt_slot_tag() of the open call held */
+#endif
     struct gt_start_key key;
     struct gt_start_val val;
 };
@@ -298,16 +304,109 @@ static __always_inline void gt_hist_unwound(__u32 func_id, __u32 tgid)
 #endif
 
 #if GT_BENCH_START_ARRAY
-static __always_inline __u32 gt_slot_index(const struct gt_start_key *key)
+static __always_inline __u64 gt_slot_tag(const struct gt_start_key *key)
 {
     __u64 h = (key->goid * 0x9E3779B97F4A7C15ULL) ^ ((__u64)key->depth * 0xC2B2AE3D27D4EB4FULL) ^ key->tgid;
-    return (__u32)(h >> (64 - GT_BENCH_SLOTS_LOG2));
+    return (h ^ (h >> 29)) * 0xBF58476D1CE4E5B9ULL | 1;
+}
+
+static __always_inline __u32 gt_slot_index(const struct gt_start_key *key)
+{
+    return (__u32)(gt_slot_tag(key) >> (64 - GT_BENCH_SLOTS_LOG2));
 }
 
 static __always_inline int gt_same_key(const struct gt_start_key *a, const struct gt_start_key *b)
 {
     return a->goid == b->goid && a->tgid == b->tgid && a->depth == b->depth;
 }
+#endif
+
+#if GT_BENCH_START_ARRAY == 2
+SEC("uprobe/gt_entry")
+int gt_entry(struct pt_regs *ctx)
+{
+    __u32 func_id = (__u32)bpf_get_attach_cookie(ctx);
+    struct gt_start_key key = {};
+    struct gt_start_val val = {};
+    struct gt_start_val *stale;
+    struct gt_bench_slot *slot;
+    __u64 tag, old;
+    __u32 index;
+
+    if (!gt_make_key(ctx, func_id, &key))
+        return 0;
+    gt_func_count(func_id, GT_FC_ENTRIES);
+    val.func_id = func_id;
+    val.gen = gt_current_gen();
+    tag = gt_slot_tag(&key);
+    index = (__u32)(tag >> (64 - GT_BENCH_SLOTS_LOG2));
+    slot = bpf_map_lookup_elem(&gt_start_slots, &index);
+    if (slot) {
+        old = __sync_val_compare_and_swap(&slot->tag, 0, tag);
+        if (old == 0 || (old == tag && gt_same_key(&slot->key, &key))) {
+            if (old != 0) {
+                gt_count(GT_STAT_STALE_STARTS);
+                gt_hist_unwound(slot->val.func_id, key.tgid);
+            }
+            slot->key = key;
+            slot->val = val;
+            slot->val.start_ns = gt_bench_now();
+            return 0;
+        }
+    }
+    stale = bpf_map_lookup_elem(&gt_starts, &key);
+    if (stale) {
+        gt_count(GT_STAT_STALE_STARTS);
+        gt_hist_unwound(stale->func_id, key.tgid);
+    }
+    val.start_ns = gt_bench_now();
+    if (bpf_map_update_elem(&gt_starts, &key, &val, BPF_ANY) != 0)
+        gt_count(GT_STAT_START_UPDATE_FAILED);
+    return 0;
+}
+
+SEC("uprobe/gt_return")
+int gt_return(struct pt_regs *ctx)
+{
+    __u64 now_ns = gt_bench_now();
+    __u32 func_id = (__u32)bpf_get_attach_cookie(ctx);
+    struct gt_start_key key = {};
+    struct gt_start_val *start;
+    struct gt_start_val held;
+    struct gt_bench_slot *slot;
+    __u64 tag;
+    __u32 index;
+
+    if (!gt_make_key(ctx, func_id, &key))
+        return 0;
+    tag = gt_slot_tag(&key);
+    index = (__u32)(tag >> (64 - GT_BENCH_SLOTS_LOG2));
+    slot = bpf_map_lookup_elem(&gt_start_slots, &index);
+    if (slot && slot->tag == tag && gt_same_key(&slot->key, &key)) {
+        held = slot->val;
+        __sync_fetch_and_and(&slot->tag, 0); /* free the slot, after reading it */
+        start = &held;
+    } else {
+        start = bpf_map_lookup_elem(&gt_starts, &key);
+        if (!start) {
+            gt_count(GT_STAT_RETURNS_WITHOUT_ENTRY);
+            return 0;
+        }
+        held = *start;
+        bpf_map_delete_elem(&gt_starts, &key);
+    }
+    if (held.func_id != func_id) {
+        gt_hist_unwound(held.func_id, key.tgid);
+        gt_count(GT_STAT_RETURNS_WITHOUT_ENTRY);
+        return 0;
+    }
+    if (held.gen == gt_current_gen())
+        gt_func_count(func_id, GT_FC_RETURNS_SAME_GEN);
+    gt_hist_call(func_id, key.tgid, now_ns - held.start_ns);
+    return 0;
+}
+
+#elif GT_BENCH_START_ARRAY == 1
 
 SEC("uprobe/gt_entry")
 int gt_entry(struct pt_regs *ctx)
