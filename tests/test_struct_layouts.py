@@ -27,6 +27,8 @@ PYTHON_LAYOUTS = {
     "gt_arg_plan": (args_trace.PLAN_HEADER, ["nops", "base", "send", "reserved"]),
     "gt_args_event": (args_trace.EVENT_HEADER, ["start_ns", "end_ns", "goid", "entry_ip", "tgid", "func_id"]),
     "gt_hist_key": (latency_trace.HIST_KEY, ["func_id", "bucket", "tgid"]),
+    "gt_start_slot": (latency_trace.START_SLOT, ["tag", "key.goid", "key.tgid", "key.depth", "val.start_ns",
+                                                 "val.func_id", "val.gen"]),
 }
 # Whole sizes Python relies on: a plan is the header then GT_ARGS_MAX_OPS operations; an event is the
 # header then its data.
@@ -35,6 +37,7 @@ SIZES = {
     "gt_args_event": args_trace.EVENT_HEADER.size + header.constant("GT_EVENT_DATA"),
     "gt_arg_op": args_trace.OP_STRUCT.size,
     "gt_hist_key": latency_trace.HIST_KEY.size,
+    "gt_start_slot": latency_trace.START_SLOT.size,
 }
 TRAILING = {"gt_args_event": ["data"], "gt_arg_plan": ["ops"]}
 

@@ -42,6 +42,7 @@ STAT_NAMES = {
 HIST_KEY = struct.Struct("<III")  # struct gt_hist_key: func_id, bucket (or a GT_HIST_SLOT_*), tgid
 START_KEY = struct.Struct("<QII")  # struct gt_start_key: goid, tgid, depth
 START_VAL = struct.Struct("<QII")  # struct gt_start_val: start_ns, func_id, gen
+START_SLOT = struct.Struct("<QQIIQII")  # struct gt_start_slot: tag, key (goid, tgid, depth), val (start_ns, func_id, gen)
 
 
 @dataclass
@@ -181,13 +182,18 @@ class LatencyTracer(Tracer):
         return CumulativeCounts(processes, entries, alive)
 
     def _open_calls(self) -> dict[tuple[int, int], int]:
-        """(func_id, tgid) -> starts held in gt_starts now."""
+        """(func_id, tgid) -> starts held now, in gt_start_slots (a tag not 0) and in gt_starts."""
         map_fd = self.loaded().map_fd("gt_starts")
         keys, values, _ = self._sys.map_lookup_batch(map_fd, START_KEY.size, START_VAL.size,
                                                      header.constant("GT_START_ENTRIES"))
         out: dict[tuple[int, int], int] = {}
         for (_, tgid, _), (_, func_id, _) in zip(START_KEY.iter_unpack(keys), START_VAL.iter_unpack(values)):
             out[(func_id, tgid)] = out.get((func_id, tgid), 0) + 1
+        n_slots = header.constant("GT_START_SLOTS")
+        _, slots, _ = self._sys.map_lookup_batch(self.loaded().map_fd("gt_start_slots"), 4, START_SLOT.size, n_slots)
+        for tag, _, tgid, _, _, func_id, _ in START_SLOT.iter_unpack(slots):
+            if tag:
+                out[(func_id, tgid)] = out.get((func_id, tgid), 0) + 1
         return out
 
     def retire_exited(self, keep_s: float) -> list[int]:
