@@ -80,6 +80,10 @@ int gt_return(struct pt_regs *ctx)
 #else /* stages 3-6 */
 
 #define GT_BENCH_FUNCS 16
+/* Its own per-function counter layout (latency's as of issue 16's start), so that gotrace.h may change. */
+#define GT_BENCH_FC_ENTRIES 0
+#define GT_BENCH_FC_RETURNS_SAME_GEN 1
+#define GT_BENCH_FC_N 2
 #define GT_BENCH_SPAN 256 /* bytes of g one read may cover (GT_BENCH_ONE_READ) */
 
 GT_MAP(gt_stats, BPF_MAP_TYPE_PERCPU_ARRAY, sizeof(__u32), sizeof(__u64), GT_STAT_N, 0);
@@ -114,7 +118,7 @@ GT_MAP(gt_hist, BPF_MAP_TYPE_PERCPU_HASH, sizeof(struct gt_hist_key), sizeof(str
 GT_MAP(gt_hist, BPF_MAP_TYPE_PERCPU_ARRAY, sizeof(__u32), sizeof(struct gt_bench_pair),
        GT_BENCH_FUNCS * GT_BENCH_SLOTS, 0);
 #endif
-GT_MAP(gt_func_counts, BPF_MAP_TYPE_PERCPU_ARRAY, sizeof(__u32), sizeof(__u64), GT_BENCH_FUNCS * GT_FC_N, 0);
+GT_MAP(gt_func_counts, BPF_MAP_TYPE_PERCPU_ARRAY, sizeof(__u32), sizeof(__u64), GT_BENCH_FUNCS * GT_BENCH_FC_N, 0);
 GT_MAP(gt_gen, BPF_MAP_TYPE_ARRAY, sizeof(__u32), sizeof(__u32), 1, 0);
 
 static __always_inline void gt_count(int stat)
@@ -194,7 +198,7 @@ static __always_inline int gt_make_key(struct pt_regs *ctx, __u32 func_id, struc
 static __always_inline void gt_func_count(__u32 func_id, __u32 which)
 {
 #if !GT_BENCH_NO_FUNC_COUNTS
-    int index = func_id * GT_FC_N + which;
+    int index = func_id * GT_BENCH_FC_N + which;
     __u64 *slot = bpf_map_lookup_elem(&gt_func_counts, &index);
     if (slot)
         __sync_fetch_and_add(slot, 1);
@@ -335,7 +339,7 @@ int gt_entry(struct pt_regs *ctx)
 
     if (!gt_make_key(ctx, func_id, &key))
         return 0;
-    gt_func_count(func_id, GT_FC_ENTRIES);
+    gt_func_count(func_id, GT_BENCH_FC_ENTRIES);
     val.func_id = func_id;
     val.gen = gt_current_gen();
     tag = gt_slot_tag(&key);
@@ -401,7 +405,7 @@ int gt_return(struct pt_regs *ctx)
         return 0;
     }
     if (held.gen == gt_current_gen())
-        gt_func_count(func_id, GT_FC_RETURNS_SAME_GEN);
+        gt_func_count(func_id, GT_BENCH_FC_RETURNS_SAME_GEN);
     gt_hist_call(func_id, key.tgid, now_ns - held.start_ns);
     return 0;
 }
@@ -418,7 +422,7 @@ int gt_entry(struct pt_regs *ctx)
 
     if (!gt_make_key(ctx, func_id, &key))
         return 0;
-    gt_func_count(func_id, GT_FC_ENTRIES);
+    gt_func_count(func_id, GT_BENCH_FC_ENTRIES);
     index = gt_slot_index(&key);
     slot = bpf_map_lookup_elem(&gt_start_slots, &index);
     if (!slot)
@@ -460,7 +464,7 @@ int gt_return(struct pt_regs *ctx)
     }
     latency_ns = now_ns - slot->val.start_ns;
     if (slot->val.gen == gt_current_gen())
-        gt_func_count(func_id, GT_FC_RETURNS_SAME_GEN);
+        gt_func_count(func_id, GT_BENCH_FC_RETURNS_SAME_GEN);
     slot->val.start_ns = 0;
     gt_hist_call(func_id, key.tgid, latency_ns);
     return 0;
@@ -478,7 +482,7 @@ int gt_entry(struct pt_regs *ctx)
 
     if (!gt_make_key(ctx, func_id, &key))
         return 0;
-    gt_func_count(func_id, GT_FC_ENTRIES);
+    gt_func_count(func_id, GT_BENCH_FC_ENTRIES);
 #if GT_BENCH_NOEXIST
     val.func_id = func_id;
     val.gen = gt_current_gen();
@@ -523,7 +527,7 @@ int gt_return(struct pt_regs *ctx)
     }
     latency_ns = now_ns - start->start_ns;
     if (start->gen == gt_current_gen())
-        gt_func_count(func_id, GT_FC_RETURNS_SAME_GEN);
+        gt_func_count(func_id, GT_BENCH_FC_RETURNS_SAME_GEN);
     bpf_map_delete_elem(&gt_starts, &key);
     gt_hist_call(func_id, key.tgid, latency_ns);
     return 0;
