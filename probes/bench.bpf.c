@@ -84,6 +84,12 @@ int gt_return(struct pt_regs *ctx)
 #define GT_BENCH_FC_ENTRIES 0
 #define GT_BENCH_FC_RETURNS_SAME_GEN 1
 #define GT_BENCH_FC_N 2
+/* Its own start value (latency's as of issue 16's start). */
+struct gt_bench_start_val {
+    __u64 start_ns;
+    __u32 func_id;
+    __u32 gen;
+};
 #define GT_BENCH_SPAN 256 /* bytes of g one read may cover (GT_BENCH_ONE_READ) */
 
 GT_MAP(gt_stats, BPF_MAP_TYPE_PERCPU_ARRAY, sizeof(__u32), sizeof(__u64), GT_STAT_N, 0);
@@ -93,15 +99,15 @@ struct gt_bench_slot {
     __u64 tag; /* 0: free; else gt_slot_tag() of the open call held */
 #endif
     struct gt_start_key key;
-    struct gt_start_val val;
+    struct gt_bench_start_val val;
 };
 #define GT_BENCH_SLOTS_LOG2 16
 GT_MAP(gt_start_slots, BPF_MAP_TYPE_ARRAY, sizeof(__u32), sizeof(struct gt_bench_slot), 1 << GT_BENCH_SLOTS_LOG2, 0);
 #endif
 #if GT_BENCH_START_HASH
-GT_MAP(gt_starts, BPF_MAP_TYPE_HASH, sizeof(struct gt_start_key), sizeof(struct gt_start_val), GT_START_ENTRIES, 0);
+GT_MAP(gt_starts, BPF_MAP_TYPE_HASH, sizeof(struct gt_start_key), sizeof(struct gt_bench_start_val), GT_START_ENTRIES, 0);
 #else
-GT_MAP(gt_starts, BPF_MAP_TYPE_LRU_HASH, sizeof(struct gt_start_key), sizeof(struct gt_start_val), GT_START_ENTRIES, 0);
+GT_MAP(gt_starts, BPF_MAP_TYPE_LRU_HASH, sizeof(struct gt_start_key), sizeof(struct gt_bench_start_val), GT_START_ENTRIES, 0);
 #endif
 struct gt_bench_pair {
     __u64 count;
@@ -331,8 +337,8 @@ int gt_entry(struct pt_regs *ctx)
 {
     __u32 func_id = (__u32)bpf_get_attach_cookie(ctx);
     struct gt_start_key key = {};
-    struct gt_start_val val = {};
-    struct gt_start_val *stale;
+    struct gt_bench_start_val val = {};
+    struct gt_bench_start_val *stale;
     struct gt_bench_slot *slot;
     __u64 tag, old;
     __u32 index;
@@ -375,8 +381,8 @@ int gt_return(struct pt_regs *ctx)
     __u64 now_ns = gt_bench_now();
     __u32 func_id = (__u32)bpf_get_attach_cookie(ctx);
     struct gt_start_key key = {};
-    struct gt_start_val *start;
-    struct gt_start_val held;
+    struct gt_bench_start_val *start;
+    struct gt_bench_start_val held;
     struct gt_bench_slot *slot;
     __u64 tag;
     __u32 index;
@@ -477,8 +483,8 @@ int gt_entry(struct pt_regs *ctx)
 {
     __u32 func_id = (__u32)bpf_get_attach_cookie(ctx);
     struct gt_start_key key = {};
-    struct gt_start_val val = {};
-    struct gt_start_val *stale;
+    struct gt_bench_start_val val = {};
+    struct gt_bench_start_val *stale;
 
     if (!gt_make_key(ctx, func_id, &key))
         return 0;
@@ -509,7 +515,7 @@ int gt_return(struct pt_regs *ctx)
     __u64 now_ns = gt_bench_now();
     __u32 func_id = (__u32)bpf_get_attach_cookie(ctx);
     struct gt_start_key key = {};
-    struct gt_start_val *start;
+    struct gt_bench_start_val *start;
     __u64 latency_ns;
 
     if (!gt_make_key(ctx, func_id, &key))
@@ -545,7 +551,7 @@ int gt_entry(struct pt_regs *ctx)
     if (!gt_make_key(ctx, func_id, &key))
         return 0;
 #if GT_BENCH_STAGE >= 5
-    struct gt_start_val val = {};
+    struct gt_bench_start_val val = {};
     val.func_id = func_id;
     val.start_ns = bpf_ktime_get_ns();
     if (bpf_map_update_elem(&gt_starts, &key, &val, BPF_ANY) != 0)
@@ -564,7 +570,7 @@ int gt_return(struct pt_regs *ctx)
         return 0;
 #if GT_BENCH_STAGE >= 5
     __u64 now_ns = bpf_ktime_get_ns();
-    struct gt_start_val *start = bpf_map_lookup_elem(&gt_starts, &key);
+    struct gt_bench_start_val *start = bpf_map_lookup_elem(&gt_starts, &key);
     if (!start) {
         gt_count(GT_STAT_RETURNS_WITHOUT_ENTRY);
         return 0;
