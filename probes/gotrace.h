@@ -162,6 +162,19 @@ struct gt_goroutine {
     __u32 reserved;
 };
 
+/* gt_start_slots: a direct-mapped array in front of gt_starts (issue 16: an array element costs
+ * less than a hash operation). An entry claims the slot its key hashes to with a compare-and-swap of
+ * tag (0: free; else gt_slot_tag of the key) and uses gt_starts only when the slot holds another open
+ * call; a return looks in its slot first, then in gt_starts. */
+#define GT_START_SLOTS_LOG2 13
+#define GT_START_SLOTS 8192 /* 1 << GT_START_SLOTS_LOG2 */
+
+struct gt_start_slot {
+    __u64 tag;
+    struct gt_start_key key;
+    struct gt_start_val val;
+};
+
 /* gt_hist keys: one per (function, bucket, process). Besides the bucket
  * indexes 0..GT_HIST_NBUCKETS-1, two slots per (function, process) hold
  * cumulative totals instead of a bucket's count: */
