@@ -298,7 +298,8 @@ def test_one_object_serves_every_goid_offset_and_number_of_functions(tmp_path, m
     try:
         for functions, offset in [(two, goid), (two[:1], goid), (two, goid + 8), (two, goid)]:
             as_if = SimpleNamespace(path=str(binary), arch="amd64",
-                                    runtime_offsets=SimpleNamespace(goid=offset, stack_hi=8))
+                                    runtime_offsets=SimpleNamespace(goid=offset, stack_hi=8),
+                                    match=lambda patterns: [])  # no runtime.goexit1 probe
             with LatencyTracer(as_if, functions, pid=proc.pid) as tracer:
                 origins.append(tracer.bpf_origin)
     finally:

@@ -139,7 +139,8 @@ def test_doctor_in_the_bare_venv_finds_the_shipped_objects(built):
 def test_latency_in_the_bare_venv_counts_exactly(built):
     venv = built["venv"]
     binary = gobuild.build("latencytruth", "1.23.9", "default")
-    proc = hidden(venv, [venv / "bin" / "gotrace", "latency", "-c", binary, binary, *TRUTH_FUNCTIONS, "--json"],
+    proc = hidden(venv, [venv / "bin" / "gotrace", "latency", "-c", binary, binary, *TRUTH_FUNCTIONS, "--json",
+                         "--max-overhead", "0"],  # exact counts: the cost guard must not detach
                   input="go\n")
     assert proc.returncode == 0, proc.stderr
     objects = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
