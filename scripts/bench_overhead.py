@@ -68,6 +68,11 @@ ROWS = (
         stage="6"),
     Row("count", "gotrace count -p (entry probe only)", command="count", stage="count"),
     Row("args", "gotrace args -p", command="args", stage="args"),
+    Row("guard", "6 with the cost guard's step (latency's)", "bench_guard"),
+    Row("guard_nocost", "6 with the guard, no per-CPU cost totals", "bench_guard_nocost"),
+    Row("guard_slots", "6 with the guard + a slot array", "bench_guard_slots"),
+    Row("guard_slots_read", "6 with the guard + slots + 1 read", "bench_guard_slots_read"),
+    Row("guard_slots_pair_read", "6 with guard, slots, 1 read, 1 gt_hist update", "bench_guard_slots_pair_read"),
     Row("one_read", "6 with goid+stack.hi in 1 read", "bench_one_read"),
     Row("start_hash", "6 with start map a plain hash", "bench_start_hash"),
     Row("hist_pair", "6 with 1 gt_hist update {count,sum}", "bench_hist_pair"),
@@ -228,6 +233,7 @@ def bench_probes(program: str, binary: Path, pid: int, mode: str):
 
     class BenchTracer(Tracer):
         PROGRAM = program
+        DETACHABLE = program.startswith("bench_guard")  # the cost guard's maps (probes/guard.h)
         ENTRY_PROGRAM = b"gt_entry"
         RETURN_PROGRAM = b"gt_return"
 
