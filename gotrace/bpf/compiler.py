@@ -5,7 +5,7 @@ restate the little kernel ABI they use (probes/bpf_abi.h), so the object is
 the same whatever machine builds it, and one object per architecture (the
 layout of pt_regs, the one compile-time setting, GT_CFG_ARCH) loads on every
 kernel with the helpers and map types it uses. `-mcpu=v3` (Linux 5.1+
-instructions; the atomic fetch-and-add of args' rate limit needs 5.12) is
+instructions; the atomic fetch-and-add and compare-and-swap of args and latency need 5.12) is
 below what the programs need anyway (BPF cookies, Linux 5.15).
 
 This module only runs clang: setup.py imports it to build the package's
