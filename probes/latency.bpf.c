@@ -30,8 +30,9 @@
 #include "gotrace.h"
 #include "guard.h"
 
-/* Sized by the loader: start_slot_mask + 1 slots. */
-GT_MAP(gt_start_slots, BPF_MAP_TYPE_ARRAY, sizeof(__u32), sizeof(struct gt_start_slot), GT_START_SLOTS, 0);
+/* Sized by the loader: start_slot_mask + 1 slots; user space reads them from memory (no copy per sweep). */
+GT_MAP(gt_start_slots, BPF_MAP_TYPE_ARRAY, sizeof(__u32), sizeof(struct gt_start_slot), GT_START_SLOTS,
+       GT_MAP_MMAPABLE);
 GT_MAP(gt_slot_reaped, BPF_MAP_TYPE_ARRAY, sizeof(__u32), sizeof(struct gt_slot_reaped), GT_START_SLOTS, 0);
 /* Not an LRU: a start is never dropped without a trace (gotrace.h, GT_START_ENTRIES). */
 GT_MAP(gt_starts, BPF_MAP_TYPE_HASH, sizeof(struct gt_start_key), sizeof(struct gt_start_val), GT_START_ENTRIES, 0);

@@ -221,6 +221,7 @@ class LatencyTracer(Tracer):
         self._swept_total: dict[int, int] = {}  # func_id -> those removed, all processes, since attach
         self._swept_base: dict[int, int] = {}  # ... at last reset
         self._running: dict[tuple[int, int], tuple[int, int]] = {}  # (func_id, tgid) -> (calls, oldest start_ns)
+        self._slot_words: memoryview | None = None  # gt_start_slots as u64 words, shared with the kernel
         self._reaped: dict[int, list[int]] = {}  # slot index -> gt_slot_reaped's value [tag, start_ns, hash_removed]
         self._swept_at = 0.0
         self._gobin = gobin  # runtime.goexit1's site is looked up when attaching
@@ -241,10 +242,12 @@ class LatencyTracer(Tracer):
                                                 pid=self.pid, load_program=loaded.load_program, mode=self.mode)
 
     def opened(self, loaded: LoadedImage) -> None:
+        self._slot_words = loaded.map_memory("gt_start_slots")
         if self.stacks and self.config["slow_ns"]:
             self._slow_ring = RingBuffer(loaded.map_fd("gt_slow_events"), loaded.map_spec("gt_slow_events").max_entries)
 
     def closing(self) -> None:
+        self._slot_words = None
         goexit, self._goexit = self._goexit, None
         if goexit is not None:
             goexit.close()
@@ -326,13 +329,14 @@ class LatencyTracer(Tracer):
         # The slots: user space never writes one; it accounts for a holder that will never return (its goroutine
         # exited: unwound; its function detached) once, and names it in gt_slot_reaped so that an entry may
         # take the slot over.
-        _, slots, n_slots = self._sys.map_lookup_batch(self.loaded().map_fd("gt_start_slots"), 4, START_SLOT.size,
-                                                       self.start_slots)
-        for index, (tag, goid, tgid, depth, start_ns, func_id, _, _, _) in enumerate(
-                START_SLOT.iter_unpack(slots[:n_slots * START_SLOT.size])):
-            if tag == 0 or func_id >= len(self.functions):
+        slots = self._slot_words
+        words = START_SLOT.size // 8
+        for index, tag in enumerate(slots[::words].tolist() if slots is not None else ()):
+            if tag == 0:
                 continue
-            if tag != slot_tag(goid, tgid, depth):
+            at = index * words
+            tag, goid, tgid, depth, start_ns, func_id, _, _, _ = START_SLOT.unpack(slots[at:at + words].tobytes())
+            if tag != slot_tag(goid, tgid, depth) or func_id >= len(self.functions):
                 continue  # being claimed this instant: its key is not all written yet
             reaped = self._reaped.get(index)
             if reaped is not None and reaped[0] == tag and reaped[1] == start_ns:
