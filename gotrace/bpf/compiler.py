@@ -57,6 +57,8 @@ BENCH_BUILDS: dict[str, tuple[str, dict[str, int]]] = {
     "bench_guard": ("bench", {"GT_BENCH_STAGE": 6, "GT_BENCH_GUARD": 1}),
     "bench_guard_nocost": ("bench", {"GT_BENCH_STAGE": 6, "GT_BENCH_GUARD": 2}),
     "bench_guard_slots": ("bench", {"GT_BENCH_STAGE": 6, "GT_BENCH_GUARD": 1, "GT_BENCH_START_ARRAY": 2}),
+    "bench_guard_slots_pair": ("bench", {"GT_BENCH_STAGE": 6, "GT_BENCH_GUARD": 1, "GT_BENCH_START_ARRAY": 2,
+                                         "GT_BENCH_HIST": 1}),
     "bench_guard_slots_read": ("bench", {"GT_BENCH_STAGE": 6, "GT_BENCH_GUARD": 1, "GT_BENCH_START_ARRAY": 2,
                                          "GT_BENCH_ONE_READ": 1}),
     "bench_guard_slots_pair_read": ("bench", {"GT_BENCH_STAGE": 6, "GT_BENCH_GUARD": 1, "GT_BENCH_START_ARRAY": 2,
