@@ -214,13 +214,17 @@ int gt_entry(struct pt_regs *ctx)
     if (stale) {
         gt_count(GT_STAT_STALE_STARTS);
         gt_unwound(stale->func_id, key.tgid);
-    } else if (slot) {
-        __sync_fetch_and_add(&slot->hash_added, 1);
     }
     val.func_id = func_id;
     val.start_ns = bpf_ktime_get_ns();
+    /* Replacing the stale start keeps gt_starts' count of this slot's keys; a new key adds one (counted
+     * first), also when user space removed the stale start meanwhile (a detached function's). */
+    if (stale && bpf_map_update_elem(&gt_starts, &key, &val, BPF_EXIST) == 0)
+        return 0;
+    if (slot)
+        __sync_fetch_and_add(&slot->hash_added, 1);
     if (bpf_map_update_elem(&gt_starts, &key, &val, BPF_ANY) != 0) {
-        if (!stale && slot)
+        if (slot)
             __sync_fetch_and_add(&slot->hash_deleted, 1);
         gt_count(GT_STAT_START_UPDATE_FAILED);
         gt_func_count(func_id, GT_FC_UNTIMED);
