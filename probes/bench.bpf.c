@@ -26,6 +26,10 @@
  *        GT_BENCH_NOEXIST=1     entry inserts its start with BPF_NOEXIST and looks for a stale start
  *                               only when that fails (one hash operation per entry, not two)
  *        GT_BENCH_NO_KTIME=1    no bpf_ktime_get_ns (latencies wrong: measures what the clock costs)
+ *        GT_BENCH_GUARD=1       the cost guard's step of every hit (guard.h's gt_counted_hit: generation check,
+ *                               shared per-function counter, per-CPU cost totals) instead of the per-CPU
+ *                               counters and generation of issue 16's start (loaded as a DETACHABLE program)
+ *        GT_BENCH_GUARD=2       that guard without its per-CPU cost totals
  */
 #include "bpf_abi.h"
 #include "gotrace.h"
@@ -50,6 +54,9 @@
 #endif
 #ifndef GT_BENCH_NO_KTIME
 #define GT_BENCH_NO_KTIME 0
+#endif
+#ifndef GT_BENCH_GUARD
+#define GT_BENCH_GUARD 0
 #endif
 #ifndef GT_BENCH_NOEXIST
 #define GT_BENCH_NOEXIST 0
@@ -124,7 +131,11 @@ GT_MAP(gt_hist, BPF_MAP_TYPE_PERCPU_HASH, sizeof(struct gt_hist_key), sizeof(str
 GT_MAP(gt_hist, BPF_MAP_TYPE_PERCPU_ARRAY, sizeof(__u32), sizeof(struct gt_bench_pair),
        GT_BENCH_FUNCS * GT_BENCH_SLOTS, 0);
 #endif
+#if GT_BENCH_GUARD
+#include "guard.h"
+#else
 GT_MAP(gt_func_counts, BPF_MAP_TYPE_PERCPU_ARRAY, sizeof(__u32), sizeof(__u64), GT_BENCH_FUNCS * GT_BENCH_FC_N, 0);
+#endif
 GT_MAP(gt_gen, BPF_MAP_TYPE_ARRAY, sizeof(__u32), sizeof(__u32), 1, 0);
 
 static __always_inline void gt_count(int stat)
@@ -201,9 +212,37 @@ static __always_inline int gt_make_key(struct pt_regs *ctx, __u32 func_id, struc
 
 #if GT_BENCH_STAGE == 6
 
-static __always_inline void gt_func_count(__u32 func_id, __u32 which)
+#if GT_BENCH_GUARD
+/* The cost guard's step of every hit (guard.h) instead of the counters below. */
+static __always_inline int gt_bench_hit(struct pt_regs *ctx, __u32 func_id, __u32 which)
 {
-#if !GT_BENCH_NO_FUNC_COUNTS
+#if GT_BENCH_GUARD == 1
+    return gt_counted_hit(ctx, func_id, which);
+#else
+    /* gt_counted_hit without the per-CPU cost totals (user space could compute them from gt_func_counts) */
+    __u32 generation = (__u32)(bpf_get_attach_cookie(ctx) >> 32);
+    __u32 zero = 0;
+    struct gt_config *cfg = bpf_map_lookup_elem(&gt_config, &zero);
+    __u32 *active;
+
+    if (!cfg || func_id >= cfg->nfuncs)
+        return 0;
+    if (cfg->target_tgid != 0 && (bpf_get_current_pid_tgid() >> 32) != cfg->target_tgid)
+        return 0;
+    active = bpf_map_lookup_elem(&gt_active, &func_id);
+    if (!active || *active != generation)
+        return 0;
+    gt_func_count(func_id, which);
+    return 1;
+#endif
+}
+#else
+#define gt_bench_hit(ctx, func_id, which) 1
+#endif
+
+static __always_inline void gt_bench_func_count(__u32 func_id, __u32 which)
+{
+#if !GT_BENCH_NO_FUNC_COUNTS && !GT_BENCH_GUARD
     int index = func_id * GT_BENCH_FC_N + which;
     __u64 *slot = bpf_map_lookup_elem(&gt_func_counts, &index);
     if (slot)
@@ -213,7 +252,7 @@ static __always_inline void gt_func_count(__u32 func_id, __u32 which)
 
 static __always_inline __u32 gt_current_gen(void)
 {
-#if GT_BENCH_NO_FUNC_COUNTS
+#if GT_BENCH_NO_FUNC_COUNTS || GT_BENCH_GUARD
     return 0;
 #else
     int zero = 0;
@@ -343,9 +382,9 @@ int gt_entry(struct pt_regs *ctx)
     __u64 tag, old;
     __u32 index;
 
-    if (!gt_make_key(ctx, func_id, &key))
+    if (!gt_bench_hit(ctx, func_id, GT_FC_ENTRIES) || !gt_make_key(ctx, func_id, &key))
         return 0;
-    gt_func_count(func_id, GT_BENCH_FC_ENTRIES);
+    gt_bench_func_count(func_id, GT_BENCH_FC_ENTRIES);
     val.func_id = func_id;
     val.gen = gt_current_gen();
     tag = gt_slot_tag(&key);
@@ -387,7 +426,7 @@ int gt_return(struct pt_regs *ctx)
     __u64 tag;
     __u32 index;
 
-    if (!gt_make_key(ctx, func_id, &key))
+    if (!gt_bench_hit(ctx, func_id, GT_FC_RETURNS) || !gt_make_key(ctx, func_id, &key))
         return 0;
     tag = gt_slot_tag(&key);
     index = (__u32)(tag >> (64 - GT_BENCH_SLOTS_LOG2));
@@ -411,7 +450,7 @@ int gt_return(struct pt_regs *ctx)
         return 0;
     }
     if (held.gen == gt_current_gen())
-        gt_func_count(func_id, GT_BENCH_FC_RETURNS_SAME_GEN);
+        gt_bench_func_count(func_id, GT_BENCH_FC_RETURNS_SAME_GEN);
     gt_hist_call(func_id, key.tgid, now_ns - held.start_ns);
     return 0;
 }
@@ -426,9 +465,9 @@ int gt_entry(struct pt_regs *ctx)
     struct gt_bench_slot *slot;
     __u32 index;
 
-    if (!gt_make_key(ctx, func_id, &key))
+    if (!gt_bench_hit(ctx, func_id, GT_FC_ENTRIES) || !gt_make_key(ctx, func_id, &key))
         return 0;
-    gt_func_count(func_id, GT_BENCH_FC_ENTRIES);
+    gt_bench_func_count(func_id, GT_BENCH_FC_ENTRIES);
     index = gt_slot_index(&key);
     slot = bpf_map_lookup_elem(&gt_start_slots, &index);
     if (!slot)
@@ -454,7 +493,7 @@ int gt_return(struct pt_regs *ctx)
     __u64 latency_ns;
     __u32 index;
 
-    if (!gt_make_key(ctx, func_id, &key))
+    if (!gt_bench_hit(ctx, func_id, GT_FC_RETURNS) || !gt_make_key(ctx, func_id, &key))
         return 0;
     index = gt_slot_index(&key);
     slot = bpf_map_lookup_elem(&gt_start_slots, &index);
@@ -470,7 +509,7 @@ int gt_return(struct pt_regs *ctx)
     }
     latency_ns = now_ns - slot->val.start_ns;
     if (slot->val.gen == gt_current_gen())
-        gt_func_count(func_id, GT_BENCH_FC_RETURNS_SAME_GEN);
+        gt_bench_func_count(func_id, GT_BENCH_FC_RETURNS_SAME_GEN);
     slot->val.start_ns = 0;
     gt_hist_call(func_id, key.tgid, latency_ns);
     return 0;
@@ -486,9 +525,9 @@ int gt_entry(struct pt_regs *ctx)
     struct gt_bench_start_val val = {};
     struct gt_bench_start_val *stale;
 
-    if (!gt_make_key(ctx, func_id, &key))
+    if (!gt_bench_hit(ctx, func_id, GT_FC_ENTRIES) || !gt_make_key(ctx, func_id, &key))
         return 0;
-    gt_func_count(func_id, GT_BENCH_FC_ENTRIES);
+    gt_bench_func_count(func_id, GT_BENCH_FC_ENTRIES);
 #if GT_BENCH_NOEXIST
     val.func_id = func_id;
     val.gen = gt_current_gen();
@@ -518,7 +557,7 @@ int gt_return(struct pt_regs *ctx)
     struct gt_bench_start_val *start;
     __u64 latency_ns;
 
-    if (!gt_make_key(ctx, func_id, &key))
+    if (!gt_bench_hit(ctx, func_id, GT_FC_RETURNS) || !gt_make_key(ctx, func_id, &key))
         return 0;
     start = bpf_map_lookup_elem(&gt_starts, &key);
     if (!start) {
@@ -533,7 +572,7 @@ int gt_return(struct pt_regs *ctx)
     }
     latency_ns = now_ns - start->start_ns;
     if (start->gen == gt_current_gen())
-        gt_func_count(func_id, GT_BENCH_FC_RETURNS_SAME_GEN);
+        gt_bench_func_count(func_id, GT_BENCH_FC_RETURNS_SAME_GEN);
     bpf_map_delete_elem(&gt_starts, &key);
     gt_hist_call(func_id, key.tgid, latency_ns);
     return 0;

@@ -80,6 +80,7 @@ static void (*bpf_ringbuf_submit)(void *data, __u64 flags) = (void *)132;       
 static __u64 (*bpf_get_attach_cookie)(void *ctx) = (void *)174; /* Linux 5.15 */
 
 #define BPF_ANY 0
+#define BPF_EXIST 2 /* update only a key that is there */
 
 /* The registers a uprobe's program sees (its context), per architecture:
  * x86_64's struct pt_regs (uapi/asm/ptrace.h, with the kernel's own field

@@ -70,7 +70,7 @@ struct gt_config {
     __u32 slow_rate;       /* slow calls sent per second at most; 0: no limit */
     __u32 stack_depth;     /* return addresses read per slow call, 0..GT_SLOW_MAX_DEPTH */
     __u32 by;              /* GT_BY_*: what gt_caller_hist splits histograms by */
-    __u32 reserved;
+    __u32 start_slot_mask; /* latency: gt_start_slots holds mask + 1 slots (a power of two) */
 };
 
 /* ---- latency: slow calls and callers (issue 12) ----
@@ -162,17 +162,33 @@ struct gt_goroutine {
     __u32 reserved;
 };
 
-/* gt_start_slots: a direct-mapped array in front of gt_starts (issue 16: an array element costs
- * less than a hash operation). An entry claims the slot its key hashes to with a compare-and-swap of
- * tag (0: free; else gt_slot_tag of the key) and uses gt_starts only when the slot holds another open
- * call; a return looks in its slot first, then in gt_starts. */
-#define GT_START_SLOTS_LOG2 13
-#define GT_START_SLOTS 8192 /* 1 << GT_START_SLOTS_LOG2 */
+/* gt_start_slots: a direct-mapped array in front of gt_starts (issue 16: an array element costs less
+ * than a hash operation). A key's slot is (gt_slot_tag(key) >> 32) & start_slot_mask (gt_config; the
+ * loader sizes the array to mask + 1 slots, GT_START_SLOTS unless a test asks for fewer). An entry claims
+ * its slot with a compare-and-swap of tag from 0 (free) to its key's tag, and uses gt_starts only when
+ * the slot holds another open call; a return looks in its slot first, then in gt_starts. A key's start
+ * is in one place only: an entry that claims a slot removes a stale start of its key from gt_starts
+ * (looked up only when hash_added - hash_deleted - the user's hash_removed says that gt_starts may hold a
+ * key of this slot). User space never writes a slot: it accounts for a slot held by an exited goroutine
+ * (unwound) or a detached function (never to return) and names that holder in gt_slot_reaped, which lets
+ * the next colliding entry take the slot over (compare-and-swap from the holder's tag to 0, then from 0
+ * to its own). Tag: h = goid * 0x9E3779B97F4A7C15 ^ depth * 0xC2B2AE3D27D4EB4F ^ tgid (mod 2^64),
+ * tag = ((h ^ (h >> 29)) * 0xBF58476D1CE4E5B9) | 1: never 0. */
+#define GT_START_SLOTS 8192
 
 struct gt_start_slot {
-    __u64 tag;
+    __u64 tag;          /* 0: free; else gt_slot_tag(key) of the open call held */
     struct gt_start_key key;
     struct gt_start_val val;
+    __u64 hash_added;   /* starts of this slot's keys the programs put in gt_starts (counted first) */
+    __u64 hash_deleted; /* ... the programs removed from gt_starts (counted after) */
+};
+
+/* gt_slot_reaped[index]: written by user space only. */
+struct gt_slot_reaped {
+    __u64 tag;          /* the holder user space has accounted for (tag and start_ns): may be taken over */
+    __u64 start_ns;
+    __u64 hash_removed; /* starts of this slot's keys user space removed from gt_starts (counted after) */
 };
 
 /* gt_hist keys: one per (function, bucket, process). Besides the bucket

@@ -52,6 +52,7 @@ class Row:
     command: str | None = None  # a gotrace CLI command attached instead
     options: tuple[str, ...] = ()  # the command's options besides -p PID main.hot --json
     stage: str = ""  # the decomposition's row number, "" for a variant
+    entry_only: bool = False  # the program at the entry site only (count's way), not at the `ret` too
 
 
 ROWS = (
@@ -66,8 +67,16 @@ ROWS = (
     Row("latency", "gotrace latency -p (this checkout's program)", command="latency", stage="6"),
     Row("slow", "gotrace latency -p --slow 1s (the stack build)", command="latency", options=("--slow", "1s"),
         stage="6"),
+    Row("entry_floor", "empty program, entry site only (count's floor)", "bench_empty", "perf_link",
+        stage="count", entry_only=True),
     Row("count", "gotrace count -p (entry probe only)", command="count", stage="count"),
     Row("args", "gotrace args -p", command="args", stage="args"),
+    Row("guard", "6 with the cost guard's step (latency's)", "bench_guard"),
+    Row("guard_nocost", "6 with the guard, no per-CPU cost totals", "bench_guard_nocost"),
+    Row("guard_slots", "6 with the guard + a slot array", "bench_guard_slots"),
+    Row("guard_slots_pair", "6 with the guard + slots + 1 gt_hist update", "bench_guard_slots_pair"),
+    Row("guard_slots_read", "6 with the guard + slots + 1 read", "bench_guard_slots_read"),
+    Row("guard_slots_pair_read", "6 with guard, slots, 1 read, 1 gt_hist update", "bench_guard_slots_pair_read"),
     Row("one_read", "6 with goid+stack.hi in 1 read", "bench_one_read"),
     Row("start_hash", "6 with start map a plain hash", "bench_start_hash"),
     Row("hist_pair", "6 with 1 gt_hist update {count,sum}", "bench_hist_pair"),
@@ -221,15 +230,16 @@ class CliTrace:
         return sum(1 for r in lines if r.get("func") == HOTLOOP_FUNC and "latency_ns" in r)
 
 
-def bench_probes(program: str, binary: Path, pid: int, mode: str):
+def bench_probes(program: str, binary: Path, pid: int, mode: str, entry_only: bool = False):
     """The bench build `program` attached at main.hot's sites in `binary` for pid, through gotrace's own loader."""
     from gotrace.binary.gobinary import GoBinary
     from gotrace.trace.tracer import Tracer, traced_functions
 
     class BenchTracer(Tracer):
         PROGRAM = program
+        DETACHABLE = program.startswith("bench_guard")  # the cost guard's maps (probes/guard.h)
         ENTRY_PROGRAM = b"gt_entry"
-        RETURN_PROGRAM = b"gt_return"
+        RETURN_PROGRAM = None if entry_only else b"gt_return"
 
     with GoBinary.open(binary) as gobin:
         (fn,) = gobin.match([HOTLOOP_FUNC])
@@ -301,7 +311,7 @@ def bench_overhead(args, gotrace: list[str], repo: Path, attached_timeout_s: flo
         for slot in slots:
             row = slot.row
             if row.program:
-                slot.attached = bench_probes(row.program, slot.hot.binary, slot.hot.pid, row.mode)
+                slot.attached = bench_probes(row.program, slot.hot.binary, slot.hot.pid, row.mode, row.entry_only)
             elif row.command:
                 slot.attached = CliTrace(gotrace, row.command, slot.hot.pid, repo, attached_timeout_s, row.options)
         for slot in slots:
@@ -381,6 +391,12 @@ def print_overhead(args, r: dict) -> dict:
         u, f, g = slots["untraced"].whole_ns, slots["floor"].whole_ns, slots["latency"].whole_ns
         whole = Estimate.of([(gi - ui) / (fi - ui) for ui, fi, gi in zip(u, f, g)])
         print(f"  the same from whole runs' times (preemptions included): {whole.text()}, median {whole.median:.3f}")
+    if "count" in slots and "entry_floor" in slots:
+        u, f, c = slots["untraced"].per_call_ns, slots["entry_floor"].per_call_ns, slots["count"].per_call_ns
+        own = Estimate.of([(ci - ui) / (fi - ui) for ui, fi, ci in zip(u, f, c)])
+        print(f"  gotrace count / its own floor (an empty program at the entry site only) = {own.text()}")
+    if "count" in estimates and "latency" in estimates:
+        print(f"  gotrace count / gotrace latency = {estimates['count'].mean / estimates['latency'].mean:.3f}")
     # Noise: how much the machine moved the floor, and how often the traced CPU was taken away.
     floor_us = [x / 1000 for x in floor]
     cv = statistics.stdev(floor_us) / statistics.fmean(floor_us) if len(floor_us) > 1 else float("nan")

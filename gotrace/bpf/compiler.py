@@ -5,7 +5,7 @@ restate the little kernel ABI they use (probes/bpf_abi.h), so the object is
 the same whatever machine builds it, and one object per architecture (the
 layout of pt_regs, the one compile-time setting, GT_CFG_ARCH) loads on every
 kernel with the helpers and map types it uses. `-mcpu=v3` (Linux 5.1+
-instructions; the atomic fetch-and-add of args' rate limit needs 5.12) is
+instructions; the atomic fetch-and-add and compare-and-swap of args and latency need 5.12) is
 below what the programs need anyway (BPF cookies, Linux 5.15).
 
 This module only runs clang: setup.py imports it to build the package's
@@ -54,6 +54,15 @@ BENCH_BUILDS: dict[str, tuple[str, dict[str, int]]] = {
     "bench_slots_pair": ("bench", {"GT_BENCH_STAGE": 6, "GT_BENCH_START_ARRAY": 2, "GT_BENCH_HIST": 1}),
     "bench_slots_pair_read": ("bench", {"GT_BENCH_STAGE": 6, "GT_BENCH_START_ARRAY": 2, "GT_BENCH_HIST": 1,
                                         "GT_BENCH_ONE_READ": 1}),
+    "bench_guard": ("bench", {"GT_BENCH_STAGE": 6, "GT_BENCH_GUARD": 1}),
+    "bench_guard_nocost": ("bench", {"GT_BENCH_STAGE": 6, "GT_BENCH_GUARD": 2}),
+    "bench_guard_slots": ("bench", {"GT_BENCH_STAGE": 6, "GT_BENCH_GUARD": 1, "GT_BENCH_START_ARRAY": 2}),
+    "bench_guard_slots_pair": ("bench", {"GT_BENCH_STAGE": 6, "GT_BENCH_GUARD": 1, "GT_BENCH_START_ARRAY": 2,
+                                         "GT_BENCH_HIST": 1}),
+    "bench_guard_slots_read": ("bench", {"GT_BENCH_STAGE": 6, "GT_BENCH_GUARD": 1, "GT_BENCH_START_ARRAY": 2,
+                                         "GT_BENCH_ONE_READ": 1}),
+    "bench_guard_slots_pair_read": ("bench", {"GT_BENCH_STAGE": 6, "GT_BENCH_GUARD": 1, "GT_BENCH_START_ARRAY": 2,
+                                              "GT_BENCH_ONE_READ": 1, "GT_BENCH_HIST": 1}),
     "bench_noexist": ("bench", {"GT_BENCH_STAGE": 6, "GT_BENCH_NOEXIST": 1}),
     "bench_lean": ("bench", {"GT_BENCH_STAGE": 6, "GT_BENCH_NOEXIST": 1, "GT_BENCH_HIST": 1}),
     "bench_pair_hash": ("bench", {"GT_BENCH_STAGE": 6, "GT_BENCH_HIST": 1, "GT_BENCH_START_HASH": 1}),

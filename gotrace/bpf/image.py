@@ -253,19 +253,21 @@ class LoadedImage:
         raise KeyError(name)
 
     def map_memory(self, name: str) -> memoryview:
-        """The values of an array map of u64s created with BPF_F_MMAPABLE, mapped into this process (read and
-        write): no system call per element. Valid until close()."""
+        """The values of an array map created with BPF_F_MMAPABLE, as u64 words (a value of n words is words
+        [i * n, (i + 1) * n)), mapped into this process (read and write): no system call per element. Valid
+        until close()."""
         spec = self.map_spec(name)
-        if spec.value_size != 8:
-            raise ValueError(f"map {name}: values of {spec.value_size} bytes, not u64")
-        length = (spec.max_entries * 8 + mmap.PAGESIZE - 1) // mmap.PAGESIZE * mmap.PAGESIZE
+        if spec.value_size % 8:
+            raise ValueError(f"map {name}: values of {spec.value_size} bytes, not u64 words")
+        words = spec.max_entries * spec.value_size // 8
+        length = (words * 8 + mmap.PAGESIZE - 1) // mmap.PAGESIZE * mmap.PAGESIZE
         try:
             memory = mmap.mmap(self.map_fd(name), length, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
         except OSError as exc:
             raise CapabilityError(f"cannot map the BPF map {name} into memory ({exc.strerror}): "
                                   "gotrace needs Linux 5.5+") from None
         self._mmaps.append(memory)
-        return memoryview(memory).cast("Q")[: spec.max_entries]
+        return memoryview(memory).cast("Q")[:words]
 
     def load_program(self, name: bytes, expected_attach_type: int) -> int:
         """A gotrace.bpf.uprobes ProgramLoader: loads program name as kprobe-type, replacing an earlier load of it.

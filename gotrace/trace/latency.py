@@ -6,7 +6,7 @@ histogram per (function, process), with the exact sum of the latencies and
 the count of calls found unwound beside it; no event per call reaches user
 space. Every call whose start was recorded is in exactly one of: returned
 (in the histogram), unwound (panic, runtime.Goexit), in flight (its start
-still in gt_starts). A probe on runtime.goexit1 notes goroutines that end;
+still in a slot of gt_start_slots or in gt_starts). A probe on runtime.goexit1 notes goroutines that end;
 sweep() removes the starts they left and counts them as unwound. A call
 whose start found the start map full is counted as untimed. This module
 reads those maps two ways:
@@ -63,6 +63,10 @@ HIST_KEY = struct.Struct("<III")  # struct gt_hist_key: func_id, bucket (or a GT
 START_KEY = struct.Struct("<QII")  # struct gt_start_key: goid, tgid, depth
 START_VAL = struct.Struct("<QII")  # struct gt_start_val: start_ns, func_id, reserved
 GOROUTINE = struct.Struct("<QII")  # struct gt_goroutine: goid, tgid, reserved
+# struct gt_start_slot: tag, key (goid, tgid, depth), val (start_ns, func_id, reserved), hash_added, hash_deleted
+START_SLOT = struct.Struct("<QQIIQIIQQ")
+SLOT_REAPED = struct.Struct("<QQQ")  # struct gt_slot_reaped: tag, start_ns, hash_removed
+MAX_START_SLOTS = 1 << 20
 GOEXIT = "runtime.goexit1"  # every goroutine ends through it (also runtime.Goexit)
 SWEEP_EVERY_S = 1.0
 CALLER_KEY = struct.Struct("<IIQ")  # struct gt_caller_key: func_id, bucket, caller (return address - entry site)
@@ -158,6 +162,13 @@ def goexit_site(gobin) -> int | None:
     return None
 
 
+def slot_tag(goid: int, tgid: int, depth: int) -> int:
+    """gt_slot_tag() of probes/latency.bpf.c (gotrace.h, "gt_start_slots"): a start key's tag, never 0."""
+    mask = (1 << 64) - 1
+    h = ((goid * 0x9E3779B97F4A7C15) & mask) ^ ((depth * 0xC2B2AE3D27D4EB4F) & mask) ^ tgid
+    return (((h ^ (h >> 29)) * 0xBF58476D1CE4E5B9) & mask) | 1
+
+
 def process_exists(tgid: int) -> bool:
     """Whether a process with this pid exists (zombies included)."""
     return os.path.exists(f"/proc/{tgid}")
@@ -173,8 +184,13 @@ class LatencyTracer(Tracer):
     DETACHABLE = True
 
     def __init__(self, gobin, functions, *, pid, mode="auto", slow_ns: int = 0, slow_rate: int = 0,
-                 stack_depth: int = 0, by: str = "none") -> None:
+                 stack_depth: int = 0, by: str = "none", start_slots: int | None = None) -> None:
         super().__init__(gobin, functions, pid=pid, mode=mode)
+        # gt_start_slots' size (a power of two): fewer than GT_START_SLOTS only to test the overflow to gt_starts.
+        self.start_slots = header.constant("GT_START_SLOTS") if start_slots is None else start_slots
+        if not 1 <= self.start_slots <= MAX_START_SLOTS or self.start_slots & (self.start_slots - 1):
+            raise UsageError(f"start_slots must be a power of two from 1 to {MAX_START_SLOTS}, not {start_slots}")
+        self.config["start_slot_mask"] = self.start_slots - 1
         if by not in BY:
             raise UsageError(f"by must be one of {', '.join(BY)}, not {by!r}")
         self.by = by
@@ -205,12 +221,15 @@ class LatencyTracer(Tracer):
         self._swept_total: dict[int, int] = {}  # func_id -> those removed, all processes, since attach
         self._swept_base: dict[int, int] = {}  # ... at last reset
         self._running: dict[tuple[int, int], tuple[int, int]] = {}  # (func_id, tgid) -> (calls, oldest start_ns)
+        self._slot_words: memoryview | None = None  # gt_start_slots as u64 words, shared with the kernel
+        self._reaped: dict[int, list[int]] = {}  # slot index -> gt_slot_reaped's value [tag, start_ns, hash_removed]
         self._swept_at = 0.0
         self._gobin = gobin  # runtime.goexit1's site is looked up when attaching
         self._goexit: uprobes.UprobeSet | None = None
 
     def map_sizes(self) -> dict[str, int]:
-        sizes = {**super().map_sizes(), "gt_hist": hist_entries(len(self.functions))}
+        sizes = {**super().map_sizes(), "gt_hist": hist_entries(len(self.functions)),
+                 "gt_start_slots": self.start_slots, "gt_slot_reaped": self.start_slots}
         if self.stacks:
             sizes["gt_caller_hist"] = hist_entries(len(self.functions))
         return sizes
@@ -223,10 +242,12 @@ class LatencyTracer(Tracer):
                                                 pid=self.pid, load_program=loaded.load_program, mode=self.mode)
 
     def opened(self, loaded: LoadedImage) -> None:
+        self._slot_words = loaded.map_memory("gt_start_slots")
         if self.stacks and self.config["slow_ns"]:
             self._slow_ring = RingBuffer(loaded.map_fd("gt_slow_events"), loaded.map_spec("gt_slow_events").max_entries)
 
     def closing(self) -> None:
+        self._slot_words = None
         goexit, self._goexit = self._goexit, None
         if goexit is not None:
             goexit.close()
@@ -264,11 +285,9 @@ class LatencyTracer(Tracer):
             return self._sweep()
 
     def _sweep(self) -> dict[tuple[int, int], tuple[int, int]]:
-        starts_fd = self.loaded().map_fd("gt_starts")
-        keys, values, count = self._sys.map_lookup_batch(starts_fd, START_KEY.size, START_VAL.size,
-                                                         header.constant("GT_START_ENTRIES"))
+        # Goroutines that exited, read first: a slot held by one of them no longer changes.
         exited: dict[tuple[int, int], int] = {}
-        if self._goexit is not None and count:
+        if self._goexit is not None:
             g_keys, g_values, g_count = self._sys.map_lookup_batch(
                 self.loaded().map_fd("gt_exited"), GOROUTINE.size, 8, header.constant("GT_EXITED_ENTRIES"))
             for (goid, tgid, _), (exit_ns,) in zip(GOROUTINE.iter_unpack(g_keys[:g_count * GOROUTINE.size]),
@@ -276,7 +295,21 @@ class LatencyTracer(Tracer):
                 exited[tgid, goid] = exit_ns
         detached = self.detached_ids()
         running: dict[tuple[int, int], tuple[int, int]] = {}
-        for at, ((goid, tgid, _), (start_ns, func_id, _)) in enumerate(zip(
+        reaped_changed: set[int] = set()
+        mask = self.start_slots - 1
+
+        def unwound(func_id: int, tgid: int) -> None:
+            self._swept[func_id, tgid] = self._swept.get((func_id, tgid), 0) + 1
+            self._swept_total[func_id] = self._swept_total.get(func_id, 0) + 1
+
+        def run(func_id: int, tgid: int, start_ns: int) -> None:
+            n, oldest = running.get((func_id, tgid), (0, start_ns))
+            running[func_id, tgid] = (n + 1, min(oldest, start_ns))
+
+        starts_fd = self.loaded().map_fd("gt_starts")
+        keys, values, count = self._sys.map_lookup_batch(starts_fd, START_KEY.size, START_VAL.size,
+                                                         header.constant("GT_START_ENTRIES"))
+        for at, ((goid, tgid, depth), (start_ns, func_id, _)) in enumerate(zip(
                 START_KEY.iter_unpack(keys[:count * START_KEY.size]),
                 START_VAL.iter_unpack(values[:count * START_VAL.size]))):
             if func_id >= len(self.functions):
@@ -285,12 +318,42 @@ class LatencyTracer(Tracer):
             gone = exit_ns is not None and exit_ns >= start_ns
             if gone or func_id in detached:
                 key = keys[at * START_KEY.size:(at + 1) * START_KEY.size]
-                if self._sys.map_delete_elem(starts_fd, key) and gone and func_id not in detached:
-                    self._swept[func_id, tgid] = self._swept.get((func_id, tgid), 0) + 1
-                    self._swept_total[func_id] = self._swept_total.get(func_id, 0) + 1
+                if self._sys.map_delete_elem(starts_fd, key):
+                    index = (slot_tag(goid, tgid, depth) >> 32) & mask  # the probes count gt_starts' keys per slot
+                    self._reaped.setdefault(index, [0, 0, 0])[2] += 1
+                    reaped_changed.add(index)
+                    if gone and func_id not in detached:
+                        unwound(func_id, tgid)
                 continue
-            n, oldest = running.get((func_id, tgid), (0, start_ns))
-            running[func_id, tgid] = (n + 1, min(oldest, start_ns))
+            run(func_id, tgid, start_ns)
+        # The slots: user space never writes one; it accounts for a holder that will never return (its goroutine
+        # exited: unwound; its function detached) once, and names it in gt_slot_reaped so that an entry may
+        # take the slot over.
+        slots = self._slot_words
+        words = START_SLOT.size // 8
+        for index, tag in enumerate(slots[::words].tolist() if slots is not None else ()):
+            if tag == 0:
+                continue
+            at = index * words
+            tag, goid, tgid, depth, start_ns, func_id, _, _, _ = START_SLOT.unpack(slots[at:at + words].tobytes())
+            if tag != slot_tag(goid, tgid, depth) or func_id >= len(self.functions):
+                continue  # being claimed this instant: its key is not all written yet
+            reaped = self._reaped.get(index)
+            if reaped is not None and reaped[0] == tag and reaped[1] == start_ns:
+                continue  # accounted for already
+            exit_ns = exited.get((tgid, goid))
+            gone = exit_ns is not None and exit_ns >= start_ns
+            if gone or func_id in detached:
+                if gone and func_id not in detached:
+                    unwound(func_id, tgid)
+                reaped = self._reaped.setdefault(index, [0, 0, 0])
+                reaped[0], reaped[1] = tag, start_ns
+                reaped_changed.add(index)
+                continue
+            run(func_id, tgid, start_ns)
+        reaped_fd = self.loaded().map_fd("gt_slot_reaped")
+        for index in reaped_changed:
+            self._sys.map_update_elem(reaped_fd, struct.pack("<I", index), SLOT_REAPED.pack(*self._reaped[index]))
         self._swept_at = time.monotonic()
         self._running = running
         return running

@@ -134,7 +134,7 @@ class Tracer:
             "slow_rate": 0,
             "stack_depth": 0,
             "by": 0,
-            "reserved": 0,
+            "start_slot_mask": 0,  # latency only (LatencyTracer sets it)
         }
         self._sys = Syscalls()
         self._ncpus = possible_cpus()
@@ -190,7 +190,7 @@ class Tracer:
     def config_bytes(config: dict[str, int]) -> bytes:
         """struct gt_config of probes/gotrace.h holding config (the fields of Tracer.config, in order)."""
         fields = ("target_tgid", "nfuncs", "goid_offset", "stack_hi_offset", "slow_ns", "slow_rate", "stack_depth",
-                  "by", "reserved")
+                  "by", "start_slot_mask")
         return CONFIG_STRUCT.pack(*(config.get(name, 0) for name in fields))
 
     @property
