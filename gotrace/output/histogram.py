@@ -111,6 +111,7 @@ def _hdr_resolver() -> HdrHistogram:
     return _new_hdr()
 
 
+@functools.cache  # one value per bucket index (a few hundred): a report of a thousand functions asks often
 def hdr_value(index: int) -> int:
     """What hdrh reports for a call in bucket `index`: the midpoint at hdrh's resolution (< 0.1% above it)."""
     return _hdr_resolver().get_highest_equivalent_value(bucket_midpoint(index))
