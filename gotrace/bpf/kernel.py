@@ -1,4 +1,4 @@
-"""Checks that this process may trace (privileges, bpf() allowed), naming exactly what is missing; and kernel-header lookup for tools built on bcc.
+"""Checks that this process may trace (privileges, bpf() allowed, open files), naming exactly what is missing; and kernel-header lookup for tools built on bcc.
 
 Every failure is a CapabilityError (exit 3) whose one-line message says what
 to do. gotrace itself needs no kernel headers and no bcc: its BPF programs
@@ -6,13 +6,16 @@ are compiled objects (gotrace.bpf.cache). use_kernel_headers() is for code
 that still compiles with bcc (scripts/bench's floor of empty bcc uprobes):
 when the running kernel has no headers under /lib/modules but
 scripts/kernel-headers built a tree for it, it sets BCC_KERNEL_SOURCE to that
-tree for this process.
+tree for this process. ensure_open_files() raises this process's
+RLIMIT_NOFILE when probes need more descriptors (root may exceed the hard
+limit).
 """
 
 from __future__ import annotations
 
 import errno
 import os
+import resource
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +28,7 @@ MODULES_DIR = Path("/lib/modules")
 UPROBE_PMU_TYPE = Path("/sys/bus/event_source/devices/uprobe/type")
 TRACEFS_DIR = Path("/sys/kernel/tracing")
 PROC_STATUS = Path("/proc/self/status")
+NR_OPEN = Path("/proc/sys/fs/nr_open")
 
 _DEBIAN_ARCH = {"x86_64": "amd64", "aarch64": "arm64"}
 BPF_MAP_TYPE_ARRAY = 2  # enum bpf_map_type
@@ -168,3 +172,40 @@ def ensure_tracefs() -> None:
     result = subprocess.run(["mount", "-t", "tracefs", "nodev", str(TRACEFS_DIR)], capture_output=True, text=True)
     if result.returncode != 0 or not tracefs_mounted():
         raise CapabilityError(f"tracefs is not mounted and mounting it failed ({result.stderr.strip()}): run `{fix}`")
+
+
+def ensure_open_files(count: int, why: str) -> None:
+    """Make room for `count` more open files in this process, or raise CapabilityError before any is opened.
+
+    Raises RLIMIT_NOFILE's soft limit (to the hard limit when that is
+    enough), and the hard limit too when needed: root may, up to fs.nr_open.
+    `why` starts the error message, e.g. "3017 probe sites need a perf event
+    and a BPF link each on this kernel".
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    try:
+        in_use = len(os.listdir("/proc/self/fd"))
+    except OSError:
+        in_use = 64
+    need = in_use + count
+    if soft == resource.RLIM_INFINITY or need <= soft:
+        return
+    if hard == resource.RLIM_INFINITY or need <= hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        return
+    try:
+        ceiling = int(NR_OPEN.read_text())
+    except (OSError, ValueError):
+        ceiling = need
+    if need <= ceiling:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (need, need))
+            return
+        except (OSError, ValueError):
+            pass  # no CAP_SYS_RESOURCE (not root, or a container without it)
+    if need > ceiling:
+        fix = f"trace fewer functions (the kernel allows {ceiling} open files per process: fs.nr_open)"
+    else:  # not root, or a root without CAP_SYS_RESOURCE (some containers)
+        fix = (f"give gotrace a higher hard limit (ulimit -Hn {need} where that is allowed; "
+               f"a container: --ulimit nofile={need}), or trace fewer functions")
+    raise CapabilityError(f"{why}: {need} open files, over this process's limit of {hard}: {fix}")

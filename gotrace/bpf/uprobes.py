@@ -11,8 +11,22 @@ file offset, neither touching tracefs, both undone by closing file descriptors
   BPF_TRACE_UPROBE_MULTI), all sites and cookies in one system call. The
   program must have been loaded with that expected attach type.
 * Linux 5.15-6.5: one perf event of the kernel's `uprobe` PMU per site, each
-  linked with BPF_LINK_CREATE(BPF_PERF_EVENT) carrying the cookie. Each close
-  waits for an RCU grace period, so many are closed from many threads at once.
+  linked with BPF_LINK_CREATE(BPF_PERF_EVENT) carrying the cookie. Two file
+  descriptors per site: RLIMIT_NOFILE is raised before attaching (root may
+  raise the hard limit), or attaching is refused before it starts.
+
+Detaching a perf-event site is slow, and the kernel does it one site at a time
+(measured with scripts/detach-bench): closing its BPF link waits for an RCU
+tasks-trace grace period (Linux 6.1: under a global mutex; 6.18: in
+parallel), and only then can its perf event go, whose close removes the int3
+from the target and waits for more grace periods under another global mutex.
+PERF_EVENT_IOC_DISABLE is quick but stops nothing: the BPF program keeps
+running and the int3 stays. So UprobeSet.close() closes each site's link and
+then its perf event, links from several threads and perf events from one as
+their links go, the two global mutexes overlapping; with many sites it hands
+them to a detached helper process (`gotrace-detach`) and returns at once:
+the probes keep costing the target until the helper has closed them (about
+a grace period or two per site), and nothing outlives the helper.
 """
 
 from __future__ import annotations
@@ -20,9 +34,15 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
-from collections.abc import Callable, Sequence
+import queue
+import signal
+import threading
+from collections.abc import Callable, Iterable, Sequence
+
+from concurrent.futures import ThreadPoolExecutor
 
 from gotrace import header
+from gotrace.bpf import kernel
 from gotrace.bpf.syscalls import BPF_TRACE_UPROBE_MULTI, Syscalls
 from gotrace.errors import CapabilityError, UsageError
 
@@ -32,24 +52,118 @@ NO_EXPECTED_ATTACH_TYPE = -1  # how a program is loaded for perf-event links
 # (program name, expected attach type) -> fd of the loaded program.
 ProgramLoader = Callable[[bytes, int], int]
 
+# Perf-event sites: the BPF links are closed from this many threads at once.
+_LINK_CLOSE_THREADS = 16
+# From this many perf-event sites on, close(wait=None) leaves the detaching to a helper process.
+BACKGROUND_DETACH_MIN_SITES = 16
+# Open files beyond the probes' own that the rest of gotrace may need meanwhile.
+_SPARE_FDS = 64
+# Other fds (chunks of DetachableSites): closed from this many threads when there are more than _SEQUENTIAL_CLOSE_MAX.
 _CLOSE_THREADS = 64
 _SEQUENTIAL_CLOSE_MAX = 8
 
 
 def _close_quietly(fd: int) -> None:
+    if fd < 0:
+        return
     with contextlib.suppress(OSError):
         os.close(fd)
 
 
 def _close_all(fds: Sequence[int]) -> None:
+    """Close fds (links of one kind, or perf events whose links are gone), from many threads when there are many."""
     if len(fds) > _SEQUENTIAL_CLOSE_MAX:
-        from concurrent.futures import ThreadPoolExecutor
-
         with ThreadPoolExecutor(_CLOSE_THREADS) as pool:
             list(pool.map(_close_quietly, fds))
     else:
         for fd in reversed(fds):
             _close_quietly(fd)
+
+
+def close_perf_sites(sites: Sequence[tuple[int, int]]) -> None:
+    """Detach perf-event sites, given as (link fd, perf event fd) pairs (link fd -1: none), and return when all are gone.
+
+    A perf event outlives the close of its fd while its BPF link holds it, so
+    each site goes link first. Links are closed from several threads (kernels
+    that wait for their grace period outside a lock overlap them), and each
+    perf event from this thread as soon as its link is gone, so the kernel's
+    two serialized waits (bpf_event_mutex for links, event_mutex for perf
+    events) overlap instead of adding up. Roughly in the order given.
+    """
+    if len(sites) < 2:
+        for link_fd, perf_fd in sites:
+            _close_quietly(link_fd)
+            _close_quietly(perf_fd)
+        return
+    released: queue.SimpleQueue[int] = queue.SimpleQueue()
+
+    def close_links(share: Sequence[tuple[int, int]]) -> None:
+        for link_fd, perf_fd in share:
+            _close_quietly(link_fd)
+            released.put(perf_fd)
+
+    n_threads = min(_LINK_CLOSE_THREADS, len(sites))
+    threads = [threading.Thread(target=close_links, args=(sites[i::n_threads],), name="gotrace-unlink", daemon=True)
+               for i in range(n_threads)]
+    for thread in threads:
+        thread.start()
+    for _ in range(len(sites)):
+        _close_quietly(released.get())
+    for thread in threads:
+        thread.join()
+
+
+def _detach_in_background(sites: Sequence[tuple[int, int]]) -> int:
+    """Hand the sites' fds to a helper process that closes them after this returns; its pid. OSError if it cannot start.
+
+    The helper is forked, not executed (an interpreter's start-up would delay
+    gotrace's exit by seconds on a slow machine): a first child starts a new
+    session (Ctrl-C and a closing terminal reach gotrace, not the helper) and
+    forks the helper, which init adopts when the first child exits at once.
+    The helper closes every other inherited fd first (gotrace's stdout, for
+    one, must reach EOF when gotrace exits), detaches the sites and exits.
+    """
+    keep = {fd for pair in sites for fd in pair if fd >= 0}
+    read_end, write_end = os.pipe()
+    first = os.fork()
+    if first == 0:  # first child
+        code = 1
+        try:
+            os.close(read_end)
+            os.setsid()
+            helper = os.fork()
+            if helper == 0:
+                _helper(sites, keep)  # never returns
+            os.write(write_end, str(helper).encode())
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(write_end)
+    try:
+        reported = os.read(read_end, 32)
+    finally:
+        os.close(read_end)
+    _, status = os.waitpid(first, 0)
+    if os.waitstatus_to_exitcode(status) != 0 or not reported:
+        raise OSError(errno.ECHILD, "the detach helper did not start")
+    return int(reported)
+
+
+def _helper(sites: Sequence[tuple[int, int]], keep: set[int]) -> None:
+    """The detach helper's life, in a forked process: close all but the sites' fds, detach the sites, exit."""
+    try:
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            signal.signal(sig, signal.SIG_DFL)
+        for name in os.listdir("/proc/self/fd"):
+            fd = int(name)
+            if fd not in keep:
+                _close_quietly(fd)
+        with contextlib.suppress(OSError):
+            with open("/proc/self/comm", "w") as comm:
+                comm.write("gotrace-detach")
+        close_perf_sites(sites)
+    finally:
+        os._exit(0)
 
 
 class UprobeSet:
@@ -60,8 +174,11 @@ class UprobeSet:
 
     def __init__(self, mode: str) -> None:
         self.mode = mode
-        self._links: list[int] = []
-        self._perf_events: list[int] = []  # perf_link mode: one per site, closed after its link
+        self._links: list[int] = []  # uprobe_multi: one link per program
+        self._sites: list[list[int]] = []  # perf_link: [link fd, perf event fd] per site (link -1 until created)
+        self._cookies: list[int] = []  # perf_link: each site's cookie
+        # Set by close() when it left the perf-event sites to a helper process: the probes are gone when it exits.
+        self.detach_helper_pid: int | None = None
 
     def __enter__(self) -> UprobeSet:
         return self
@@ -69,12 +186,44 @@ class UprobeSet:
     def __exit__(self, *exc_info: object) -> None:
         self.close()
 
-    def close(self) -> None:
-        """Detach every site: close the links, then the perf events under them."""
+    @property
+    def n_sites(self) -> int:
+        """Perf-event sites held (uprobe_multi links hold theirs in one fd each)."""
+        return len(self._sites)
+
+    def close(self, *, wait: bool | None = None, first_cookies: Iterable[int] = ()) -> None:
+        """Detach every site.
+
+        uprobe_multi links go at once. Perf-event sites go one by one, slowly
+        (see the module's docstring): wait=True detaches them before
+        returning; wait=False leaves them to a detached helper process
+        (`detach_helper_pid`) and returns at once; None (default) waits only
+        for fewer than BACKGROUND_DETACH_MIN_SITES. Sites whose cookie is in
+        `first_cookies` (say, the functions called most) are detached first.
+        """
         links, self._links = self._links, []
-        perf_events, self._perf_events = self._perf_events, []
-        _close_all(links)
-        _close_all(perf_events)
+        sites, self._sites = self._sites, []
+        cookies, self._cookies = self._cookies, []
+        for fd in links:
+            _close_quietly(fd)
+        if not sites:
+            return
+        first = set(first_cookies)
+        if first:
+            order = sorted(range(len(sites)), key=lambda i: (i >= len(cookies) or cookies[i] not in first, i))
+            sites = [sites[i] for i in order]
+        pairs = [(link_fd, perf_fd) for link_fd, perf_fd in sites]
+        if wait is False or (wait is None and len(pairs) >= BACKGROUND_DETACH_MIN_SITES):
+            try:
+                self.detach_helper_pid = _detach_in_background(pairs)
+            except OSError:
+                pass  # no helper (no memory, no pids left): detach here, slowly but surely
+            else:
+                for link_fd, perf_fd in pairs:  # the helper holds its own references: these closes are quick
+                    _close_quietly(link_fd)
+                    _close_quietly(perf_fd)
+                return
+        close_perf_sites(pairs)
 
 
 def attach_sites(
@@ -141,10 +290,13 @@ class _Attacher:
             uprobes._links.append(self.sys.link_create_uprobe_multi(prog_fd, self.path, offsets, cookies, self.pid or 0))
 
     def attach_perf_links(self, uprobes: UprobeSet, groups: Sequence[tuple[bytes, Sequence[tuple[int, int]]]]) -> None:
-        from gotrace.bpf import kernel
-
         pmu_type = kernel.uprobe_pmu_type()
         pid = -1 if self.pid is None else self.pid
+        n_sites = sum(len(sites) for _, sites in groups)
+        kernel.ensure_open_files(
+            2 * n_sites + _SPARE_FDS,
+            f"{n_sites} probe sites need a perf event and a BPF link each on this kernel (uprobe_multi needs Linux 6.6+)",
+        )
         for program, sites in groups:
             prog_fd = self.load_program(program, NO_EXPECTED_ATTACH_TYPE)
             for file_offset, cookie in sites:
@@ -152,10 +304,14 @@ class _Attacher:
                     perf_fd = self.sys.perf_uprobe_open(pmu_type, self.path, file_offset, pid)
                 except OSError as exc:
                     raise self.error(exc, (file_offset, cookie)) from None
-                uprobes._perf_events.append(perf_fd)
+                site = [-1, perf_fd]
+                uprobes._sites.append(site)
+                uprobes._cookies.append(cookie)
                 try:
-                    uprobes._links.append(self.sys.link_create_perf(prog_fd, perf_fd, cookie))
+                    site[0] = self.sys.link_create_perf(prog_fd, perf_fd, cookie)
                 except OSError as exc:
+                    if exc.errno in (errno.EMFILE, errno.ENFILE):
+                        raise self.error(exc, (file_offset, cookie)) from None
                     raise CapabilityError(
                         f"cannot link the BPF program to a uprobe ({os.strerror(exc.errno)}): gotrace needs Linux 5.15+ (BPF cookies)"
                     ) from None
@@ -166,6 +322,11 @@ class _Attacher:
             return UsageError(f"no process with pid {self.pid}")
         if exc.errno in (errno.EPERM, errno.EACCES):
             return CapabilityError("the kernel refused to create a uprobe: run as root (sudo)")
+        if exc.errno in (errno.EMFILE, errno.ENFILE):
+            return CapabilityError(
+                f"ran out of open files attaching probes ({os.strerror(exc.errno)}): trace fewer functions, "
+                f"or raise the limit (ulimit -n, fs.file-max)"
+            )
         where = self.binary_path
         if site is not None and self.site_name is not None:
             file_offset, cookie = site
@@ -248,6 +409,7 @@ class DetachableSites:
                 self._unit_sites.setdefault(unit, [[] for _ in groups])[index].append(file_offset)
         self._set_generation = set_generation
         total_sites = sum(len(sites) for _, sites in groups)
+        self._total_sites = total_sites
         self._chunk_sites = _chunk_sites(total_sites, max(1, len(groups)), max(1, chunk_sites))
         self.requested_mode = mode
         self.mode: str | None = None  # "uprobe_multi" or "perf_link" once the first chunk is attached
@@ -256,6 +418,8 @@ class DetachableSites:
         self._detached: set[int] = set()
         self.refused: dict[int, int] = {}
         self._pool = None
+        # Set by close() when it left the perf-event sites to a helper process: the probes are gone when it exits.
+        self.detach_helper_pid: int | None = None
 
     def __enter__(self) -> DetachableSites:
         return self
@@ -354,6 +518,11 @@ class DetachableSites:
                         raise self._attacher.error(exc, None) from None
                     # An older kernel: one perf-event link per site, which reports a real problem precisely.
             self._prog_fds.clear()
+            kernel.ensure_open_files(
+                2 * self._total_sites + _SPARE_FDS,
+                f"{self._total_sites} probe sites need a perf event and a BPF link each on this kernel "
+                "(uprobe_multi needs Linux 6.6+)",
+            )
             self.mode = "perf_link"
         if self.mode == "uprobe_multi":
             try:
@@ -387,8 +556,6 @@ class DetachableSites:
                 raise
 
     def _link_perf(self, chunk: _Chunk) -> None:
-        from gotrace.bpf import kernel
-
         sys = self._attacher.sys
         pmu_type = kernel.uprobe_pmu_type()
         pid = -1 if self._attacher.pid is None else self._attacher.pid
@@ -439,8 +606,6 @@ class DetachableSites:
                     self._program_fd(self._programs[group], self.mode), self._attacher.path, offsets, cookies,
                     self._attacher.pid or 0))
             else:
-                from gotrace.bpf import kernel
-
                 pid = -1 if self._attacher.pid is None else self._attacher.pid
                 for file_offset in offsets:
                     probe.perf_events.append(sys.perf_uprobe_open(kernel.uprobe_pmu_type(), self._attacher.path,
@@ -481,8 +646,6 @@ class DetachableSites:
 
     def _executor(self):
         if self._pool is None:
-            from concurrent.futures import ThreadPoolExecutor
-
             self._pool = ThreadPoolExecutor(_CLOSE_THREADS)
         return self._pool
 
@@ -492,14 +655,38 @@ class DetachableSites:
         if fds:
             self._executor().submit(_close_all, fds)
 
-    def close(self) -> None:
-        """Detach every site (links, then the perf events under them) and free the programs' fds."""
+    def close(self, *, wait: bool | None = None) -> None:
+        """Detach every site (links, then the perf events under them) and free the programs' fds.
+
+        uprobe_multi links go at once. Perf-event sites go one by one, slowly
+        (see the module's docstring): wait=True detaches them before
+        returning; wait=False leaves them to a detached helper process
+        (`detach_helper_pid`) and returns at once; None (default) waits only
+        for fewer than BACKGROUND_DETACH_MIN_SITES.
+        """
         chunks, self._chunks = self._chunks, []
-        _close_all([fd for chunk in chunks for fd in chunk.links])
-        _close_all([fd for chunk in chunks for fd in chunk.perf_events])
         pool, self._pool = self._pool, None
         if pool is not None:
-            pool.shutdown(wait=True)
+            pool.shutdown(wait=True)  # units the guard detached: their closes were under way
+        if self.mode != "perf_link":
+            _close_all([fd for chunk in chunks for fd in chunk.links])
+            _close_all([fd for chunk in chunks for fd in chunk.perf_events])
+            return
+        pairs: list[tuple[int, int]] = []
+        for chunk in chunks:  # each perf event's link was created right after it, or attaching failed
+            pairs += zip(chunk.links, chunk.perf_events)
+            pairs += [(-1, perf_fd) for perf_fd in chunk.perf_events[len(chunk.links):]]
+        if wait is False or (wait is None and len(pairs) >= BACKGROUND_DETACH_MIN_SITES):
+            try:
+                self.detach_helper_pid = _detach_in_background(pairs)
+            except OSError:
+                pass  # no helper (no memory, no pids left): detach here, slowly but surely
+            else:
+                for link_fd, perf_fd in pairs:  # the helper holds its own references: these closes are quick
+                    _close_quietly(link_fd)
+                    _close_quietly(perf_fd)
+                return
+        close_perf_sites(pairs)
 
 
 def _chunk_sites(total_sites: int, n_programs: int, wanted: int) -> int:

@@ -173,15 +173,16 @@ class Timings:
 
 @dataclass(frozen=True)
 class SlowDetach:
-    """On kernels without uprobe_multi (before 6.6) every site detaches on its own, slowly."""
+    """On kernels without uprobe_multi (before 6.6) every site detaches on its own, slowly (gotrace.bpf.uprobes: in a helper process, after the report)."""
 
     n_sites: int
     estimated_s: float
 
     def text(self) -> str:
         return (f"gotrace: this kernel has no uprobe_multi links (Linux 6.6+): detaching {self.n_sites} probe "
-                f"sites will take about {self.estimated_s:.0f} s after tracing stops; trace fewer functions to "
-                "shorten it")
+                f"sites will take about {self.estimated_s:.0f} s after tracing stops (a helper process, "
+                "gotrace-detach, does it after the final report; the probes cost the target until it is done); "
+                "trace fewer functions to shorten it")
 
 
 @dataclass(frozen=True)
