@@ -75,9 +75,12 @@ static __u64 (*bpf_get_current_pid_tgid)(void) = (void *)14;
 static long (*bpf_probe_read_user)(void *dst, __u32 size, const void *unsafe_ptr) = (void *)112;   /* Linux 5.5 */
 static long (*bpf_probe_read_kernel)(void *dst, __u32 size, const void *unsafe_ptr) = (void *)113; /* Linux 5.5 */
 static long (*bpf_ringbuf_output)(void *ringbuf, void *data, __u64 size, __u64 flags) = (void *)130; /* 5.8 */
+static void *(*bpf_ringbuf_reserve)(void *ringbuf, __u64 size, __u64 flags) = (void *)131; /* 5.8 */
+static void (*bpf_ringbuf_submit)(void *data, __u64 flags) = (void *)132;                  /* 5.8 */
 static __u64 (*bpf_get_attach_cookie)(void *ctx) = (void *)174; /* Linux 5.15 */
 
 #define BPF_ANY 0
+#define BPF_EXIST 2 /* update only a key that is there */
 
 /* The registers a uprobe's program sees (its context), per architecture:
  * x86_64's struct pt_regs (uapi/asm/ptrace.h, with the kernel's own field

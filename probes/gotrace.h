@@ -32,18 +32,23 @@
  * The uprobe's BPF cookie is the traced function's id, 0..nfuncs-1.
  */
 #define GT_MAX_FUNCS 65536
-/* Open calls remembered at once (LRU: calls lost to panics cannot fill it). */
+/* Open calls remembered at once. Not an LRU: a start is never dropped without a trace. A start left by a call
+ * unwound by a panic is replaced by the next call at its key, or removed by user space once its goroutine has
+ * exited (gt_exited); an entry that finds the map full counts as untimed (GT_FC_UNTIMED). */
 #define GT_START_ENTRIES 65536
+/* Goroutines seen exiting (runtime.goexit1), remembered at once (LRU). */
+#define GT_EXITED_ENTRIES 65536
 /* Distinct (function, bucket, process) keys the histogram map holds at once;
  * user space deletes the keys of processes that exited (every-process mode). */
 #define GT_HIST_MIN_ENTRIES 65536
 #define GT_HIST_ENTRIES_PER_FUNC 512
 #define GT_HIST_MAX_ENTRIES 1048576
 
-/* Per-function counters: gt_func_counts[func_id * GT_FC_N + GT_FC_*]. */
-#define GT_FC_ENTRIES 0        /* entry probe hits with a goroutine */
-#define GT_FC_RETURNS_SAME_GEN 1 /* matched returns of calls entered in the current report */
-#define GT_FC_N 2
+/* Per-function counters: gt_func_counts[func_id * GT_FC_N + GT_FC_*] (probes/guard.h counts the hits). */
+#define GT_FC_ENTRIES 0 /* entry probe hits through a counting link (the cost guard's and `gotrace count`'s) */
+#define GT_FC_RETURNS 1 /* return probe hits through a counting link */
+#define GT_FC_UNTIMED 2 /* calls whose start could not be recorded: the start map was full */
+#define GT_FC_N 3
 
 /* Global counters: gt_stats[GT_STAT_*]. */
 #define GT_STAT_NO_GOROUTINE 0          /* g register was 0 (assembly, cgo callback) */
@@ -54,14 +59,88 @@
 #define GT_STAT_HIST_FULL 5             /* the histogram map had no room for a new bucket */
 #define GT_STAT_N 6
 
-/* The report generation lives in gt_gen[0]; user space bumps it at each reset. */
-
 /* gt_config[0], written by user space before the probes are attached. */
 struct gt_config {
     __u32 target_tgid;     /* the process to trace; 0: every process running the binary */
     __u32 nfuncs;          /* functions traced: a cookie (function id) at or above is ignored */
     __u32 goid_offset;     /* byte offset of goid in runtime.g */
     __u32 stack_hi_offset; /* byte offset of stack.hi in runtime.g */
+    /* latency's stack build only (GT_CFG_STACKS, see "latency: slow calls and callers"); 0 elsewhere */
+    __u64 slow_ns;         /* a call at least this long is sent with its stack; 0: none is */
+    __u32 slow_rate;       /* slow calls sent per second at most; 0: no limit */
+    __u32 stack_depth;     /* return addresses read per slow call, 0..GT_SLOW_MAX_DEPTH */
+    __u32 by;              /* GT_BY_*: what gt_caller_hist splits histograms by */
+    __u32 start_slot_mask; /* latency: gt_start_slots holds mask + 1 slots (a power of two) */
+};
+
+/* ---- latency: slow calls and callers (issue 12) ----
+ * latency.bpf.c built with -DGT_CFG_STACKS=1 (the object `latency_stacks`;
+ * the code is in probes/latency_stacks.h) adds, at each return, after the
+ * histogram: plain `latency` loads the object without it and pays nothing.
+ *
+ * The traced function's entry site, as a runtime address of the traced
+ * process (minus its vaddr: a PIE's load bias), is what return addresses
+ * are taken relative to. The entry probe keeps it per (function, process)
+ * in gt_entry_ips (written when absent or different: a reused pid), and
+ * the return probe looks it up: no state is added per call, and the
+ * cookies stay the function ids.
+ *
+ * Slow calls: a call whose latency is at least slow_ns goes to the ring
+ * buffer gt_slow_events as a struct gt_slow_event, with its goroutine's
+ * return addresses: the word at SP at the `ret` (amd64; the link register
+ * on arm64) is the caller's, then the frame-pointer chain from the caller's
+ * frame pointer (the returning function restored it before its `ret`):
+ * [fp] is the next frame pointer, [fp + 8] a return address. The walk stays
+ * inside the goroutine's stack (SP .. g.stack.hi). At most slow_rate events
+ * a second (0: no limit); drops are counted in gt_slow_stats.
+ *
+ * Callers (by == GT_BY_CALLER): every return also counts into
+ * gt_caller_hist under (function, bucket, caller), caller being the
+ * caller's return address minus the entry site's runtime address: exact,
+ * the same in every process, PIE or not.
+ */
+#define GT_ENTRY_IPS_ENTRIES 65536  /* (function, process) pairs whose entry address is kept (LRU) */
+#define GT_BY_NONE 0
+#define GT_BY_CALLER 1
+
+#define GT_SLOW_MAX_DEPTH 64          /* return addresses per slow call, at most */
+#define GT_SLOW_RINGBUF_PAGES 256     /* ring buffer of 1 MiB: about 1800 slow calls */
+
+/* Counters: gt_slow_stats[GT_SSTAT_*]. */
+#define GT_SSTAT_EVENTS 0             /* slow calls sent */
+#define GT_SSTAT_RATE_LIMITED 1       /* slow calls dropped by the rate limit */
+#define GT_SSTAT_RINGBUF_FULL 2       /* slow calls dropped: ring buffer full (reader behind) */
+#define GT_SSTAT_STACK_FAULT 3        /* a stack word could not be read (the stack is cut there) */
+#define GT_SSTAT_CALLER_FULL 4        /* gt_caller_hist had no room for a new key */
+#define GT_SSTAT_NO_ENTRY_IP 5        /* a return found no entry address of its (function, process): not counted */
+#define GT_SSTAT_N 6
+
+struct gt_slow_event {
+    __u64 end_ns;      /* CLOCK_MONOTONIC at the return */
+    __u64 latency_ns;
+    __u64 goid;
+    __u64 entry_ip;    /* runtime address of the traced function's entry site */
+    __u32 tgid;
+    __u32 func_id;
+    __u32 nframes;     /* valid entries of pcs */
+    __u32 reserved;
+    __u64 pcs[GT_SLOW_MAX_DEPTH]; /* return addresses, the caller's first */
+};
+
+struct gt_func_process {
+    __u32 func_id;
+    __u32 tgid;
+};
+
+struct gt_caller_key {
+    __u32 func_id;
+    __u32 bucket;      /* a bucket index */
+    __u64 caller;      /* the caller's return address - the entry site's (runtime addresses) */
+};
+
+struct gt_slow_rate {
+    __u64 window_start_ns;
+    __u64 count;
 };
 
 struct gt_start_key {
@@ -71,9 +150,45 @@ struct gt_start_key {
 };
 
 struct gt_start_val {
-    __u64 start_ns;
+    __u64 start_ns; /* bpf_ktime_get_ns(): CLOCK_MONOTONIC */
     __u32 func_id;
-    __u32 gen;
+    __u32 reserved;
+};
+
+/* A goroutine of a process: the key of gt_exited (its value: when it exited, CLOCK_MONOTONIC ns). */
+struct gt_goroutine {
+    __u64 goid;
+    __u32 tgid;
+    __u32 reserved;
+};
+
+/* gt_start_slots: a direct-mapped array in front of gt_starts (issue 16: an array element costs less
+ * than a hash operation). A key's slot is (gt_slot_tag(key) >> 32) & start_slot_mask (gt_config; the
+ * loader sizes the array to mask + 1 slots, GT_START_SLOTS unless a test asks for fewer). An entry claims
+ * its slot with a compare-and-swap of tag from 0 (free) to its key's tag, and uses gt_starts only when
+ * the slot holds another open call; a return looks in its slot first, then in gt_starts. A key's start
+ * is in one place only: an entry that claims a slot removes a stale start of its key from gt_starts
+ * (looked up only when hash_added - hash_deleted - the user's hash_removed says that gt_starts may hold a
+ * key of this slot). User space never writes a slot: it accounts for a slot held by an exited goroutine
+ * (unwound) or a detached function (never to return) and names that holder in gt_slot_reaped, which lets
+ * the next colliding entry take the slot over (compare-and-swap from the holder's tag to 0, then from 0
+ * to its own). Tag: h = goid * 0x9E3779B97F4A7C15 ^ depth * 0xC2B2AE3D27D4EB4F ^ tgid (mod 2^64),
+ * tag = ((h ^ (h >> 29)) * 0xBF58476D1CE4E5B9) | 1: never 0. */
+#define GT_START_SLOTS 8192
+
+struct gt_start_slot {
+    __u64 tag;          /* 0: free; else gt_slot_tag(key) of the open call held */
+    struct gt_start_key key;
+    struct gt_start_val val;
+    __u64 hash_added;   /* starts of this slot's keys the programs put in gt_starts (counted first) */
+    __u64 hash_deleted; /* ... the programs removed from gt_starts (counted after) */
+};
+
+/* gt_slot_reaped[index]: written by user space only. */
+struct gt_slot_reaped {
+    __u64 tag;          /* the holder user space has accounted for (tag and start_ns): may be taken over */
+    __u64 start_ns;
+    __u64 hash_removed; /* starts of this slot's keys user space removed from gt_starts (counted after) */
 };
 
 /* gt_hist keys: one per (function, bucket, process). Besides the bucket
@@ -237,6 +352,30 @@ struct gt_args_rate {
     __u64 count;
 };
 
+/* ---- The cost guard (probes/guard.h; user side gotrace/trace/guard.py, cost.py) ----
+ * Every hit of latency's and count's probes goes through gt_counted_hit:
+ * it counts the hit per function in gt_func_counts (GT_FC_ENTRIES,
+ * GT_FC_RETURNS: an array user space maps into its memory) and, per CPU, in gt_cost[GT_COST_*] with what it costs:
+ * gt_hit_cost[func_id] ns for an entry hit of the function (by the kind of
+ * its entry instruction), gt_hit_cost[nfuncs] ns for a return hit, written
+ * by user space before attaching (gotrace/trace/cost.py measures them). So
+ * the probes' cost over a window is one cheap read of gt_cost.
+ */
+#define GT_COST_HITS 0
+#define GT_COST_NS 1
+#define GT_COST_N 2
+#define GT_MAP_MMAPABLE 1024 /* BPF_F_MMAPABLE: gt_func_counts and gt_hit_cost are read and written through memory */
+
+/* Which link counts a hit. A site's BPF cookie is (generation << 32) |
+ * func_id. gt_active[func_id] holds the generation of the links that count
+ * for the function (0 at first); a hit through a link of another generation
+ * is ignored. To detach some functions of a link for real, user space
+ * attaches a new link for the others with the next generation, switches
+ * their gt_active entries, then closes the old link: each hit is counted
+ * once, never twice, never lost. A detached function's entry is
+ * GT_GEN_DETACHED: nothing counts for it while its traps are removed. */
+#define GT_GEN_DETACHED 4294967295
+
 /* ---- BPF programs only: the run's settings and the goroutine a probe hit runs on ----
  * Compiled where the build gives GT_CFG_ARCH (never in user-space builds of
  * this header). Keys pair an entry with its return: (tgid, goid,
@@ -284,7 +423,9 @@ static __always_inline int gt_goroutine_key(struct pt_regs *ctx, __u32 func_id, 
     if (bpf_probe_read_user(&goid, sizeof(goid), (void *)(g + cfg->goid_offset)) != 0 ||
         bpf_probe_read_user(&stack_hi, sizeof(stack_hi), (void *)(g + cfg->stack_hi_offset)) != 0)
         return GT_KEY_READ_FAULT;
-    key->goid = goid;
+    /* goid 0: a system stack (g0 of each thread, gsignal), not a goroutine; every thread has its own and
+     * none moves, so the g's address tells them apart (bit 63: never a goid). */
+    key->goid = goid ? goid : (g | (1ULL << 63));
     key->tgid = (__u32)tgid;
     key->depth = (__u32)(stack_hi - GT_SP_REG(ctx));
     return GT_KEY_OK;

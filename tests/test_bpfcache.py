@@ -298,7 +298,8 @@ def test_one_object_serves_every_goid_offset_and_number_of_functions(tmp_path, m
     try:
         for functions, offset in [(two, goid), (two[:1], goid), (two, goid + 8), (two, goid)]:
             as_if = SimpleNamespace(path=str(binary), arch="amd64",
-                                    runtime_offsets=SimpleNamespace(goid=offset, stack_hi=8))
+                                    runtime_offsets=SimpleNamespace(goid=offset, stack_hi=8),
+                                    match=lambda patterns: [])  # no runtime.goexit1 probe
             with LatencyTracer(as_if, functions, pid=proc.pid) as tracer:
                 origins.append(tracer.bpf_origin)
     finally:
@@ -370,29 +371,34 @@ def test_possible_cpus_counts_ranges(tmp_path, text, count):
 
 
 @pytest.mark.bpf
-def test_percpu_layout_generation_and_run_sized_maps_round_trip_through_raw_map_fds(tmp_path, monkeypatch):
-    """Reset writes the generation the BPF side reads; a per-CPU element holds an 8-byte slot per possible CPU;
-    the maps sized by the run have the run's size and gt_config holds the run's settings."""
+def test_percpu_layout_counters_and_run_sized_maps_round_trip_through_raw_map_fds(tmp_path, monkeypatch):
+    """A per-CPU element holds an 8-byte slot per possible CPU (gt_cost), the probes' hits are what a raw lookup
+    of the maps returns, and what user space reads from memory it shares with the kernel (gt_func_counts); the maps sized by the run have the run's size and gt_config holds
+    the run's settings."""
     monkeypatch.setattr(bpfcache, "CACHE_DIR", tmp_path)
     binary = gobuild.build("latencytruth", "1.23.9", "default")
     functions = traced_functions(binary, ["main.work", "main.recurse"])
     proc = start_truth(binary)
     with latency_tracer(binary, functions, pid=proc.pid) as tracer:
         truth = finish_truth(proc)
+        calls = truth["main.work"]["count"]
         syscalls = bpfsys.Syscalls()
-        tracer.read(reset=True)
-        tracer.read(reset=True)
-        gen = syscalls.map_lookup_elem(tracer.loaded().map_fd("gt_gen"), struct.pack("<I", 0), 4)
-        assert struct.unpack("<I", gen) == (2,)
         ncpus = bpfsys.possible_cpus()
+        n = header.constant("GT_FC_N")
         entries_index = header.constant("GT_FC_ENTRIES")  # of func_id 0
-        raw = syscalls.map_lookup_elem(tracer.loaded().map_fd("gt_func_counts"), struct.pack("<I", entries_index),
+        raw = syscalls.map_lookup_elem(tracer.loaded().map_fd("gt_func_counts"), struct.pack("<I", entries_index), 8)
+        assert struct.unpack("<Q", raw) == (calls,)
+        raw = syscalls.map_lookup_elem(tracer.loaded().map_fd("gt_cost"), struct.pack("<I", header.constant("GT_COST_HITS")),
                                        bpfsys.percpu_value_size(8, ncpus))
-        per_cpu = struct.unpack(f"<{ncpus}Q", raw)
-        assert sum(per_cpu) == truth["main.work"]["count"]
+        recursions = truth["main.recurse"]["count"]
+        assert sum(struct.unpack(f"<{ncpus}Q", raw)) == 2 * (calls + recursions)  # an entry and a return hit per call
+        entry_hits, return_hits = tracer.hits()
+        assert (entry_hits, return_hits) == ([calls, recursions], [calls, recursions])
         # As the kernel reports them, not as asked for.
         _, _, _, max_entries, _, _ = syscalls.map_info(tracer.loaded().map_fd("gt_func_counts"))
-        assert max_entries == 2 * header.constant("GT_FC_N")
+        assert max_entries == 2 * n
+        _, _, _, max_entries, _, _ = syscalls.map_info(tracer.loaded().map_fd("gt_hit_cost"))
+        assert max_entries == 2 + 1
         config = syscalls.map_lookup_elem(tracer.loaded().map_fd("gt_config"), struct.pack("<I", 0), 16)
         with GoBinary(binary) as gobin:
             offsets = gobin.runtime_offsets

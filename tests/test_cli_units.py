@@ -1,6 +1,6 @@
 """Unit tests of small command helpers that need no binary and no BPF."""
 
-from gotrace.commands.latency import SLOW_DETACH_WARN_SITES, slow_detach
+from gotrace.commands.tracing import SLOW_DETACH_WARN_SITES, slow_detach
 
 
 def test_slow_detach_warning_on_perf_links_only():

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from gotrace import header
-from gotrace.trace.latency import HIST_KEY
+from gotrace.trace.latency import CALLER_KEY, HIST_KEY
 from gotrace.bpf import compiler, elfobj
 from gotrace.bpf.image import map_references
 from gotrace.trace import args as args_tracer
@@ -28,7 +28,9 @@ from gotrace.trace.tracer import CONFIG_STRUCT
 
 pytestmark = pytest.mark.skipif(compiler.find_clang() is None, reason="clang is not installed (scripts/install)")
 
-PROGRAMS = {"latency": {"gt_entry", "gt_return"}, "args128": {"gt_args_entry", "gt_args_return"}}
+PROGRAMS = {"latency": {"gt_entry", "gt_return", "gt_goexit"}, "latency_stacks": {"gt_entry", "gt_return", "gt_goexit"},
+            "count": {"gt_count_entry"},
+            "args128": {"gt_args_entry", "gt_args_return"}}
 OBJDUMP = shutil.which("llvm-objdump") or shutil.which("llvm-objdump-14")
 
 # Byte offsets in the probe's context of the goroutine register and SP (uapi/asm/ptrace.h):
@@ -106,10 +108,17 @@ def test_map_layouts_are_those_of_gotrace_h_and_of_what_python_packs(objects, tm
     assert (latency["gt_config"].map_type, latency["gt_config"].value_size, latency["gt_config"].max_entries) == \
         (2, CONFIG_STRUCT.size, 1)
     assert (latency["gt_starts"].map_type, latency["gt_starts"].key_size, latency["gt_starts"].max_entries) == \
-        (9, 16, c("GT_START_ENTRIES"))
+        (1, 16, c("GT_START_ENTRIES"))  # a plain hash, not an LRU: no start is dropped without a trace
     assert (latency["gt_hist"].map_type, latency["gt_hist"].key_size, latency["gt_hist"].flags) == \
         (5, HIST_KEY.size, 1)
     assert (latency["gt_stats"].map_type, latency["gt_stats"].max_entries) == (6, c("GT_STAT_N"))
+    # --slow and --by caller are only in the stack build: plain latency carries none of their maps
+    stacks = {spec.name: spec for spec in elfobj.read_object_file(objects["latency_stacks", "amd64"]).maps}
+    extra = {"gt_slow_events", "gt_slow_rate", "gt_slow_stats", "gt_caller_hist", "gt_entry_ips"}
+    assert set(stacks) == set(latency) | extra and not extra & set(latency)
+    slow_ring = stacks["gt_slow_events"]
+    assert (slow_ring.map_type, slow_ring.max_entries) == (27, c("GT_SLOW_RINGBUF_PAGES") * 4096)
+    assert (stacks["gt_caller_hist"].map_type, stacks["gt_caller_hist"].key_size) == (5, CALLER_KEY.size)
     ring = args["gt_args_events"]
     assert (ring.map_type, ring.key_size, ring.value_size, ring.max_entries) == \
         (27, 0, 0, c("GT_ARGS_RINGBUF_PAGES") * 4096)

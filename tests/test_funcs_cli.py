@@ -199,6 +199,13 @@ def test_text_output_hides_untraceable_unless_all(binary):
     assert lines[0] == f"{binary}: go{VERSION} amd64, module example.com/service, {len(functions)} functions, all listed"
     assert parse_rows(lines[2:]) == json_rows(functions)
 
+    # With a pattern every match is listed anyway: --all says so instead of silently doing nothing.
+    code, out, err = run_gotrace("funcs", str(binary), "main.*", "--all")
+    code_plain, out_plain, _ = run_gotrace("funcs", str(binary), "main.*")
+    assert code == code_plain == 0 and out.splitlines()[2:] == out_plain.splitlines()[2:]
+    assert out.splitlines()[0] == out_plain.splitlines()[0] + (
+        " (--all: with a pattern every match is listed, traceable or not, as without it)")
+
 
 # --- patterns ---------------------------------------------------------------------------
 

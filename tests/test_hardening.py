@@ -232,7 +232,7 @@ def test_traces_without_tracefs():
     (summary,) = [o for o in objects if "calls" in o]
     (report,) = [o for o in objects if "functions" in o]
     assert function_report(report, "main.work")["count"] == summary["calls"]["main.work"] > 0
-    noise = [line for line in proc.stderr.splitlines() if not line.startswith(("Tracing ", "gotrace: "))]
+    noise = [line for line in proc.stderr.splitlines() if not line.startswith(("Tracing ", "gotrace: ", "cost guard: "))]
     assert noise == [], proc.stderr
     assert "tracefs" not in proc.stderr and "Traceback" not in proc.stderr
 
@@ -330,7 +330,8 @@ CHURN_LOST = 1_000_000
 CHURN_LIVE = 100_000
 CHURN_STEADY = 10_000
 START_MAP_MAX_ENTRIES = 65536      # GT_START_ENTRIES in probes/gotrace.h
-BPF_MAP_TYPE_LRU_HASH = 9
+BPF_MAP_TYPE_HASH = 1   # the start map (a hash: a start is never dropped without a trace)
+START_VALUE_SIZE = 16   # struct gt_start_val
 
 _NR = {"x86_64": {"bpf": 321, "pidfd_open": 434, "pidfd_getfd": 438},
        "aarch64": {"bpf": 280, "pidfd_open": 434, "pidfd_getfd": 438}}[os.uname().machine]
@@ -437,7 +438,7 @@ def test_flooded_maps_stay_bounded_and_count_unmatched(spawn):
         # nothing calls a traced function now, so the start map can be read exactly.
         assert read_line_sampling(churn.stdout, sampler, timeout=600) == "flooded\n"
         (start_fd, start_map), = [(fd, m) for fd, m in bpf_maps_of(tracer.pid).items()
-                                   if m["map_type"] == BPF_MAP_TYPE_LRU_HASH]
+                                   if m["map_type"] == BPF_MAP_TYPE_HASH and m["value_size"] == START_VALUE_SIZE]
         starts = map_keys(tracer.pid, start_fd, start_map["key_size"])
         churn.stdin.write("go\n")
         churn.stdin.flush()
@@ -459,14 +460,17 @@ def test_flooded_maps_stay_bounded_and_count_unmatched(spawn):
     lost = function_report(report, "main.lost")
     park = function_report(report, "main.park")
     steady = function_report(report, "main.steady")
-    # Every call is accounted for: paired into the histogram, or counted as unmatched.
-    assert lost["count"] == 0 and lost["unmatched"] == CHURN_LOST
-    assert park["count"] + park["unmatched"] == CHURN_LIVE
-    assert park["unmatched"] > 0          # 100000 parked calls cannot all keep a start in the map
+    # Every call is accounted for, in exactly one way: returned (in the histogram), unwound by its panic
+    # (unmatched: the goroutine ended, or another call took its key), or not timed because the start map was
+    # full when it entered; nothing is in flight once every goroutine has returned or ended.
+    assert lost["count"] == 0 and lost["unmatched"] + lost["untimed"] == CHURN_LOST
+    assert park["count"] + park["untimed"] == CHURN_LIVE and park["unmatched"] == 0
+    assert park["untimed"] > 0            # 100000 parked calls cannot all keep a start in the map
+    assert lost["in_flight"] == park["in_flight"] == steady["in_flight"] == 0
     # Once the flood is over, pairing is exact again.
-    assert steady["count"] == CHURN_STEADY and steady["unmatched"] == 0
+    assert steady["count"] == CHURN_STEADY and steady["unmatched"] == steady["untimed"] == 0
 
-    # Bounded: the start map is an LRU of GT_START_ENTRIES; after 1.1 million starts it holds
+    # Bounded: the start map is a hash of GT_START_ENTRIES; after 1.1 million starts it holds
     # at most that many, and neither the maps' memory nor gotrace's grows with the calls.
     assert start_map["max_entries"] == START_MAP_MAX_ENTRIES
     assert len(set(starts)) == len(starts)
@@ -477,3 +481,45 @@ def test_flooded_maps_stay_bounded_and_count_unmatched(spawn):
     assert sampler.rss_peak - sampler.rss_at_start < 32 * 1024, (sampler.rss_at_start, sampler.rss_peak)
     print(f"start map {len(starts)}/{START_MAP_MAX_ENTRIES} entries; maps memlock {sampler.memlock_at_start} -> "
           f"{sampler.memlock_peak} B; gotrace RSS {sampler.rss_at_start} -> {sampler.rss_peak} KiB")
+
+
+@pytest.mark.bpf
+def test_calls_unwound_in_goroutines_that_end_are_unmatched_not_in_flight(spawn):
+    """Goroutines that panic in main.lost, recover and end leave a start no later call ever takes (goroutine ids
+    are not reused): gotrace sees them end (its probe on runtime.goexit1) and counts those calls as unmatched,
+    with nothing left in flight; the parked calls that return are counted, the others are in flight."""
+    binary = gobuild.build("churn", CHURN_VERSION)
+    lost, live, steady = 2000, 50, 100
+    churn = subprocess.Popen([str(binary), "-wait", "-pause", "-n", str(lost), "-live", str(live), "-steady",
+                              str(steady), "-inflight", "100"],
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert churn.stdout.readline().startswith("ready pid=")
+        tracer = start_tracer(spawn, "-p", str(churn.pid), "main.lost", "main.park", "main.steady", "--json",
+                              "-i", "0.5")
+        churn.stdin.write("go\n")
+        churn.stdin.flush()
+        assert churn.stdout.readline() == "flooded\n"
+        time.sleep(1.5)   # a report while the crowd is parked
+        churn.stdin.write("go\n")
+        churn.stdin.flush()
+        made = json.loads(churn.stdout.readline())
+        churn.wait(60)
+        returncode = tracer.finish(timeout=120)   # the target's exit ends the trace
+    finally:
+        if churn.poll() is None:
+            churn.kill()
+            churn.wait()
+    assert made["lost_calls"] == lost and made["park_returns"] == live
+    assert returncode == 0, tracer.stderr
+    reports = [json.loads(line) for line in tracer.stdout.splitlines() if '"event": "report"' in line]
+    parked = [function_report(r, "main.park")["in_flight"] for r in reports]
+    assert live in parked, parked   # while the crowd was parked
+    total = {name: {key: sum(function_report(r, name)[key] for r in reports)
+                    for key in ("count", "unmatched", "untimed")} for name in ("main.lost", "main.park", "main.steady")}
+    assert total["main.lost"] == {"count": 0, "unmatched": lost, "untimed": 0}, total
+    assert total["main.park"] == {"count": live, "unmatched": 0, "untimed": 0}, total
+    assert total["main.steady"] == {"count": steady, "unmatched": 0, "untimed": 0}, total
+    final = reports[-1]
+    assert final["final"] is True
+    assert [function_report(final, name)["in_flight"] for name in ("main.lost", "main.park", "main.steady")] == [0, 0, 0]

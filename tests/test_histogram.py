@@ -210,6 +210,18 @@ def test_hdrh_adds_less_than_a_tenth_of_a_percent(name):
         assert abs(hist.percentile(q) - midpoint) < 0.001 * max(midpoint, 1)
 
 
+
+@given(st.dictionaries(st.integers(0, 400), st.integers(0, 10**6), max_size=40),
+       st.lists(st.floats(0.0, 100.0), min_size=1, max_size=6))
+def test_percentiles_equal_what_hdrh_reports_for_the_same_buckets(counts, qs):
+    """percentiles() walks the buckets itself; hdrh, given each bucket's midpoint and count, must say the same."""
+    counts = {index: count for index, count in counts.items() if index < NBUCKETS}
+    hist = LatencyHistogram(counts)
+    if not any(counts.values()):
+        assert hist.percentiles(qs) == {q: 0 for q in qs}
+        return
+    assert hist.percentiles(qs) == hist.to_hdr().get_percentile_to_value_dict(qs)
+
 def test_constant_latency_has_mean_equal_to_every_percentile():
     for value in (42, 1_234_567, 193_456_789):
         hist = LatencyHistogram.from_values([value] * 9)

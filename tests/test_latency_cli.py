@@ -36,6 +36,7 @@ import pytest
 
 from support import gobuild
 from support.cli import gotrace_argv, run_command, run_gotrace_process
+from support.hermetic import private_copy
 from support.processes import Running
 
 HANDLE = "main.(*Server).handle"
@@ -136,11 +137,15 @@ def untraced_run(binary: str, *flags: str) -> ServiceOutput:
 # -- what gotrace prints -------------------------------------------------------------------------
 
 # Go names may hold single spaces: sync.OnceValue[go.shape.interface { Error() string }].func1
-_TITLE = re.compile(r"^(\S.*?)  (?:(\d+) calls?|no calls)(?:, (\d+) unmatched \(.*\))?$")
+_TITLE = re.compile(r"^(\S.*?)  (?:(\d+) calls?|no calls)(?:, (\d+) in flight \(oldest \S+\))?"
+                    r"(?:, (\d+) unmatched \(.*?\))?(?:, detached by the cost guard)?$")
+_IDLE = re.compile(r"^([\d,]+) functions? had no calls(?: \(-v lists them\)|: (.*))$")
 
 
 def parse_text_reports(stdout: str) -> list[dict[str, tuple[int, int]]]:
-    """Text reports ('--- HH:MM:SS  last Ns ---' starts each one with -i): [{function: (count, unmatched)}]."""
+    """Text reports ('--- HH:MM:SS  last Ns ---' starts each one with -i): [{function: (count, unmatched)}].
+
+    Functions named on the line "N functions had no calls: a, b" (-v) count as (0, 0)."""
     reports: list[dict[str, tuple[int, int]]] = [{}]
     for line in stdout.splitlines():
         if re.match(r"^--- \d\d:\d\d:\d\d  last \d+\.\ds ---$", line):
@@ -151,8 +156,18 @@ def parse_text_reports(stdout: str) -> list[dict[str, tuple[int, int]]]:
         if m:
             name = m.group(1)
             assert name not in reports[-1], f"{name} twice in one report"
-            reports[-1][name] = (int(m.group(2) or 0), int(m.group(3) or 0))
+            reports[-1][name] = (int(m.group(2) or 0), int(m.group(4) or 0))
     return [r for r in reports if r]
+
+
+def in_flight_of(stdout: str) -> dict[str, int]:
+    """function -> calls in flight, of the last text report."""
+    found = {}
+    for line in stdout.splitlines():
+        m = _TITLE.match(line)
+        if m:
+            found[m.group(1)] = int(m.group(3) or 0)
+    return found
 
 
 def parse_json_reports(stdout: str) -> list[dict]:
@@ -160,7 +175,8 @@ def parse_json_reports(stdout: str) -> list[dict]:
     return [json.loads(line) for line in stdout.splitlines() if line.startswith("{")]
 
 
-_INT_FIELDS = ("count", "mean_ns", "min_ns", "max_ns", "p50_ns", "p90_ns", "p99_ns", "p999_ns", "unmatched")
+_STAT_FIELDS = ("mean_ns", "min_ns", "max_ns", "p50_ns", "p90_ns", "p99_ns", "p999_ns")  # null without calls
+_INT_FIELDS = ("count", *_STAT_FIELDS, "unmatched", "in_flight", "untimed")
 
 
 def _is_int(value: object) -> bool:
@@ -168,9 +184,18 @@ def _is_int(value: object) -> bool:
 
 
 def check_contract(doc: dict) -> dict[str, dict]:
-    """Validate one `gotrace latency --json` object against the CLI contract (keys and types exactly, and the
-    statistics' own consistency); its functions by name."""
-    assert set(doc) == {"target", "interval_s", "functions"}, sorted(doc)
+    """Validate one `gotrace latency --json` object against the CLI contract, version 2 (keys and types exactly,
+    and the statistics' own consistency); its functions by name."""
+    # the contract's keys, and gotrace's documented additions (README): the cost estimate, the --slow counts,
+    # the floor
+    assert set(doc) - {"overhead", "slow", "floor_ns"} == {"event", "target", "interval_s", "ts_start_ns",
+                                                           "ts_end_ns", "final", "functions"}, sorted(doc)
+    assert doc["event"] == "report" and isinstance(doc["final"], bool)
+    assert _is_int(doc["ts_start_ns"]) and _is_int(doc["ts_end_ns"])
+    assert 1.7e18 < doc["ts_start_ns"] < doc["ts_end_ns"] < time.time_ns() + 1, doc
+    if "overhead" in doc:
+        assert set(doc["overhead"]) == {"hits_per_s", "cpu_share_of_one_cpu", "cpu_share_of_target",
+                                        "max_overhead_pct"}, doc["overhead"]
     target = doc["target"]
     assert set(target) == {"binary", "pid", "go_version"}, sorted(target)
     assert isinstance(target["binary"], str) and target["binary"]
@@ -180,10 +205,15 @@ def check_contract(doc: dict) -> dict[str, dict]:
     assert isinstance(doc["functions"], list) and doc["functions"]
     by_name = {}
     for fn in doc["functions"]:
-        assert set(fn) == {"name", *_INT_FIELDS, "buckets"}, sorted(fn)
+        assert set(fn) == {"name", *_INT_FIELDS, "buckets", "oldest_in_flight_ns", "detached"}, sorted(fn)
         assert isinstance(fn["name"], str) and fn["name"] not in by_name
         for key in _INT_FIELDS:
-            assert _is_int(fn[key]) and fn[key] >= 0, (fn["name"], key, fn[key])
+            if key in _STAT_FIELDS and not fn["count"]:
+                assert fn[key] is None, (fn["name"], key, fn[key])
+            else:
+                assert _is_int(fn[key]) and fn[key] >= 0, (fn["name"], key, fn[key])
+        assert (fn["oldest_in_flight_ns"] is None) == (fn["in_flight"] == 0), fn
+        assert isinstance(fn["detached"], bool)
         assert isinstance(fn["buckets"], list)
         previous_high = 0
         for bucket in fn["buckets"]:
@@ -199,7 +229,7 @@ def check_contract(doc: dict) -> dict[str, dict]:
             assert fn["min_ns"] <= fn["p50_ns"] <= fn["p90_ns"] <= fn["p99_ns"] <= fn["p999_ns"] <= fn["max_ns"], fn
             assert fn["min_ns"] <= fn["mean_ns"] <= fn["max_ns"], fn
         else:
-            assert all(fn[k] == 0 for k in _INT_FIELDS if k != "unmatched") and fn["buckets"] == [], fn
+            assert fn["buckets"] == [], fn
         by_name[fn["name"]] = fn
     return by_name
 
@@ -290,7 +320,7 @@ def tracefs_uprobe_events() -> str:
 # == -c COMMAND ===========================================================================================
 
 def _command_args(binary: Path, *extra: str) -> list[object]:
-    return ["-c", f"{binary} -n 200", binary, HANDLE, WORK, TRY_FAIL, "main.fail", SERVE_HTTP, *extra]
+    return ["-c", f"{binary} -n 200", binary, HANDLE, WORK, TRY_FAIL, "main.fail", SERVE_HTTP, "-v", *extra]
 
 
 def _check_command_run(proc: subprocess.CompletedProcess, binary: Path) -> ServiceOutput:
@@ -588,6 +618,47 @@ def test_bad_usage_is_one_line_and_exit_2(case):
     assert proc.stdout == ""
     lines = proc.stderr.splitlines()
     assert len(lines) == 1 and lines[0].startswith("gotrace: ") and message in lines[0], proc.stderr
+
+
+@pytest.mark.bpf
+def test_command_running_another_binary_is_one_line_exit_2_and_is_stopped(tmp_path):
+    """`-c './other' ./bin`: the command's /proc/PID/exe is not ./bin, so the probes could never fire: one line,
+    exit 2, and the command (started for this trace, now pointless) does not keep running."""
+    binary = service()
+    other = private_copy(service("1.27.3", "default"), tmp_path)
+    proc = run_gotrace_process("latency", "-c", f"{other} -wait", binary, WORK)
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.splitlines()
+    assert lines[-1] == (f"gotrace: -c: the command runs {other}, not {binary}, the binary the probes are on: "
+                         f"give -c a command that runs {binary} (or trace {other})"), proc.stderr
+    assert "Traceback" not in proc.stderr and proc.stdout.startswith("ready pid=")
+    pid = int(re.match(r"ready pid=(\d+)", proc.stdout).group(1))
+    assert process_state(pid) is None, "the -c command was left running"
+
+
+@pytest.mark.bpf
+def test_pid_target_exit_is_reported(spawn):
+    """`-p PID`: when the process exits, gotrace says so (as it does for -c) after the final report."""
+    binary = service()
+    svc, pid = start_waiting_service(spawn, binary, "-n", "50")
+    gotrace, _ = start_traced_gotrace(spawn, "-p", pid, HANDLE)
+    os.kill(pid, signal.SIGUSR1)
+    assert svc.finish(60) == 0
+    assert gotrace.finish(60) == 0, gotrace.stderr
+    assert gotrace.stderr.splitlines()[-1] == f"gotrace: process {pid} ({binary}) exited", gotrace.stderr
+    assert parse_text_reports(gotrace.stdout) == [{HANDLE: (50, 0)}]
+
+
+def test_unreadable_pid_as_root_does_not_say_run_as_root():
+    """As root, a process whose /proc/PID/exe cannot be read (pid 1 here: not dumpable, or another user
+    namespace) or that is not a Go program gets one line that does not tell root to become root."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root")
+    proc = run_gotrace_process("latency", "-p", 1, WORK)
+    assert proc.returncode in (2, 3), proc.stderr
+    lines = proc.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("gotrace: "), proc.stderr
+    assert "as root" not in lines[0] and "sudo" not in lines[0], lines[0]
 
 
 NOBODY = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]

@@ -52,7 +52,8 @@ def anonymous_instances(report: dict, calls: dict) -> tuple[list[int], list[int]
 def test_hundreds_of_functions_under_goroutine_churn(version, mode):
     binary = gobuild.build("service", version, mode, "amd64")
     untraced = untraced_run(str(binary), *WORKLOAD)
-    proc = run_gotrace_process("latency", "-c", " ".join([str(binary), *WORKLOAD]), binary, *PATTERNS, timeout=600)
+    proc = run_gotrace_process("latency", "-c", " ".join([str(binary), *WORKLOAD]), binary, *PATTERNS, "-v",
+                               timeout=600)
 
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "Traceback" not in proc.stderr

@@ -171,7 +171,7 @@ def test_many_sites_detach_in_a_helper_that_leaves_nothing(small_functions):
         vaddrs = [v for f in functions for v in (f.entry_vaddr, *f.return_vaddrs)]
         tracer.attach()
         held = tracer._uprobes
-        assert held.n_sites == len(vaddrs) == N_SITES >= uprobes.BACKGROUND_DETACH_MIN_SITES
+        assert held.n_sites(held.units) == len(vaddrs) == N_SITES >= uprobes.BACKGROUND_DETACH_MIN_SITES
         assert int3s(target.pid, vaddrs) == N_SITES
         tracer.close()
         helper = held.detach_helper_pid

@@ -101,19 +101,26 @@ def test_header_line():
 
 def test_json_has_exactly_the_contract_keys_and_values():
     hist = three_groups()
-    report = latency_report_json(TARGET, 1, [FunctionReport("main.work", hist, unmatched=3)])
+    report = latency_report_json(TARGET, 1, [FunctionReport("main.work", hist, unmatched=3, in_flight=2,
+                                                             oldest_in_flight_ns=5_000_000)],
+                                 ts_start_ns=1_700_000_000_000_000_000, ts_end_ns=1_700_000_001_000_000_000, final=True)
     assert json.loads(json.dumps(report)) == report  # plain JSON types only
-    assert set(report) == {"target", "interval_s", "functions"}
+    # the contract's keys, and version 2's additions
+    assert set(report) == {"target", "interval_s", "functions", "event", "ts_start_ns", "ts_end_ns", "final"}
+    assert report["event"] == "report" and report["final"] is True
+    assert (report["ts_start_ns"], report["ts_end_ns"]) == (1_700_000_000_000_000_000, 1_700_000_001_000_000_000)
     assert report["target"] == {"binary": "./bin", "pid": 4242, "go_version": "go1.23.9"}
     assert report["interval_s"] == 1.0 and isinstance(report["interval_s"], float)
     (fn,) = report["functions"]
     assert set(fn) == {
         "name", "count", "mean_ns", "min_ns", "max_ns",
         "p50_ns", "p90_ns", "p99_ns", "p999_ns", "buckets", "unmatched",
+        "in_flight", "oldest_in_flight_ns", "detached", "untimed",
     }  # fmt: skip
     assert fn["name"] == "main.work"
     assert fn["count"] == 111
     assert fn["unmatched"] == 3
+    assert (fn["in_flight"], fn["oldest_in_flight_ns"], fn["detached"]) == (2, 5_000_000, False)
     # 1500 ns lives in [1496, 1504), 150 us in [149504, 150528), 15 ms in [14942208, 15007744)
     assert fn["buckets"] == [
         {"low_ns": 1496, "high_ns": 1504, "count": 100},
@@ -132,7 +139,7 @@ def test_json_has_exactly_the_contract_keys_and_values():
     assert all(isinstance(fn[k], int) for k in fn if k.endswith("_ns") or k in ("count", "unmatched"))
 
 
-def test_json_function_without_calls_appears_with_zeros():
+def test_json_function_without_calls_appears_with_null_statistics():
     report = latency_report_json(
         {"binary": "./bin", "go_version": "go1.19.8"},
         0.5,
@@ -141,8 +148,9 @@ def test_json_function_without_calls_appears_with_zeros():
     assert report["target"]["pid"] is None
     idle, work = report["functions"]
     assert idle == {
-        "name": "main.idle", "count": 0, "mean_ns": 0, "min_ns": 0, "max_ns": 0,
-        "p50_ns": 0, "p90_ns": 0, "p99_ns": 0, "p999_ns": 0, "buckets": [], "unmatched": 0,
+        "name": "main.idle", "count": 0, "mean_ns": None, "min_ns": None, "max_ns": None,
+        "p50_ns": None, "p90_ns": None, "p99_ns": None, "p999_ns": None, "buckets": [], "unmatched": 0,
+        "in_flight": 0, "oldest_in_flight_ns": None, "detached": False, "untimed": 0,
     }  # fmt: skip
     assert work["count"] == 111
 
@@ -166,26 +174,24 @@ def test_text_rows_have_the_right_counts_labels_and_bars():
     ]  # fmt: skip
     assert lines[2].split() == ["latency", "count", "%", "cum%", "distribution"]
     rows = rows_of(text)
-    # empty runs of more than two 1-2-5 rows collapse into one row
+    # every row is one range of the 1-2-5 scheme; a run of more than two empty rows is one "..." line
     assert [(low, high, count) for low, high, count, *_ in rows] == [
         ("1us", "2us", 100),
-        ("2us", "100us", 0),
         ("100us", "200us", 10),
-        ("200us", "10ms", 0),
         ("10ms", "20ms", 1),
     ]
-    assert [pct for *_, pct, _, _ in rows] == [90.1, 0.0, 9.0, 0.0, 0.9]
+    assert [line.strip() for line in lines[3:]][1::2] == ["...", "..."]
+    assert [pct for *_, pct, _, _ in rows] == [90.1, 9.0, 0.9]
     assert rows[-1][4] == 100.0
     # bars are proportional to the count: the peak has 40 columns, 10/100 of it 4
     assert rows[0][5] == "█" * 40
-    assert rows[2][5] == "█" * 4
-    assert rows[1][5] == ""
-    assert rows[4][5] == "▍"  # 1/100 of 40 columns = 3.2 eighths
+    assert rows[1][5] == "█" * 4
+    assert rows[2][5] == "▍"  # 1/100 of 40 columns = 3.2 eighths
 
 
 def test_text_ascii_bars():
     rows = rows_of(render_latency_text([FunctionReport("main.work", three_groups())], ascii_bars=True))
-    assert [bar for *_, bar in rows] == ["#" * 40, "", "#" * 4, "", "#"]
+    assert [bar for *_, bar in rows] == ["#" * 40, "#" * 4, "#"]
 
 
 def test_text_trims_empty_rows_at_both_ends():
@@ -238,12 +244,33 @@ def test_functions_without_calls_print_one_line():
             FunctionReport("main.idle", LatencyHistogram()),
             FunctionReport("main.serve", LatencyHistogram(), unmatched=1),
             FunctionReport("main.work", three_groups(), unmatched=2),
+            FunctionReport("main.conn", LatencyHistogram(), in_flight=2, oldest_in_flight_ns=3_200_000_000),
         ]
     )
     blocks = text.split("\n\n")
     assert blocks[0] == "main.idle  no calls"
-    assert blocks[1] == "main.serve  no calls, 1 unmatched (entered but not seen returning)"
-    assert blocks[2].startswith("main.work  111 calls, 2 unmatched (entered but not seen returning)\n")
+    assert blocks[1] == "main.serve  no calls, 1 unmatched (unwound by a panic or runtime.Goexit)"
+    assert blocks[2].startswith("main.work  111 calls, 2 unmatched (unwound by a panic or runtime.Goexit)\n")
+    assert blocks[3] == "main.conn  no calls, 2 in flight (oldest 3.20s)\n"
+
+
+def test_idle_functions_are_one_line_and_functions_sort_by_total_time():
+    slow_few = LatencyHistogram.from_values([10_000_000] * 3)  # 30 ms in all
+    fast_many = LatencyHistogram.from_values([1_000] * 1000)  # 1 ms in all
+    functions = [FunctionReport(f"main.idle{i}", LatencyHistogram()) for i in range(1312)]
+    functions += [FunctionReport("main.fast", fast_many), FunctionReport("main.slow", slow_few),
+                  FunctionReport("main.gone", LatencyHistogram(), detached=True)]
+    text = render_latency_text(functions, sort="total", verbose=False)
+    titles = [line for line in text.splitlines() if line.startswith("main.")]
+    assert titles == ["main.slow  3 calls", "main.fast  1000 calls"]
+    assert text.endswith("\n1,312 functions had no calls (-v lists them)\n"
+                         "1 function was detached by the cost guard: main.gone\n")
+    by_count = [line for line in render_latency_text(functions, sort="count", verbose=False).splitlines()
+                if line.startswith("main.")]
+    assert by_count == ["main.fast  1000 calls", "main.slow  3 calls"]
+    listed = render_latency_text(functions[-3:], sort="name", verbose=True)
+    assert [line for line in listed.splitlines() if line.startswith("main.")] == [
+        "main.fast  1000 calls", "main.gone  no calls, detached by the cost guard", "main.slow  3 calls"]
 
 
 def test_saturated_last_bucket_is_open_ended():
@@ -280,8 +307,10 @@ def test_rows_account_for_every_call(counts, unit):
     assert rows[0][2] > 0 and rows[-1][2] > 0
     assert rows[-1][4] == 100.0
     assert max(len(line) for line in text.splitlines()) <= 100
-    # every kernel bucket's midpoint lies in the row that counts it: rows are ordered and adjacent
-    assert all(a[1] == b[0] for a, b in zip(rows, rows[1:]))
+    # every kernel bucket's midpoint lies in the row that counts it: rows are ordered and adjacent, but where
+    # a "..." line stands for a run of empty rows
+    gaps = sum(a[1] != b[0] for a, b in zip(rows, rows[1:]))
+    assert gaps == sum(line.strip() == "..." for line in text.splitlines())
 
 
 def test_bucket_helpers_used_in_expectations():
@@ -289,3 +318,61 @@ def test_bucket_helpers_used_in_expectations():
     assert bucket_bounds(bucket_index(1500)) == (1496, 1504)
     assert bucket_midpoint(bucket_index(150_000)) == 150016
     assert bucket_midpoint(bucket_index(15_000_000)) == 14974976
+
+
+# ---- what a tracing command says besides its reports ----
+
+
+def test_skipped_functions_are_one_line_by_reason_unless_few_or_verbose():
+    from gotrace.output.events import Skipped, SkippedSummary
+
+    skipped = tuple([Skipped(f"runtime.a{i}", "no return instruction (never returns)") for i in range(47)]
+                    + [Skipped(f"runtime.b{i}", "assembly function without the goroutine register") for i in range(70)])
+    assert SkippedSummary(skipped, 1570).text() == (
+        "gotrace: skipping 117 of 1,570 matched functions: 70 assembly function without the goroutine register, "
+        "47 no return instruction (never returns) (-v lists them)")
+    assert SkippedSummary(skipped, 1570, verbose=True).text().splitlines()[0] == (
+        "gotrace: skipping runtime.a0: no return instruction (never returns)")
+    assert SkippedSummary(skipped[:2], 5).text() == (
+        "gotrace: skipping runtime.a0: no return instruction (never returns)\n"
+        "gotrace: skipping runtime.a1: no return instruction (never returns)")
+
+
+def test_detached_event_names_the_costliest_and_says_why_in_text_and_json():
+    from gotrace.output.events import Detached, DetachedFunction
+
+    functions = tuple(DetachedFunction(f"runtime.f{i}", 1000.0 * (10 - i), 0.01 * (10 - i), f"reason {i}")
+                      for i in range(5))
+    event = Detached(functions, 0.62, 5.0, 0.123)
+    assert event.text() == (
+        "gotrace: detached 5 functions in 0.12s (probes cost 62.0% of the target's CPU, over the --max-overhead "
+        "budget of 5%), costliest first: runtime.f0 (10,000 hits/s, 10.0% of the target's CPU), runtime.f1 "
+        "(9,000 hits/s, 9.0% of the target's CPU), runtime.f2 (8,000 hits/s, 8.0% of the target's CPU) and 2 more "
+        "(-v lists them)")
+    lines = event.json_lines()
+    assert [line["func"] for line in lines] == [f"runtime.f{i}" for i in range(5)]
+    assert lines[0] == {"event": "detached", "func": "runtime.f0", "reason": "reason 0", "hits_per_s": 10000.0,
+                        "cpu_share_of_target": 0.1, "detach_s": 0.123}
+
+
+def test_count_report_text_and_json():
+    from gotrace.output.count import CountReport, FunctionCount
+    from gotrace.output.report import CostEstimate, ReportFrame
+
+    frame = ReportFrame(TARGET, 2.0, 1_700_000_000_000_000_000, 1_700_000_002_000_000_000, True,
+                        CostEstimate(1234.5, 0.0123, 0.0456, 5.0))
+    functions = [FunctionCount("main.b", 10), FunctionCount("main.a", 12_345), FunctionCount("main.idle", 0),
+                 FunctionCount("main.hot", 0, detached=True)]
+    report = CountReport(frame, functions)
+    assert report.text() == (
+        " CALLS  CALLS/S  FUNCTION\n"
+        "12,345  6,172.5  main.a\n"
+        "    10      5.0  main.b\n"
+        "1 function had no calls (-v lists them)\n"
+        "1 function was detached by the cost guard: main.hot\n"
+        "probes: 1,234 hits/s, about 1.2% of one CPU and 4.6% of the target's CPU (budget 5%)\n")
+    doc = report.json()
+    assert doc["event"] == "report" and doc["final"] is True and doc["interval_s"] == 2.0
+    assert doc["functions"][1] == {"name": "main.a", "count": 12345, "rate_per_s": 6172.5, "detached": False}
+    assert doc["overhead"] == {"hits_per_s": 1234.5, "cpu_share_of_one_cpu": 0.0123, "cpu_share_of_target": 0.0456,
+                               "max_overhead_pct": 5.0}

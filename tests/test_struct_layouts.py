@@ -19,6 +19,7 @@ import pytest
 from gotrace import header
 from gotrace.trace import args as args_trace
 from gotrace.trace import latency as latency_trace
+from gotrace.trace import tracer as tracer_trace
 
 # struct name -> its fields in order, as Python reads them (field name, struct format code of the field).
 PYTHON_LAYOUTS = {
@@ -27,6 +28,17 @@ PYTHON_LAYOUTS = {
     "gt_arg_plan": (args_trace.PLAN_HEADER, ["nops", "base", "send", "reserved"]),
     "gt_args_event": (args_trace.EVENT_HEADER, ["start_ns", "end_ns", "goid", "entry_ip", "tgid", "func_id"]),
     "gt_hist_key": (latency_trace.HIST_KEY, ["func_id", "bucket", "tgid"]),
+    "gt_start_key": (latency_trace.START_KEY, ["goid", "tgid", "depth"]),
+    "gt_start_val": (latency_trace.START_VAL, ["start_ns", "func_id", "reserved"]),
+    "gt_goroutine": (latency_trace.GOROUTINE, ["goid", "tgid", "reserved"]),
+    "gt_start_slot": (latency_trace.START_SLOT, ["tag", "key.goid", "key.tgid", "key.depth", "val.start_ns",
+                                                 "val.func_id", "val.reserved", "hash_added", "hash_deleted"]),
+    "gt_slot_reaped": (latency_trace.SLOT_REAPED, ["tag", "start_ns", "hash_removed"]),
+    "gt_config": (tracer_trace.CONFIG_STRUCT, ["target_tgid", "nfuncs", "goid_offset", "stack_hi_offset", "slow_ns",
+                                               "slow_rate", "stack_depth", "by", "start_slot_mask"]),
+    "gt_caller_key": (latency_trace.CALLER_KEY, ["func_id", "bucket", "caller"]),
+    "gt_slow_event": (latency_trace.SLOW_EVENT_HEADER,
+                      ["end_ns", "latency_ns", "goid", "entry_ip", "tgid", "func_id", "nframes", "reserved"]),
 }
 # Whole sizes Python relies on: a plan is the header then GT_ARGS_MAX_OPS operations; an event is the
 # header then its data.
@@ -35,8 +47,16 @@ SIZES = {
     "gt_args_event": args_trace.EVENT_HEADER.size + header.constant("GT_EVENT_DATA"),
     "gt_arg_op": args_trace.OP_STRUCT.size,
     "gt_hist_key": latency_trace.HIST_KEY.size,
+    "gt_start_key": 16,
+    "gt_start_val": 16,
+    "gt_goroutine": 16,
+    "gt_start_slot": latency_trace.START_SLOT.size,
+    "gt_slot_reaped": latency_trace.SLOT_REAPED.size,
+    "gt_config": tracer_trace.CONFIG_STRUCT.size,
+    "gt_caller_key": latency_trace.CALLER_KEY.size,
+    "gt_slow_event": latency_trace.SLOW_EVENT_HEADER.size + 8 * header.constant("GT_SLOW_MAX_DEPTH"),
 }
-TRAILING = {"gt_args_event": ["data"], "gt_arg_plan": ["ops"]}
+TRAILING = {"gt_args_event": ["data"], "gt_arg_plan": ["ops"], "gt_slow_event": ["pcs"]}
 
 
 def python_offsets(fmt: struct.Struct, fields: list[str]) -> dict[str, tuple[int, int]]:
@@ -90,6 +110,8 @@ def test_trailing_buffers_are_where_python_slices_them(c_layouts):
     assert event["data"] == (args_trace.EVENT_HEADER.size, header.constant("GT_EVENT_DATA"))
     assert c_layouts["gt_arg_plan"]["ops"] == (args_trace.PLAN_HEADER.size,
                                                args_trace.OP_STRUCT.size * header.constant("GT_ARGS_MAX_OPS"))
+    assert c_layouts["gt_slow_event"]["pcs"] == (latency_trace.SLOW_EVENT_HEADER.size,
+                                                 8 * header.constant("GT_SLOW_MAX_DEPTH"))
 
 
 def test_the_check_itself_sees_a_moved_field():

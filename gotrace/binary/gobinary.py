@@ -76,6 +76,13 @@ class GoBinary:
     def functions(self) -> FunctionTable:
         return FunctionTable(self.elf, self.pclntab)
 
+    @functools.cached_property
+    def symbolizer(self):
+        """pcs (ELF vaddrs) to Go functions, files and lines, inlined calls expanded (pclntab only)."""
+        from gotrace.binary.symbolize import Symbolizer
+
+        return Symbolizer(self.elf, self.pclntab, self.build.version_tuple)
+
     # -- matching -----------------------------------------------------------------
 
     def match(self, patterns: list[str] | tuple[str, ...]) -> list[GoFunction]:

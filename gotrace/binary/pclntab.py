@@ -232,6 +232,15 @@ class Pclntab:
             fields.insert(9, None)  # no startLine before Go 1.20
         return FuncRecord(*fields)
 
+    def func_tables_pos(self, index: int) -> tuple[int, int]:
+        """(nfuncdata, offset in the pclntab data of the pcdata table offsets) of function `index`'s record.
+
+        After `flag` the record has one unused byte and nfuncdata (u8), then npcdata u32 pcdata table
+        offsets, then nfuncdata funcdata (u32 offsets from moduledata.gofunc; pointers, 8-aligned, before
+        Go 1.18)."""
+        pos = self._record_pos(index) + _FLAG_AT[self.go_layout]
+        return self.data[pos + 2], pos + 3
+
     def func_flag(self, index: int) -> int:
         """The `flag` byte of function `index`'s record (0 when the record is cut short)."""
         pos = self._record_pos(index) + _FLAG_AT[self.go_layout]

@@ -5,7 +5,7 @@ restate the little kernel ABI they use (probes/bpf_abi.h), so the object is
 the same whatever machine builds it, and one object per architecture (the
 layout of pt_regs, the one compile-time setting, GT_CFG_ARCH) loads on every
 kernel with the helpers and map types it uses. `-mcpu=v3` (Linux 5.1+
-instructions; the atomic fetch-and-add of args' rate limit needs 5.12) is
+instructions; the atomic fetch-and-add and compare-and-swap of args and latency need 5.12) is
 below what the programs need anyway (BPF cookies, Linux 5.15).
 
 This module only runs clang: setup.py imports it to build the package's
@@ -27,12 +27,51 @@ from gotrace.errors import CapabilityError, UsageError
 # args' capture loop bound (GT_CFG_OPS_BOUND): the verifier's work grows with it, so one object per bound
 # is built and a run loads the smallest that holds its longest plan.
 ARGS_OPS_BOUNDS = (16, 32, 64, 128)
-# program -> (its source, probes/<source>.bpf.c, and the -D constants of its build)
-BUILDS: dict[str, tuple[str, dict[str, int]]] = {
+SHIPPED_BUILDS: dict[str, tuple[str, dict[str, int]]] = {
     "latency": ("latency", {}),
+    "count": ("count", {}),
+    # latency with --slow and --by caller compiled in (probes/latency_stacks.h): plain runs load the one without
+    "latency_stacks": ("latency", {"GT_CFG_STACKS": 1}),
     **{f"args{bound}": ("args", {"GT_CFG_OPS_BOUND": bound}) for bound in ARGS_OPS_BOUNDS},
 }
-PROGRAMS = tuple(BUILDS)
+# scripts/bench's decomposition of latency's per-call cost (probes/bench.bpf.c): compiled when the bench
+# asks for them, never shipped. GT_BENCH_STAGE 1 empty, 3 g, 4 goroutine key, 5 start map, 6 latency's whole
+# work, with the variants that bench.bpf.c describes.
+BENCH_BUILDS: dict[str, tuple[str, dict[str, int]]] = {
+    "bench_empty": ("bench", {"GT_BENCH_STAGE": 1}),
+    "bench_g": ("bench", {"GT_BENCH_STAGE": 3}),
+    "bench_key": ("bench", {"GT_BENCH_STAGE": 4}),
+    "bench_start": ("bench", {"GT_BENCH_STAGE": 5}),
+    "bench_full": ("bench", {"GT_BENCH_STAGE": 6}),
+    "bench_one_read": ("bench", {"GT_BENCH_STAGE": 6, "GT_BENCH_ONE_READ": 1}),
+    "bench_start_hash": ("bench", {"GT_BENCH_STAGE": 6, "GT_BENCH_START_HASH": 1}),
+    "bench_hist_pair": ("bench", {"GT_BENCH_STAGE": 6, "GT_BENCH_HIST": 1}),
+    "bench_hist_array": ("bench", {"GT_BENCH_STAGE": 6, "GT_BENCH_HIST": 2}),
+    "bench_no_func_counts": ("bench", {"GT_BENCH_STAGE": 6, "GT_BENCH_NO_FUNC_COUNTS": 1}),
+    "bench_start_array": ("bench", {"GT_BENCH_STAGE": 6, "GT_BENCH_START_ARRAY": 1}),
+    "bench_no_ktime": ("bench", {"GT_BENCH_STAGE": 6, "GT_BENCH_NO_KTIME": 1}),
+    "bench_slots": ("bench", {"GT_BENCH_STAGE": 6, "GT_BENCH_START_ARRAY": 2}),
+    "bench_slots_pair": ("bench", {"GT_BENCH_STAGE": 6, "GT_BENCH_START_ARRAY": 2, "GT_BENCH_HIST": 1}),
+    "bench_slots_pair_read": ("bench", {"GT_BENCH_STAGE": 6, "GT_BENCH_START_ARRAY": 2, "GT_BENCH_HIST": 1,
+                                        "GT_BENCH_ONE_READ": 1}),
+    "bench_guard": ("bench", {"GT_BENCH_STAGE": 6, "GT_BENCH_GUARD": 1}),
+    "bench_guard_nocost": ("bench", {"GT_BENCH_STAGE": 6, "GT_BENCH_GUARD": 2}),
+    "bench_guard_slots": ("bench", {"GT_BENCH_STAGE": 6, "GT_BENCH_GUARD": 1, "GT_BENCH_START_ARRAY": 2}),
+    "bench_guard_slots_pair": ("bench", {"GT_BENCH_STAGE": 6, "GT_BENCH_GUARD": 1, "GT_BENCH_START_ARRAY": 2,
+                                         "GT_BENCH_HIST": 1}),
+    "bench_guard_slots_read": ("bench", {"GT_BENCH_STAGE": 6, "GT_BENCH_GUARD": 1, "GT_BENCH_START_ARRAY": 2,
+                                         "GT_BENCH_ONE_READ": 1}),
+    "bench_guard_slots_pair_read": ("bench", {"GT_BENCH_STAGE": 6, "GT_BENCH_GUARD": 1, "GT_BENCH_START_ARRAY": 2,
+                                              "GT_BENCH_ONE_READ": 1, "GT_BENCH_HIST": 1}),
+    "bench_noexist": ("bench", {"GT_BENCH_STAGE": 6, "GT_BENCH_NOEXIST": 1}),
+    "bench_lean": ("bench", {"GT_BENCH_STAGE": 6, "GT_BENCH_NOEXIST": 1, "GT_BENCH_HIST": 1}),
+    "bench_pair_hash": ("bench", {"GT_BENCH_STAGE": 6, "GT_BENCH_HIST": 1, "GT_BENCH_START_HASH": 1}),
+    "bench_pair_hash_read": ("bench", {"GT_BENCH_STAGE": 6, "GT_BENCH_HIST": 1, "GT_BENCH_START_HASH": 1,
+                                       "GT_BENCH_ONE_READ": 1}),
+}
+# program -> (its source, probes/<source>.bpf.c, and the -D constants of its build)
+BUILDS: dict[str, tuple[str, dict[str, int]]] = {**SHIPPED_BUILDS, **BENCH_BUILDS}
+PROGRAMS = tuple(SHIPPED_BUILDS)  # what the package ships and scripts/install compiles
 ARCHES = ("amd64", "arm64")
 ARCH_MACROS = {"amd64": "GT_ARCH_AMD64", "arm64": "GT_ARCH_ARM64"}
 MACHINE_ARCHES = {"x86_64": "amd64", "aarch64": "arm64"}

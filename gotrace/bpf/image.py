@@ -24,6 +24,7 @@ import contextlib
 import errno
 import hashlib
 import json
+import mmap
 import os
 import re
 import struct
@@ -218,6 +219,7 @@ class LoadedImage:
         self._sys = sys
         self._map_fds: list[int] = []
         self._prog_fds: dict[str, int] = {}
+        self._mmaps: list[mmap.mmap] = []
         try:
             for spec in image.maps:
                 try:
@@ -250,6 +252,23 @@ class LoadedImage:
                 return fd
         raise KeyError(name)
 
+    def map_memory(self, name: str) -> memoryview:
+        """The values of an array map created with BPF_F_MMAPABLE, as u64 words (a value of n words is words
+        [i * n, (i + 1) * n)), mapped into this process (read and write): no system call per element. Valid
+        until close()."""
+        spec = self.map_spec(name)
+        if spec.value_size % 8:
+            raise ValueError(f"map {name}: values of {spec.value_size} bytes, not u64 words")
+        words = spec.max_entries * spec.value_size // 8
+        length = (words * 8 + mmap.PAGESIZE - 1) // mmap.PAGESIZE * mmap.PAGESIZE
+        try:
+            memory = mmap.mmap(self.map_fd(name), length, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+        except OSError as exc:
+            raise CapabilityError(f"cannot map the BPF map {name} into memory ({exc.strerror}): "
+                                  "gotrace needs Linux 5.5+") from None
+        self._mmaps.append(memory)
+        return memoryview(memory).cast("Q")[:words]
+
     def load_program(self, name: bytes, expected_attach_type: int) -> int:
         """A gotrace.bpf.uprobes ProgramLoader: loads program name as kprobe-type, replacing an earlier load of it.
 
@@ -268,6 +287,10 @@ class LoadedImage:
         return fd
 
     def close(self) -> None:
+        mmaps, self._mmaps = self._mmaps, []
+        for memory in mmaps:
+            with contextlib.suppress(BufferError):  # a view still held elsewhere: the mapping goes with it
+                memory.close()
         fds = list(self._prog_fds.values()) + self._map_fds
         self._prog_fds, self._map_fds = {}, []
         for fd in fds:

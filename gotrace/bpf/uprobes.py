@@ -39,6 +39,9 @@ import signal
 import threading
 from collections.abc import Callable, Iterable, Sequence
 
+from concurrent.futures import ThreadPoolExecutor
+
+from gotrace import header
 from gotrace.bpf import kernel
 from gotrace.bpf.syscalls import BPF_TRACE_UPROBE_MULTI, Syscalls
 from gotrace.errors import CapabilityError, UsageError
@@ -55,6 +58,9 @@ _LINK_CLOSE_THREADS = 16
 BACKGROUND_DETACH_MIN_SITES = 16
 # Open files beyond the probes' own that the rest of gotrace may need meanwhile.
 _SPARE_FDS = 64
+# Other fds (chunks of DetachableSites): closed from this many threads when there are more than _SEQUENTIAL_CLOSE_MAX.
+_CLOSE_THREADS = 64
+_SEQUENTIAL_CLOSE_MAX = 8
 
 
 def _close_quietly(fd: int) -> None:
@@ -62,6 +68,16 @@ def _close_quietly(fd: int) -> None:
         return
     with contextlib.suppress(OSError):
         os.close(fd)
+
+
+def _close_all(fds: Sequence[int]) -> None:
+    """Close fds (links of one kind, or perf events whose links are gone), from many threads when there are many."""
+    if len(fds) > _SEQUENTIAL_CLOSE_MAX:
+        with ThreadPoolExecutor(_CLOSE_THREADS) as pool:
+            list(pool.map(_close_quietly, fds))
+    else:
+        for fd in reversed(fds):
+            _close_quietly(fd)
 
 
 def close_perf_sites(sites: Sequence[tuple[int, int]]) -> None:
@@ -316,3 +332,389 @@ class _Attacher:
             file_offset, cookie = site
             where = f"{self.site_name(cookie)} at file offset {file_offset:#x} of {self.binary_path}"
         return CapabilityError(f"cannot attach a uprobe to {where}: {os.strerror(exc.errno)}")
+
+
+# ==== Detachable sites (the cost guard's part: gotrace/trace/guard.py) =========================
+# attach_sites() above holds all sites of a program in one link. DetachableSites holds them in
+# chunks of whole units (a unit: what the low 32 bits of a cookie name, a traced function), one
+# link per chunk and program, so that some units can be detached for real (their traps removed)
+# while the others keep counting, and a site the kernel refuses costs only its own unit.
+#
+# It relies on the programs' generation check (probes/gotrace.h, "Which link counts a hit"): a
+# site's cookie is (generation << 32) | unit, and set_generation(units, generation) tells the
+# programs which generation counts. A chunk is attached with a generation nothing counts yet,
+# then switched on for all its units at once, so that a call is either seen at its entry and at
+# its return or not at all (never entered-but-not-returned because of attach order). Replacing a
+# chunk's links without some units attaches the survivors' new links first, switches them,
+# and only then closes the old links: no hit is lost or counted twice.
+
+# Sites per link. Detaching a unit re-creates its chunk's links for the other units: each of their sites is
+# registered again (the breakpoint stays, but every registration takes the traced process's mmap lock), so
+# small chunks disturb less; each chunk costs a file descriptor per program (more if needed: _chunk_sites).
+CHUNK_SITES = 64
+_FD_RESERVE = 256  # descriptors left for everything else
+ENOTSUPP = 524  # the kernel's own "not supported": an instruction a uprobe cannot be placed on
+REFUSED_SITE_ERRNOS = frozenset({ENOTSUPP, errno.EOPNOTSUPP})
+_GENERATION_LIMIT = 0xFFFFFFFE  # header GT_GEN_DETACHED (0xFFFFFFFF) is never a link's generation
+
+# set_generation(units, generation): write gt_active[unit] = generation for each unit.
+GenerationSetter = Callable[[Sequence[int], int], None]
+
+
+class _Chunk:
+    """Some units' sites in every program, attached together (one link per program, or per site)."""
+
+    def __init__(self, units: list[int], generation: int) -> None:
+        self.units = units
+        self.generation = generation
+        self.links: list[int] = []
+        self.perf_events: list[int] = []
+        self.unit_fds: dict[int, list[int]] = {}  # perf_link mode: each unit's own links and perf events
+
+    def fds(self) -> list[int]:
+        return self.links + self.perf_events
+
+    def take_units(self, leaving: set[int]) -> _Chunk:
+        """perf_link mode: the leaving units' fds, as a chunk of their own; this chunk keeps the others."""
+        gone = _Chunk([unit for unit in self.units if unit in leaving], self.generation)
+        for unit in gone.units:
+            gone.links += self.unit_fds.pop(unit, [])
+        kept = {fd for fds in self.unit_fds.values() for fd in fds}
+        self.units = [unit for unit in self.units if unit not in leaving]
+        self.links = [fd for fd in self.links if fd in kept]
+        self.perf_events = [fd for fd in self.perf_events if fd in kept]
+        return gone
+
+
+class DetachableSites:
+    """Sites attached in chunks of whole units; detach(units) removes those units' probes for real.
+
+    groups: (program, [(file_offset, unit)]) per program. mode as for
+    attach_sites(). site_name(unit) names a unit in errors; detached_units()
+    and refused (unit -> errno of the kernel's refusal) say what is not
+    attached. close() detaches everything. Safe to close twice.
+    """
+
+    def __init__(self, binary_path: str, groups: Sequence[tuple[bytes, Sequence[tuple[int, int]]]], *,
+                 pid: int | None, load_program: ProgramLoader, set_generation: GenerationSetter,
+                 mode: str = "auto", site_name: Callable[[int], str] | None = None,
+                 chunk_sites: int = CHUNK_SITES) -> None:
+        if mode not in MODES:
+            raise UsageError(f"attach mode must be one of {', '.join(MODES)}, not {mode!r}")
+        self._attacher = _Attacher(str(binary_path), pid, load_program, site_name)
+        self._programs = [program for program, _ in groups]
+        self._unit_sites: dict[int, list[list[int]]] = {}  # unit -> file offsets per group
+        for index, (_, sites) in enumerate(groups):
+            for file_offset, unit in sites:
+                self._unit_sites.setdefault(unit, [[] for _ in groups])[index].append(file_offset)
+        self._set_generation = set_generation
+        total_sites = sum(len(sites) for _, sites in groups)
+        self._total_sites = total_sites
+        self._chunk_sites = _chunk_sites(total_sites, max(1, len(groups)), max(1, chunk_sites))
+        self.requested_mode = mode
+        self.mode: str | None = None  # "uprobe_multi" or "perf_link" once the first chunk is attached
+        self._prog_fds: dict[bytes, int] = {}
+        self._chunks: list[_Chunk] = []
+        self._detached: set[int] = set()
+        self.refused: dict[int, int] = {}
+        self._pool = None
+        # Set by close() when it left the perf-event sites to a helper process: the probes are gone when it exits.
+        self.detach_helper_pid: int | None = None
+
+    def __enter__(self) -> DetachableSites:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    @property
+    def units(self) -> list[int]:
+        return list(self._unit_sites)
+
+    def attached_units(self) -> list[int]:
+        return [unit for chunk in self._chunks for unit in chunk.units]
+
+    def detached_units(self) -> set[int]:
+        return set(self._detached)
+
+    def n_sites(self, units) -> int:
+        return sum(len(offsets) for unit in units for offsets in self._unit_sites.get(unit, ()))
+
+    def plan_chunks(self) -> list[list[int]]:
+        """The units in order, cut into chunks of about chunk_sites sites (a unit is never split)."""
+        chunks, current, size = [], [], 0
+        for unit in self._unit_sites:
+            n = self.n_sites([unit])
+            if current and size + n > self._chunk_sites:
+                chunks.append(current)
+                current, size = [], 0
+            current.append(unit)
+            size += n
+        if current:
+            chunks.append(current)
+        return chunks
+
+    def attach(self, after_chunk: Callable[[], None] | None = None) -> None:
+        """Attach every unit, chunk by chunk, each chunk switched on once all its programs' links exist.
+
+        after_chunk() runs after each chunk (a guard may detach units from it).
+        A unit with a site the kernel refuses (an instruction it cannot probe)
+        is left out and recorded in `refused`; any other refusal raises
+        (UsageError or CapabilityError) with nothing left attached.
+        """
+        try:
+            for units in self.plan_chunks():
+                units = [unit for unit in units if unit not in self._detached]
+                if units:
+                    self._attach_chunk(units, 1)
+                if after_chunk is not None:
+                    after_chunk()
+        except BaseException:
+            self.close()
+            raise
+
+    def _attach_chunk(self, units: list[int], generation: int) -> _Chunk | None:
+        """Attach units as a chunk of `generation` and switch it on; units with refused sites are left out."""
+        while units:
+            chunk = _Chunk(units, generation)
+            try:
+                self._link_chunk(chunk)
+            except _RefusedSite as refusal:
+                self._close_later(chunk)
+                refused = self._find_refused(units, refusal.group, refusal.errno)
+                for unit, err in refused.items():
+                    self.refused[unit] = err
+                units = [unit for unit in units if unit not in refused]
+                continue
+            except BaseException:
+                _close_all(chunk.fds())
+                raise
+            self._set_generation(units, generation)
+            self._chunks.append(chunk)
+            return chunk
+        return None
+
+    def _program_fd(self, program: bytes, mode: str) -> int:
+        if program not in self._prog_fds:
+            attach_type = BPF_TRACE_UPROBE_MULTI if mode == "uprobe_multi" else NO_EXPECTED_ATTACH_TYPE
+            self._prog_fds[program] = self._attacher.load_program(program, attach_type)
+        return self._prog_fds[program]
+
+    def _link_chunk(self, chunk: _Chunk) -> None:
+        """Create the chunk's links (nothing counts through them until its generation is switched on)."""
+        if self.mode is None:
+            if self.requested_mode in ("auto", "uprobe_multi"):
+                try:
+                    self._link_multi(chunk, "uprobe_multi")
+                    self.mode = "uprobe_multi"
+                    return
+                except _RefusedSite:
+                    self.mode = "uprobe_multi"  # the kernel has the links; a site of this chunk is the problem
+                    raise
+                except OSError as exc:
+                    _close_all(chunk.fds())
+                    chunk.links, chunk.perf_events = [], []
+                    if self.requested_mode == "uprobe_multi":
+                        raise self._attacher.error(exc, None) from None
+                    # An older kernel: one perf-event link per site, which reports a real problem precisely.
+            self._prog_fds.clear()
+            kernel.ensure_open_files(
+                2 * self._total_sites + _SPARE_FDS,
+                f"{self._total_sites} probe sites need a perf event and a BPF link each on this kernel "
+                "(uprobe_multi needs Linux 6.6+)",
+            )
+            self.mode = "perf_link"
+        if self.mode == "uprobe_multi":
+            try:
+                self._link_multi(chunk, "uprobe_multi")
+            except OSError as exc:
+                raise self._attacher.error(exc, None) from None
+        else:
+            self._link_perf(chunk)
+
+    def _group_sites(self, units: list[int], group: int, generation: int) -> tuple[list[int], list[int]]:
+        offsets, cookies = [], []
+        for unit in units:
+            for file_offset in self._unit_sites[unit][group]:
+                offsets.append(file_offset)
+                cookies.append(generation << 32 | unit)
+        return offsets, cookies
+
+    def _link_multi(self, chunk: _Chunk, mode: str) -> None:
+        sys = self._attacher.sys
+        for group, program in enumerate(self._programs):
+            offsets, cookies = self._group_sites(chunk.units, group, chunk.generation)
+            if not offsets:
+                continue
+            prog_fd = self._program_fd(program, mode)
+            try:
+                chunk.links.append(sys.link_create_uprobe_multi(prog_fd, self._attacher.path, offsets, cookies,
+                                                                self._attacher.pid or 0))
+            except OSError as exc:
+                if exc.errno in REFUSED_SITE_ERRNOS:
+                    raise _RefusedSite(group, exc.errno) from None
+                raise
+
+    def _link_perf(self, chunk: _Chunk) -> None:
+        sys = self._attacher.sys
+        pmu_type = kernel.uprobe_pmu_type()
+        pid = -1 if self._attacher.pid is None else self._attacher.pid
+        for group, program in enumerate(self._programs):
+            offsets, cookies = self._group_sites(chunk.units, group, chunk.generation)
+            if not offsets:
+                continue
+            prog_fd = self._program_fd(program, "perf_link")
+            for file_offset, cookie in zip(offsets, cookies):
+                try:
+                    perf_fd = sys.perf_uprobe_open(pmu_type, self._attacher.path, file_offset, pid)
+                except OSError as exc:
+                    if exc.errno in REFUSED_SITE_ERRNOS:
+                        raise _RefusedSite(group, exc.errno) from None
+                    raise self._attacher.error(exc, (file_offset, cookie & 0xFFFFFFFF)) from None
+                chunk.perf_events.append(perf_fd)
+                unit_fds = chunk.unit_fds.setdefault(cookie & 0xFFFFFFFF, [])
+                unit_fds.append(perf_fd)
+                try:
+                    chunk.links.append(sys.link_create_perf(prog_fd, perf_fd, cookie))
+                    unit_fds.append(chunk.links[-1])
+                except OSError as exc:
+                    raise CapabilityError(
+                        f"cannot link the BPF program to a uprobe ({os.strerror(exc.errno)}): "
+                        "gotrace needs Linux 5.15+ (BPF cookies)") from None
+
+    def _find_refused(self, units: list[int], group: int, err: int) -> dict[int, int]:
+        """The units among `units` (refused together with errno err) whose sites in `group` the kernel
+        refuses, found by bisection: unit -> errno."""
+        if len(units) == 1:
+            return {units[0]: err}
+        refused: dict[int, int] = {}
+        half = len(units) // 2
+        for part in (units[:half], units[half:]):
+            part_err = self._refusal_of(part, group)
+            if part_err is not None:
+                refused.update(self._find_refused(part, group, part_err))
+        return refused
+
+    def _refusal_of(self, units: list[int], group: int) -> int | None:
+        """The errno with which the kernel refuses these units' sites in `group` (a trial link, closed), or None."""
+        probe = _Chunk(units, _GENERATION_LIMIT)  # a generation that never counts
+        sys = self._attacher.sys
+        offsets, cookies = self._group_sites(units, group, probe.generation)
+        try:
+            if self.mode == "uprobe_multi":
+                probe.links.append(sys.link_create_uprobe_multi(
+                    self._program_fd(self._programs[group], self.mode), self._attacher.path, offsets, cookies,
+                    self._attacher.pid or 0))
+            else:
+                pid = -1 if self._attacher.pid is None else self._attacher.pid
+                for file_offset in offsets:
+                    probe.perf_events.append(sys.perf_uprobe_open(kernel.uprobe_pmu_type(), self._attacher.path,
+                                                                  file_offset, pid))
+        except OSError as exc:
+            return exc.errno if exc.errno in REFUSED_SITE_ERRNOS else None
+        finally:
+            self._close_later(probe)
+        return None
+
+    def detach(self, units) -> None:
+        """Detach units for real: nothing counts for them at once; with uprobe_multi links, the other units of
+        their chunks get new links before this returns; the old links (with perf-event links, the units' own)
+        close in the background (removing a link's traps is quick, the kernel's grace period after it is not
+        waited for here; close() waits)."""
+        units = set(units) - self._detached
+        if not units:
+            return
+        self._detached |= units
+        self._set_generation(sorted(units), header.constant("GT_GEN_DETACHED"))
+        if self.mode == "perf_link":  # one link per site: close the leaving units' own
+            for chunk in self._chunks:
+                if not units.isdisjoint(chunk.units):
+                    self._close_later(chunk.take_units(units))
+            self._chunks = [chunk for chunk in self._chunks if chunk.units]
+            return
+        affected = [chunk for chunk in self._chunks if not units.isdisjoint(chunk.units)]
+        self._chunks = [chunk for chunk in self._chunks if units.isdisjoint(chunk.units)]
+        try:
+            for chunk in affected:
+                survivors = [unit for unit in chunk.units if unit not in units]
+                if survivors:
+                    generation = chunk.generation + 1 if chunk.generation + 1 < _GENERATION_LIMIT else 1
+                    self._attach_chunk(survivors, generation)
+        finally:
+            for chunk in affected:
+                self._close_later(chunk)
+
+    def _executor(self):
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(_CLOSE_THREADS)
+        return self._pool
+
+    def _close_later(self, chunk: _Chunk) -> None:
+        """Close a chunk's links (one that never counted, or no longer counts) without waiting for them."""
+        fds = chunk.fds()
+        if fds:
+            self._executor().submit(_close_all, fds)
+
+    def close(self, *, wait: bool | None = None) -> None:
+        """Detach every site (links, then the perf events under them) and free the programs' fds.
+
+        uprobe_multi links go at once. Perf-event sites go one by one, slowly
+        (see the module's docstring): wait=True detaches them before
+        returning; wait=False leaves them to a detached helper process
+        (`detach_helper_pid`) and returns at once; None (default) waits only
+        for fewer than BACKGROUND_DETACH_MIN_SITES.
+        """
+        chunks, self._chunks = self._chunks, []
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=True)  # units the guard detached: their closes were under way
+        if self.mode != "perf_link":
+            _close_all([fd for chunk in chunks for fd in chunk.links])
+            _close_all([fd for chunk in chunks for fd in chunk.perf_events])
+            return
+        pairs: list[tuple[int, int]] = []
+        for chunk in chunks:  # each perf event's link was created right after it, or attaching failed
+            pairs += zip(chunk.links, chunk.perf_events)
+            pairs += [(-1, perf_fd) for perf_fd in chunk.perf_events[len(chunk.links):]]
+        if wait is False or (wait is None and len(pairs) >= BACKGROUND_DETACH_MIN_SITES):
+            try:
+                self.detach_helper_pid = _detach_in_background(pairs)
+            except OSError:
+                pass  # no helper (no memory, no pids left): detach here, slowly but surely
+            else:
+                for link_fd, perf_fd in pairs:  # the helper holds its own references: these closes are quick
+                    _close_quietly(link_fd)
+                    _close_quietly(perf_fd)
+                return
+        close_perf_sites(pairs)
+
+
+def _chunk_sites(total_sites: int, n_programs: int, wanted: int) -> int:
+    """Sites per chunk: `wanted`, or more when the links of that many chunks would not fit in the file
+    descriptors this process may open (its soft limit is raised to the hard one first)."""
+    import math
+    import resource
+
+    links = math.ceil(total_sites / wanted) * n_programs
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    try:
+        open_now = len(os.listdir("/proc/self/fd"))
+    except OSError:
+        open_now = 64
+    if open_now + links + _FD_RESERVE > soft and soft != hard:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+    room = max(n_programs, soft - open_now - _FD_RESERVE)
+    if links <= room:
+        return wanted
+    return math.ceil(total_sites / (room // n_programs))
+
+
+class _RefusedSite(Exception):
+    """The kernel refused a site of a chunk's group (an instruction it cannot probe)."""
+
+    def __init__(self, group: int, err: int) -> None:
+        super().__init__(group, err)
+        self.group = group
+        self.errno = err

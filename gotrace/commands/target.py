@@ -25,6 +25,9 @@ def pid_binary(pid: int) -> str:
     try:
         os.stat(exe)
     except PermissionError:
+        if os.geteuid() == 0:
+            raise UsageError(f"cannot read {exe}: permission denied even to root (the process is not dumpable, or "
+                             "belongs to another user namespace): gotrace cannot trace it; give another pid") from None
         raise CapabilityError(f"cannot read {exe}: permission denied; run gotrace as root (sudo)") from None
     except OSError:
         raise UsageError(f"process {pid} has no readable executable (a kernel thread or exited); give a Go process pid")

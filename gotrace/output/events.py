@@ -7,7 +7,10 @@ reports and calls go to stdout). Nothing here knows how the facts were found.
 from __future__ import annotations
 
 import signal
+from collections import Counter
 from dataclasses import dataclass
+
+from gotrace.output.report import CostEstimate
 
 
 @dataclass(frozen=True)
@@ -22,6 +25,42 @@ class Skipped:
 
 
 @dataclass(frozen=True)
+class SkippedSummary:
+    """The matched functions that cannot be traced: one line by reason, or (verbose, or only a few) one per function."""
+
+    skipped: tuple[Skipped, ...]
+    matched: int  # functions the patterns matched, these included
+    verbose: bool = False
+
+    LIST_AT_MOST = 3
+
+    def text(self) -> str:
+        if self.verbose or len(self.skipped) <= self.LIST_AT_MOST:
+            return "\n".join(skipped.text() for skipped in self.skipped)
+        reasons = Counter(skipped.reason for skipped in self.skipped)
+        by_reason = ", ".join(f"{n:,} {reason}" for reason, n in reasons.most_common())
+        return (f"gotrace: skipping {len(self.skipped):,} of {self.matched:,} matched functions: {by_reason} "
+                "(-v lists them)")
+
+
+@dataclass(frozen=True)
+class GuardInfo:
+    """The cost guard at the start: its budget, what a hit costs here, and what the probes cost while attaching."""
+
+    max_overhead_pct: float | None
+    hit_costs: str  # e.g. "a probe hit costs 1.0us at an entry on a push, ... (calibrated)"
+    cost: CostEstimate | None = None  # while attaching
+
+    def text(self) -> str:
+        budget = (f"budget {self.max_overhead_pct:g}% of the target's CPU (--max-overhead)"
+                  if self.max_overhead_pct is not None else "no budget (--max-overhead 0): estimates only")
+        line = f"cost guard: {budget}; {self.hit_costs}"
+        if self.cost is not None and self.cost.hits_per_s:
+            line += f"\nwhile attaching, {self.cost.text()}"
+        return line
+
+
+@dataclass(frozen=True)
 class Started:
     """Probes are attached and the trace has begun."""
 
@@ -30,11 +69,57 @@ class Started:
     pid: int | None  # None: every process running the binary
     go_version: str
     binary: str  # as the user named it
+    guard: GuardInfo | None = None
 
     def text(self) -> str:
         """e.g. "Tracing 2 functions (5 probe sites) in ./bin pid 4242 (go1.23.9)... Ctrl-C to stop";
-        pid None: "in ./bin, every process (go1.23.9)"."""
-        return header_line(self.n_functions, self.n_sites, self.pid, self.go_version, self.binary)
+        pid None: "in ./bin, every process (go1.23.9)". Then the cost guard's line(s)."""
+        line = header_line(self.n_functions, self.n_sites, self.pid, self.go_version, self.binary)
+        if self.guard is not None:
+            line += "\n" + self.guard.text()
+        return line
+
+
+@dataclass(frozen=True)
+class DetachedFunction:
+    name: str
+    hits_per_s: float
+    share_of_target: float | None  # its probes' share of the target's CPU time
+    reason: str
+
+
+@dataclass(frozen=True)
+class Detached:
+    """Functions the cost guard detached at one check, costliest first."""
+
+    functions: tuple[DetachedFunction, ...]
+    total_share_of_target: float | None  # of all probes, in the window that exceeded the budget
+    max_overhead_pct: float
+    took_s: float  # from the end of that window to the traps removed
+    verbose: bool = False
+
+    LIST_AT_MOST = 3
+
+    def text(self) -> str:
+        def one(f: DetachedFunction) -> str:
+            share = "" if f.share_of_target is None else f", {100 * f.share_of_target:.1f}% of the target's CPU"
+            return f"{f.name} ({f.hits_per_s:,.0f} hits/s{share})"
+
+        total = ("" if self.total_share_of_target is None
+                 else f"probes cost {100 * self.total_share_of_target:.1f}% of the target's CPU, ")
+        why = f"{total}over the --max-overhead budget of {self.max_overhead_pct:g}%"
+        n = len(self.functions)
+        if self.verbose or n <= self.LIST_AT_MOST:
+            names = ", ".join(one(f) for f in self.functions)
+        else:
+            names = ", ".join(one(f) for f in self.functions[:self.LIST_AT_MOST]) + f" and {n - self.LIST_AT_MOST:,} more (-v lists them)"
+        return (f"gotrace: detached {n:,} function{'s' if n != 1 else ''} in {self.took_s:.2f}s ({why}), "
+                f"costliest first: {names}")
+
+    def json_lines(self) -> list[dict]:
+        return [{"event": "detached", "func": f.name, "reason": f.reason, "hits_per_s": round(f.hits_per_s, 1),
+                 "cpu_share_of_target": None if f.share_of_target is None else round(f.share_of_target, 6),
+                 "detach_s": round(self.took_s, 4)} for f in self.functions]
 
 
 def header_line(n_functions: int, n_sites: int, pid: int | None, go_version: str, binary: str) -> str:
@@ -102,14 +187,16 @@ class SlowDetach:
 
 @dataclass(frozen=True)
 class TargetExited:
-    """A `-c` command ended; its status is not gotrace's."""
+    """The traced process ended: a `-c` command (with its status, which is not gotrace's) or a `-p` process."""
 
     command: str
     pid: int
-    status: int  # exit status, or -N when killed by signal N
+    status: int | None  # exit status, or -N when killed by signal N; None: not our child (-p), unknown
 
     def text(self) -> str:
         """How it ended, as `time` or strace would say it."""
+        if self.status is None:
+            return f"gotrace: process {self.pid} ({self.command}) exited"
         if self.status < 0:
             try:
                 how = f"was killed by {signal.Signals(-self.status).name}"
@@ -125,3 +212,18 @@ class BpfSource:
     """--print-bpf: the C text as compiled."""
 
     text: str
+
+
+@dataclass(frozen=True)
+class FloorMeasured:
+    """The measurement floor was measured by this run (once per host), or could not be."""
+
+    floor_ns: int | None
+    reason: str | None
+    cache_path: str
+
+    def text(self) -> str:
+        if self.floor_ns is None:
+            return f"gotrace: the measurement floor of this host is unknown: {self.reason}"
+        return (f"gotrace: measured this host's floor once: an empty Go function measures "
+                f"{self.floor_ns / 1000:.1f}us here (cached in {self.cache_path})")

@@ -41,9 +41,11 @@ def funcs_json(listing: FuncListing) -> dict:
 
 def render_funcs_text(listing: FuncListing, *, show_all: bool) -> str:
     """A header line, then one row per function: entry, size, return sites, name
-    and, for a function that cannot be traced, why. Without `show_all`, the
-    untraceable ones are counted in the header instead of listed."""
-    rows = listing.entries if show_all else [e for e in listing.entries if e[0].traceable]
+    and, for a function that cannot be traced, why. Without patterns and
+    without `show_all`, the untraceable ones are counted in the header instead
+    of listed; with patterns, every match is listed (`show_all` changes
+    nothing, and the header says so)."""
+    rows = listing.entries if show_all or listing.patterns else [e for e in listing.entries if e[0].traceable]
     hidden = len(listing.entries) - len(rows)
     what = f"{len(listing.entries)} match {' '.join(listing.patterns)}" if listing.patterns else "all listed"
     module = f" module {listing.module_path}," if listing.module_path else ""
@@ -51,6 +53,8 @@ def render_funcs_text(listing: FuncListing, *, show_all: bool) -> str:
               f"{listing.total_functions} functions, {what}")
     if hidden:
         header += f" ({hidden} not traceable hidden; --all shows them)"
+    elif show_all and listing.patterns:
+        header += " (--all: with a pattern every match is listed, traceable or not, as without it)"
     lines = [header, f"{'ENTRY':<18} {'SIZE':>7} {'RETS':>4}  FUNCTION"]
     for probes, _ in rows:
         fn, sites = probes.function, probes.sites

@@ -9,10 +9,11 @@ from __future__ import annotations
 import bisect
 import dataclasses
 import math
-import time
 from collections.abc import Iterable, Sequence
 
+from gotrace import header
 from gotrace.output.histogram import LatencyHistogram, bucket_bounds, bucket_midpoint, overflow_index
+from gotrace.output.report import ReportFrame, detached_line, idle_line
 
 UNITS: dict[str, int] = {"ns": 1, "us": 1_000, "ms": 1_000_000, "s": 1_000_000_000}
 UNIT_CHOICES = ("auto", *UNITS)
@@ -21,35 +22,87 @@ DEFAULT_WIDTH = 100
 
 _BAR_MAX = 40  # columns of the longest bar
 _EIGHTHS = " ▏▎▍▌▋▊▉"  # index i: a block i/8 of a column wide
-_UNMATCHED_NOTE = "entered but not seen returning"
+_UNMATCHED_NOTE = "unwound by a panic or runtime.Goexit"
+
+
+
+SORT_KEYS = ("total", "count", "mean", "p99", "max", "name", "address")
 
 
 @dataclasses.dataclass
 class FunctionReport:
-    """One traced function in one report: its latency histogram and its unmatched entries."""
+    """One traced function in one report: its latency histogram, the calls unwound without returning, and the calls
+    still running at the end of the report."""
 
     name: str
     histogram: LatencyHistogram
-    unmatched: int = 0
+    unmatched: int = 0  # unwound by a panic or runtime.Goexit
+    in_flight: int = 0
+    oldest_in_flight_ns: int | None = None
+    detached: bool = False  # by the cost guard: nothing is counted after that
+    untimed: int = 0  # entered while the start map was full: not timed
+    # --by caller / --by pid: this row holds the calls from one caller (a Go function, its call sites as
+    # "file:line") or one process; a split row with neither holds the unmatched calls (no caller seen).
+    split: str | None = None  # "caller" or "pid"
+    caller: str | None = None
+    pid: int | None = None
+    call_sites: tuple[str, ...] = ()
+
+    @property
+    def idle(self) -> bool:
+        return not (self.histogram.count() or self.in_flight or self.unmatched or self.untimed)
 
 
 @dataclasses.dataclass(frozen=True)
 class LatencyReport:
     """One report of `gotrace latency`: every traced function over one interval (or the whole run)."""
 
-    target: dict  # "binary", "pid" (None: every process), "go_version"
-    interval_s: float
+    frame: ReportFrame
     functions: list[FunctionReport]
-    interval: bool = False  # one of several -i reports (the text gets a time stamp line)
+    sort: str = "total"
+    verbose: bool = False  # list idle and detached functions instead of one summary line each
+    slow: object | None = None  # gotrace.output.slow.SlowCounts of this report, with --slow
+    floor_ns: int | None = None  # what an empty function measures on this host (the probes' own cost)
+    floor_reason: str | None = None  # why the floor is unknown, when it is
 
     def json(self) -> dict:
-        return latency_report_json(self.target, self.interval_s, self.functions)
+        out = self.frame.json([_function_json(function) for function in self.functions])
+        if self.slow is not None:
+            out["slow"] = self.slow.json()
+        if self.floor_ns is not None or self.floor_reason is not None:
+            out["floor_ns"] = None if self.floor_ns is None else int(self.floor_ns)
+        return out
 
     def text(self, unit: str = "auto") -> str:
-        body = render_latency_text(self.functions, unit=unit)
-        if self.interval:
-            body = f"--- {time.strftime('%H:%M:%S')}  last {self.interval_s:.1f}s ---\n" + body
-        return body
+        body = render_latency_text(self.functions, unit=unit, sort=self.sort, verbose=self.verbose)
+        if self.slow is not None:
+            body += "\n" + self.slow.text(unit) + "\n"
+        if self.floor_ns is not None:
+            body += (f"\nfloor: an empty Go function measures {format_duration(self.floor_ns, unit)} on this host "
+                     "(the probes' own cost, included in every latency above)\n")
+        elif self.floor_reason is not None:
+            body += f"\nfloor: unknown ({self.floor_reason})\n"
+        return self.frame.framed(body)
+
+
+def sorted_functions(functions: Sequence[FunctionReport], sort: str) -> list[FunctionReport]:
+    """functions in the order of `sort` (SORT_KEYS): the largest total time, count, mean, p99 or max first;
+    by name; or as given ("address": the order the functions were matched in, by entry address)."""
+    if sort not in SORT_KEYS:
+        raise ValueError(f"sort must be one of {', '.join(SORT_KEYS)}, not {sort!r}")
+    if sort == "address":
+        return list(functions)
+    if sort == "name":
+        return sorted(functions, key=lambda f: f.name)
+    keys = {
+        "total": lambda h: h.mean_ns() * h.count(),
+        "count": lambda h: h.count(),
+        "mean": lambda h: h.mean_ns(),
+        "p99": lambda h: h.percentiles([99.0])[99.0],
+        "max": lambda h: h.max_ns(),
+    }
+    key = keys[sort]
+    return sorted(functions, key=lambda f: (-(key(f.histogram) if f.histogram.count() else -1), -f.in_flight))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,7 +118,7 @@ class _Summary:
 
 
 def _summarize(histogram: LatencyHistogram) -> _Summary:
-    """All statistics of one histogram, with a single hdrh pass; every value is 0 when there are no calls."""
+    """All statistics of one histogram, with a single hdrh pass (a histogram without calls: see _function_json)."""
     p = histogram.percentiles(QUANTILES)
     return _Summary(
         count=histogram.count(),
@@ -82,43 +135,41 @@ def _summarize(histogram: LatencyHistogram) -> _Summary:
 # ---- JSON ----
 
 
-def latency_report_json(target: dict, interval_s: float, functions: Sequence[FunctionReport]) -> dict:
-    """The JSON object of one `gotrace latency --json` report, with exactly the contract's keys.
+def latency_report_json(target: dict, interval_s: float, functions: Sequence[FunctionReport], *,
+                        ts_start_ns: int = 0, ts_end_ns: int = 0, final: bool = True) -> dict:
+    """The JSON object of one `gotrace latency --json` report: the contract's keys and its additions.
 
     `target` needs "binary" and "go_version"; "pid" defaults to None (every
-    process running the binary). A function without calls has count 0, every
-    statistic 0 and no buckets. min_ns and max_ns are bucket bounds; buckets
+    process running the binary). A function without calls has count 0, null
+    statistics and no buckets. min_ns and max_ns are bucket bounds; buckets
     are the nonempty kernel buckets, [low_ns, high_ns).
     """
-    return {
-        "target": {
-            "binary": str(target["binary"]),
-            "pid": None if target.get("pid") is None else int(target["pid"]),
-            "go_version": str(target["go_version"]),
-        },
-        "interval_s": float(interval_s),
-        "functions": [_function_json(function) for function in functions],
-    }
+    frame = ReportFrame(target, interval_s, ts_start_ns, ts_end_ns, final)
+    return frame.json([_function_json(function) for function in functions])
 
 
 def _function_json(function: FunctionReport) -> dict:
-    s = _summarize(function.histogram)
-    return {
-        "name": function.name,
-        "count": s.count,
-        "mean_ns": s.mean_ns,
-        "min_ns": s.min_ns,
-        "max_ns": s.max_ns,
-        "p50_ns": s.p50_ns,
-        "p90_ns": s.p90_ns,
-        "p99_ns": s.p99_ns,
-        "p999_ns": s.p999_ns,
-        "buckets": [
-            {"low_ns": low, "high_ns": high, "count": count}
-            for low, high, count in function.histogram.nonempty_buckets()
-        ],
-        "unmatched": int(function.unmatched),
-    }
+    count = function.histogram.count()
+    out: dict = {"name": function.name}
+    if function.split == "caller":
+        out.update(caller=function.caller, call_sites=list(function.call_sites))
+    elif function.split == "pid":
+        out["pid"] = function.pid
+    out["count"] = count
+    if count:
+        s = _summarize(function.histogram)
+        out.update(mean_ns=s.mean_ns, min_ns=s.min_ns, max_ns=s.max_ns, p50_ns=s.p50_ns, p90_ns=s.p90_ns,
+                   p99_ns=s.p99_ns, p999_ns=s.p999_ns)
+    else:
+        out.update(dict.fromkeys(("mean_ns", "min_ns", "max_ns", "p50_ns", "p90_ns", "p99_ns", "p999_ns")))
+    out["buckets"] = [{"low_ns": low, "high_ns": high, "count": n}
+                      for low, high, n in function.histogram.nonempty_buckets()]
+    out["unmatched"] = int(function.unmatched)
+    out["in_flight"] = int(function.in_flight)
+    out["oldest_in_flight_ns"] = None if function.oldest_in_flight_ns is None else int(function.oldest_in_flight_ns)
+    out["detached"] = bool(function.detached)
+    out["untimed"] = int(function.untimed)
+    return out
 
 
 # ---- durations ----
@@ -186,9 +237,15 @@ def render_latency_text(
     unit: str = "auto",
     width: int = DEFAULT_WIDTH,
     ascii_bars: bool = False,
+    *,
+    sort: str = "address",
+    verbose: bool = True,
 ) -> str:
     """The text report of `gotrace latency`: per function a title, a stats row and a histogram.
 
+    Functions come in `sort` order (SORT_KEYS). Without `verbose`, functions
+    without calls (and none in flight) are one summary line at the end, as
+    are the ones the cost guard detached.
     `unit` "auto" picks one unit per function, the one of its p90 (a value
     below 0.1 or from 1000 of that unit gets its own unit); an explicit
     unit formats every value in it. Range labels are exact ("500us - 1ms").
@@ -196,26 +253,57 @@ def render_latency_text(
     a narrow distribution, equal decimal steps); each bucket goes to the row
     holding its midpoint, so a row's count is exact to half a fine bucket
     (0.39%) at its edges. Leading and trailing empty rows are left out; a
-    run of more than two empty rows inside shows as one row.
+    run of more than two empty rows inside shows as one line "...", so every
+    row keeps the width of its scheme.
     `ascii_bars` draws bars with '#' instead of block characters.
     """
     _check_unit(unit)
-    blocks = [_render_function(function, unit, width, ascii_bars) for function in functions]
-    return "\n\n".join(blocks) + "\n" if blocks else "No functions traced.\n"
+    functions = sorted_functions(list(functions), sort)
+    shown = functions if verbose else [f for f in functions if not f.idle]
+    idle = [] if verbose else [f.name for f in functions if f.idle and not f.detached]
+    detached = [] if verbose else [f.name for f in functions if f.detached and f.idle]
+    blocks = [_render_function(function, unit, width, ascii_bars) for function in shown]
+    if not blocks and not idle and not detached:
+        return "No functions traced.\n"
+    tail = [line for line in (idle_line(idle, verbose), detached_line(detached, verbose)) if line]
+    text = "\n\n".join(blocks) + ("\n" if blocks else "")
+    if tail:
+        text += ("\n" if blocks else "") + "\n".join(tail) + "\n"
+    return text
 
 
 def _title(function: FunctionReport, count: int) -> str:
     calls = f"{count} call{'' if count == 1 else 's'}" if count else "no calls"
+    if function.in_flight:
+        calls += f", {function.in_flight} in flight"
+        if function.oldest_in_flight_ns is not None:
+            calls += f" (oldest {format_duration(function.oldest_in_flight_ns)})"
     if function.unmatched:
         calls += f", {function.unmatched} unmatched ({_UNMATCHED_NOTE})"
-    return f"{function.name}  {calls}"
+    if function.untimed:
+        calls += f", {function.untimed} not timed (over {header.constant('GT_START_ENTRIES'):,} calls open at once)"
+    if function.detached:
+        calls += ", detached by the cost guard"
+    return f"{function.name}{_split_label(function)}  {calls}"
+
+
+def _split_label(function: FunctionReport) -> str:
+    """`  from CALLER (file:line, ...)` or `  pid N` on a --by row; empty otherwise."""
+    if function.split == "caller" and function.caller is not None:
+        sites = ", ".join(site.rsplit("/", 1)[-1] for site in function.call_sites)
+        return f"  from {function.caller}" + (f" ({sites})" if sites else "")
+    if function.split == "pid" and function.pid is not None:
+        return f"  pid {function.pid}"
+    if function.split is not None and function.unmatched:
+        return "  (caller unknown: never returned)" if function.split == "caller" else "  (process unknown)"
+    return ""
 
 
 def _render_function(function: FunctionReport, unit: str, width: int, ascii_bars: bool) -> str:
+    if not function.histogram.count():
+        return _title(function, 0)
     s = _summarize(function.histogram)
     lines = [_title(function, s.count)]
-    if not s.count:
-        return lines[0]
     lines += _stats_lines(s, unit, width)
     lines += _histogram_lines(function.histogram, unit, width, ascii_bars)
     return "\n".join(lines)
@@ -262,6 +350,7 @@ class _Row:
     high_ns: int
     count: int = 0
     open_ended: bool = False  # holds the saturating last kernel bucket
+    elided: bool = False  # stands for a run of empty rows: printed as "..."
 
 
 def _nice_ceil(x: float) -> int:
@@ -315,7 +404,7 @@ def _group_rows(histogram: LatencyHistogram) -> list[_Row]:
 
 
 def _collapse_empty_runs(rows: list[_Row], longest: int = 2) -> list[_Row]:
-    """Rows with every run of more than `longest` empty rows replaced by one empty row spanning it."""
+    """Rows with every run of more than `longest` empty rows replaced by one elided row (no label of its own)."""
     out: list[_Row] = []
     run: list[_Row] = []
     for row in [*rows, None]:
@@ -323,7 +412,7 @@ def _collapse_empty_runs(rows: list[_Row], longest: int = 2) -> list[_Row]:
             run.append(row)
             continue
         if len(run) > longest:
-            out.append(_Row(run[0].low_ns, run[-1].high_ns))
+            out.append(_Row(run[0].low_ns, run[-1].high_ns, elided=True))
         else:
             out += run
         run = []
@@ -346,8 +435,9 @@ def _histogram_lines(histogram: LatencyHistogram, unit: str, width: int, ascii_b
     rows = _group_rows(histogram)
     total = sum(row.count for row in rows)
     peak = max(row.count for row in rows)
-    lows = [_format_exact(row.low_ns, unit) for row in rows]
-    highs = ["inf" if row.open_ended else _format_exact(row.high_ns, unit) for row in rows]
+    labelled = [row for row in rows if not row.elided]
+    lows = [_format_exact(row.low_ns, unit) for row in labelled]
+    highs = ["inf" if row.open_ended else _format_exact(row.high_ns, unit) for row in labelled]
     low_w = max(len(text) for text in lows)
     high_w = max(len(text) for text in highs)
     count_w = max(len("count"), len(str(peak)))
@@ -356,7 +446,12 @@ def _histogram_lines(histogram: LatencyHistogram, unit: str, width: int, ascii_b
     bar_columns = max(1, min(_BAR_MAX, width - fixed))
     lines = [f"  {'latency':>{label_w}}  {'count':>{count_w}}  {'%':>6}  {'cum%':>6}  distribution"]
     cumulative = 0
-    for row, low, high in zip(rows, lows, highs):
+    labels = iter(zip(lows, highs))
+    for row in rows:
+        if row.elided:
+            lines.append(f"  {'...':>{low_w + 2}}")
+            continue
+        low, high = next(labels)
         cumulative += row.count
         label = f"{low:>{low_w}} - {high:>{high_w}}"
         pct = f"{100 * row.count / total:5.1f}%"

@@ -142,7 +142,9 @@ class ArgsTracer(Tracer):
             entries.append((fn.entry_file_offset, fn.func_id | (also_return if entry_is_return else 0)))
             returns += [(offset, fn.func_id) for vaddr, offset in zip(fn.return_vaddrs, fn.return_file_offsets)
                         if vaddr != fn.entry_vaddr]
-        return [(self.ENTRY_PROGRAM, entries), (self.RETURN_PROGRAM, returns)]
+        # Return probes first: a call entered before its entry probe was in place is then a return without
+        # entry, never an entry that looks as if it never returned.
+        return [(self.RETURN_PROGRAM, returns), (self.ENTRY_PROGRAM, entries)]
 
     def opened(self, loaded: LoadedImage) -> None:
         self._ring = RingBuffer(loaded.map_fd("gt_args_events"), loaded.map_spec("gt_args_events").max_entries)

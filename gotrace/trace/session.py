@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 from gotrace.errors import UsageError
 
 POLL_S = 0.1
+EXEC_WAIT_S = 2.0     # longest wait for a released `-c` child to exec its command
+WRAPPER_WAIT_S = 0.5  # ... and, once it runs another binary, for that one to exec the target (env, nice)
 
 
 @dataclass
@@ -66,6 +68,63 @@ class Target:
                 os.close(self._gate_w)
                 self._gate_w = None
 
+    def check_exec(self) -> None:
+        """After release(): the `-c` command must run the binary the probes are on (same device and inode as
+        /proc/PID/exe). If it runs another, it is stopped (it was started for this trace) and UsageError says so."""
+        if not self._started_child:
+            return
+        want = os.stat(self.binary_path)
+        ours = os.stat("/proc/self/exe")
+        started = time.monotonic()
+        other_since = None
+        running = None
+        while True:
+            try:
+                st = os.stat(f"/proc/{self.pid}/exe")
+                running = os.readlink(f"/proc/{self.pid}/exe")
+            except OSError:  # ended already: judge by the program it was given
+                program = shutil.which(self.command[0])
+                try:
+                    st = os.stat(program) if program else None
+                except OSError:
+                    st = None
+                if st is None or _same_file(st, want):
+                    return
+                running = program
+                break
+            if _same_file(st, want):
+                return
+            now = time.monotonic()
+            if not _same_file(st, ours):  # it has exec'd something else: perhaps a wrapper that execs again
+                other_since = other_since or now
+                if now - other_since >= WRAPPER_WAIT_S:
+                    break
+            elif now - started >= EXEC_WAIT_S:
+                return  # never exec'd (a stuck child): its exit status will tell
+            time.sleep(0.002)
+        self._stop_child()
+        raise UsageError(f"-c: the command runs {running}, not {self.display}, the binary the probes are on: "
+                         f"give -c a command that runs {self.display} (or trace {running})")
+
+    def _stop_child(self) -> None:
+        """End the `-c` child started for this trace (SIGTERM, then SIGKILL after a second) and reap it."""
+        with contextlib.suppress(OSError):
+            os.kill(self.pid, signal.SIGTERM)
+        deadline = time.monotonic() + 1.0
+        while time.monotonic() < deadline:
+            try:
+                pid, status = os.waitpid(self.pid, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid:
+                self.exit_status = os.waitstatus_to_exitcode(status)
+                return
+            time.sleep(0.01)
+        with contextlib.suppress(OSError):
+            os.kill(self.pid, signal.SIGKILL)
+        with contextlib.suppress(ChildProcessError):
+            self.exit_status = os.waitstatus_to_exitcode(os.waitpid(self.pid, 0)[1])
+
     def alive(self) -> bool:
         if self._started_child:
             if self.exit_status is None:
@@ -93,6 +152,10 @@ class Target:
             os.close(self._gate_w)      # the child reads EOF and exits without running
             self._gate_w = None
             os.waitpid(self.pid, 0)
+
+
+def _same_file(a: os.stat_result, b: os.stat_result) -> bool:
+    return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
 
 
 def parse_command(command: str) -> list[str]:
@@ -158,32 +221,69 @@ class Ending:
         return wake
 
 
-def intervals(ending: Ending, interval_s: float | None):
-    """Yields once every interval_s (never when None) until the trace ends (ending.reason says why)."""
+def intervals(ending: Ending, interval_s: float | None, wait=None):
+    """Yields None once every interval_s (never when None) until the trace ends (ending.reason says why).
+
+    With `wait`, the pauses between checks are wait(seconds) instead of sleeping: it returns what arrived
+    meanwhile, and each of those is yielded as it comes."""
+    for due in ticks(ending, interval_s, wait=wait):
+        if due is True:
+            yield None
+        elif due is not False:
+            yield due
+
+
+def ticks(ending: Ending, interval_s: float | None, every_s: float | None = None, wait=None):
+    """Until the trace ends (ending.reason says why): yields True once every interval_s (never when None), and
+    False every every_s in between (never when None), for work that runs more often than reports.
+
+    With `wait`, the pauses between checks are wait(seconds) instead of sleeping: it returns what arrived
+    meanwhile (never True or False), and each of those is yielded as it comes."""
     next_report = ending.started + interval_s if interval_s else None
+    next_tick = ending.started + every_s if every_s else None
     while not ending.check():
         now = time.monotonic()
         if next_report is not None and now >= next_report:
-            yield
+            yield True
             next_report += interval_s
             continue
+        if next_tick is not None and now >= next_tick:
+            yield False
+            next_tick = max(next_tick + every_s, time.monotonic())
+            continue
         wake = ending.wait_s()
-        if next_report is not None:
-            wake = min(wake, max(0.0, next_report - now))
-        time.sleep(wake)
+        for deadline in (next_report, next_tick):
+            if deadline is not None:
+                wake = min(wake, max(0.0, deadline - now))
+        if wait is None:
+            time.sleep(wake)
+        else:
+            yield from wait(wake)
 
 
 @contextlib.contextmanager
-def attached(target: Target, make_tracer):
+def attached(target: Target, make_tracer, prepare=None, after_attach=None):
     """The traced session's frame: SIGINT/SIGTERM become a StopFlag, a `-c`
-    command is started held before exec, the tracer attaches, the command is
-    released; on the way out the tracer detaches and a command that never ran
-    is removed. Yields (tracer, stop)."""
+    command is started held before exec, the tracer is made, prepare(tracer)
+    runs (the cost guard calibrates and takes its baseline), the tracer
+    attaches, after_attach(tracer) runs, the command is released and checked
+    to run the traced binary;
+    on the way out the tracer detaches and a command that never ran is
+    removed. Yields (tracer, stop)."""
     with StopFlag() as stop:
         target.start_gated()
         try:
-            with make_tracer() as tracer:
+            tracer = make_tracer()
+            try:
+                if prepare is not None:
+                    prepare(tracer)
+                tracer.attach()
+                if after_attach is not None:
+                    after_attach(tracer)
                 target.release()
+                target.check_exec()
                 yield tracer, stop
+            finally:
+                tracer.close()
         finally:
             target.abandon()

@@ -1,11 +1,12 @@
 """One life-cycle for every tracing program: validate, configure, load, attach, read, close.
 
 A tracer is a BPF program pair in probes/ (an entry program and a return
-program) put on the entry and return sites of some functions of one Go
-binary. This base class does everything the programs share:
+program), or an entry program alone, put on the entry (and return) sites of
+some functions of one Go binary. This base class does everything the
+programs share:
 
 * validate: at least one function, at most GT_MAX_FUNCS, ids 0..n-1, each
-  with a return site;
+  with a return site when there is a return program;
 * configure: nothing is compiled in. The settings every program reads (the
   process to trace, the number of functions, runtime.g offsets) go in its
   gt_config map; the maps sized by the number of functions get their size
@@ -13,8 +14,14 @@ binary. This base class does everything the programs share:
 * load: the object the package ships for this architecture (or one compiled
   here with clang when there is none, or when this kernel's verifier refuses
   the shipped one), through gotrace.bpf.cache; loaded with raw bpf();
-* attach: both programs go on their sites (uprobe_multi links, or perf-event
-  links before Linux 6.6), each site's BPF cookie naming its function;
+* attach: the programs go on their sites (uprobe_multi links, or perf-event
+  links before Linux 6.6), each site's BPF cookie naming its function. A
+  program with the cost guard's checks (DETACHABLE: probes/guard.h) is
+  attached in chunks, each switched on whole, return probes with entry
+  probes (so no call looks entered-but-lost because of attach order);
+  detach() then removes some functions' probes for real (the cost guard),
+  and a function whose site the kernel refuses is left out (`refused`)
+  instead of failing all;
 * read: per-CPU counter maps summed here; the rest is the subclass's;
 * close: detach, then free programs and maps.
 
@@ -25,6 +32,7 @@ setting (`mode`, "auto" by default); how the probes were attached is a result
 
 from __future__ import annotations
 
+import array
 import os
 import struct
 import time
@@ -42,7 +50,7 @@ from gotrace.errors import CapabilityError, UsageError
 
 MAX_PID = 2**22  # PID_MAX_LIMIT on 64-bit Linux
 MAX_G_OFFSET = 4096  # bytes into runtime.g; the real offsets are below 200
-CONFIG_STRUCT = struct.Struct("<IIII")  # struct gt_config of probes/gotrace.h
+CONFIG_STRUCT = struct.Struct("<IIIIQIIII")  # struct gt_config of probes/gotrace.h
 
 
 @dataclass(frozen=True)
@@ -73,8 +81,9 @@ def traced_functions(gobin: GoBinary, probes: Sequence[FunctionProbes]) -> list[
     return [TracedFunction.of(func_id, p, gobin) for func_id, p in enumerate(probes)]
 
 
-def validated_functions(functions: Sequence[TracedFunction]) -> tuple[TracedFunction, ...]:
-    """functions, checked: 1..GT_MAX_FUNCS of them, ids 0..n-1 in order, each with a return site."""
+def validated_functions(functions: Sequence[TracedFunction], *, need_returns: bool = True
+                        ) -> tuple[TracedFunction, ...]:
+    """functions, checked: 1..GT_MAX_FUNCS of them, ids 0..n-1 in order, each with a return site if need_returns."""
     max_funcs = header.constant("GT_MAX_FUNCS")
     if not functions:
         raise UsageError("no functions to trace")
@@ -84,13 +93,16 @@ def validated_functions(functions: Sequence[TracedFunction]) -> tuple[TracedFunc
     for index, fn in enumerate(functions):
         if fn.func_id != index:
             raise UsageError(f"function ids must be 0..n-1 in order; {fn.name} has id {fn.func_id} at position {index}")
-        if not fn.return_vaddrs or len(fn.return_vaddrs) != len(fn.return_file_offsets):
+        if len(fn.return_vaddrs) != len(fn.return_file_offsets):
+            raise UsageError(f"{fn.name}: {len(fn.return_vaddrs)} return sites but {len(fn.return_file_offsets)} "
+                             "file offsets")
+        if need_returns and not fn.return_vaddrs:
             raise UsageError(f"{fn.name} has no return instruction to probe: its calls never complete")
     return tuple(functions)
 
 
 class Tracer:
-    """The programs of SOURCE attached at the entry and return sites of `functions` in one Go binary.
+    """The programs of probes/<PROGRAM>.bpf.c attached at the entry and return sites of `functions` in one Go binary.
 
     Use as a context manager, or call attach() and close(). pid None traces
     every process running the binary, now or started later.
@@ -98,11 +110,12 @@ class Tracer:
 
     PROGRAM: ClassVar[str]  # probes/<PROGRAM>.bpf.c
     ENTRY_PROGRAM: ClassVar[bytes]
-    RETURN_PROGRAM: ClassVar[bytes]
+    RETURN_PROGRAM: ClassVar[bytes | None]  # None: entry probes only
+    DETACHABLE: ClassVar[bool] = False  # the programs check gt_active (probes/guard.h)
 
     def __init__(self, gobin: GoBinary, functions: Sequence[TracedFunction], *, pid: int | None,
                  mode: str = "auto") -> None:
-        self.functions = validated_functions(functions)
+        self.functions = validated_functions(functions, need_returns=self.RETURN_PROGRAM is not None)
         self.binary_path = str(gobin.path)
         self.pid = None if pid is None else compiler.validated_int("pid", pid, 1, MAX_PID)
         if mode not in uprobes.MODES:
@@ -116,11 +129,23 @@ class Tracer:
             "nfuncs": len(self.functions),
             "goid_offset": compiler.validated_int("goid_offset", offsets.goid, 0, MAX_G_OFFSET),
             "stack_hi_offset": compiler.validated_int("stack_hi_offset", offsets.stack_hi, 0, MAX_G_OFFSET),
+            # latency's stack build only (LatencyTracer sets them)
+            "slow_ns": 0,
+            "slow_rate": 0,
+            "stack_depth": 0,
+            "by": 0,
+            "start_slot_mask": 0,  # latency only (LatencyTracer sets it)
         }
         self._sys = Syscalls()
         self._ncpus = possible_cpus()
         self._loaded: LoadedImage | None = None  # maps and programs in the kernel
-        self._uprobes: uprobes.UprobeSet | None = None  # closing it detaches
+        self._uprobes: uprobes.UprobeSet | uprobes.DetachableSites | None = None  # closing it detaches
+        self.refused: dict[int, int] = {}  # func_id -> errno: a site the kernel would not probe (left out)
+        # DETACHABLE: ns one hit costs, per function's entry and for a return (probes/guard.h gt_hit_cost);
+        # set by the cost guard before attach()
+        self.hit_cost_ns: tuple[list[float], float] | None = None
+        self.after_chunk = None  # DETACHABLE: called after each chunk is attached (the cost guard's check)
+        self._func_counts: memoryview | None = None  # DETACHABLE: gt_func_counts, shared with the kernel
         self.attached_by: str | None = None  # "uprobe_multi" or "perf_link", once attached
         self.timings_s: dict[str, float] = {}  # seconds per phase of attach(): prepare, bpf_compile, attach
         self.bpf_origin: str | None = None  # where the programs came from: "shipped", "cached" or "compiled"
@@ -134,17 +159,24 @@ class Tracer:
     # -- what a program adds -------------------------------------------------
 
     def map_sizes(self) -> dict[str, int]:
-        """max_entries of this program's maps whose size depends on the run (by map name)."""
-        return {}
+        """max_entries of this program's maps whose size depends on the run (by map name); a DETACHABLE
+        program's guard maps (probes/guard.h) are sized here, the subclass adds its own."""
+        if not self.DETACHABLE:
+            return {}
+        n = len(self.functions)
+        return {"gt_func_counts": n * header.constant("GT_FC_N"), "gt_active": n, "gt_hit_cost": n + 1}
 
     def setup_maps(self, loaded: LoadedImage) -> None:
         """Fill this program's own maps after loading, before attaching."""
 
     def site_groups(self) -> list[tuple[bytes, list[tuple[int, int]]]]:
-        """(program, [(file_offset, cookie)]) to attach: entry sites, then return sites; the cookie is the func_id."""
+        """(program, [(file_offset, cookie)]) to attach: return sites (when there is a return program), then
+        entry sites; the cookie is the func_id."""
         entries = [(fn.entry_file_offset, fn.func_id) for fn in self.functions]
+        if self.RETURN_PROGRAM is None:
+            return [(self.ENTRY_PROGRAM, entries)]
         returns = [(offset, fn.func_id) for fn in self.functions for offset in fn.return_file_offsets]
-        return [(self.ENTRY_PROGRAM, entries), (self.RETURN_PROGRAM, returns)]
+        return [(self.RETURN_PROGRAM, returns), (self.ENTRY_PROGRAM, entries)]
 
     def opened(self, loaded: LoadedImage) -> None:
         """Called once the probes are attached (a reader may open here)."""
@@ -154,6 +186,13 @@ class Tracer:
 
     # -- life cycle ------------------------------------------------------------
 
+    @staticmethod
+    def config_bytes(config: dict[str, int]) -> bytes:
+        """struct gt_config of probes/gotrace.h holding config (the fields of Tracer.config, in order)."""
+        fields = ("target_tgid", "nfuncs", "goid_offset", "stack_hi_offset", "slow_ns", "slow_rate", "stack_depth",
+                  "by", "start_slot_mask")
+        return CONFIG_STRUCT.pack(*(config.get(name, 0) for name in fields))
+
     @property
     def source_path(self) -> Path:
         return cache.source_path(self.PROGRAM)
@@ -162,12 +201,17 @@ class Tracer:
         """The program's C text, after a comment giving this run's gt_config values and map sizes."""
         settings = " ".join(f"{name}={value}" for name, value in self.config.items())
         sizes = " ".join(f"{name}={value}" for name, value in self.map_sizes().items())
-        return (f"/* {self.source_path.name} for {self.arch}; gt_config[0]: {settings}"
+        defines = " ".join(f"-D{name}={value}" for name, value in compiler.BUILDS[self.PROGRAM][1].items())
+        build = f" (object {self.PROGRAM}: {defines})" if defines else ""
+        return (f"/* {self.source_path.name}{build} for {self.arch}; gt_config[0]: {settings}"
                 + (f"; max_entries: {sizes}" if sizes else "") + " */\n" + self.source_path.read_text())
 
     @property
     def n_sites(self) -> int:
-        return sum(1 + len(fn.return_vaddrs) for fn in self.functions)
+        """Sites of the traced functions (those the kernel refused a site of not counted)."""
+        returns = self.RETURN_PROGRAM is not None
+        return sum(1 + (len(fn.return_vaddrs) if returns else 0) for fn in self.functions
+                   if fn.func_id not in self.refused)
 
     def __enter__(self):
         self.attach()
@@ -214,16 +258,76 @@ class Tracer:
         self.bpf_origin, self.bpf_compiler_peak_rss_kb = found.origin, found.compiler_peak_rss_kb
         self._loaded = found.image.instantiate(self._sys, self.map_sizes())
         self._sys.map_update_elem(self._loaded.map_fd("gt_config"), struct.pack("<I", 0),
-                                  CONFIG_STRUCT.pack(*self.config.values()))
+                                  self.config_bytes(self.config))
         self.setup_maps(self._loaded)
-        self._uprobes = uprobes.attach_sites(
-            self.binary_path, self.site_groups(), pid=self.pid, load_program=self._loaded.load_program,
-            mode=self.mode, site_name=lambda func_id: self.functions[func_id].name)
+        site_name = lambda cookie: self.functions[cookie & 0xFFFFFFFF].name  # noqa: E731  (the low half: a function id)
+        if self.DETACHABLE:
+            self._func_counts = self._loaded.map_memory("gt_func_counts")
+            if self.hit_cost_ns is not None:
+                entry_ns, return_ns = self.hit_cost_ns
+                cost = self._loaded.map_memory("gt_hit_cost")
+                cost[: len(entry_ns)] = memoryview(array.array("Q", (round(ns) for ns in entry_ns)))
+                cost[len(self.functions)] = round(return_ns)
+                del cost
+            self._uprobes = uprobes.DetachableSites(
+                self.binary_path, self.site_groups(), pid=self.pid, load_program=self._loaded.load_program,
+                set_generation=self._set_generation, mode=self.mode, site_name=site_name)
+            self._uprobes.attach(after_chunk=lambda: self.after_chunk and self.after_chunk())
+            self.refused = dict(self._uprobes.refused)
+        else:
+            self._uprobes = uprobes.attach_sites(
+                self.binary_path, self.site_groups(), pid=self.pid, load_program=self._loaded.load_program,
+                mode=self.mode, site_name=site_name)
         self.attached_by = self._uprobes.mode
         self.opened(self._loaded)
 
+    def _set_generation(self, func_ids: Sequence[int], generation: int) -> None:
+        """gt_active[func_id] = generation: which of a function's links count (probes/gotrace.h)."""
+        map_fd = self.loaded().map_fd("gt_active")
+        value = struct.pack("<I", generation)
+        for func_id in func_ids:
+            self._sys.map_update_elem(map_fd, struct.pack("<I", func_id), value)
+
+    def detach(self, func_ids) -> None:
+        """Remove the probes of these functions for real (DETACHABLE programs): their traps stop; the others
+        keep counting, none of their calls lost or counted twice."""
+        if not isinstance(self._uprobes, uprobes.DetachableSites):
+            raise RuntimeError(f"{type(self).__name__} cannot detach single functions")
+        func_ids = set(func_ids)
+        self._uprobes.detach(func_ids)
+        self.detached(func_ids)
+
+    def upkeep(self) -> None:
+        """Housekeeping a program's maps need now and then while tracing (called from the cost guard's thread)."""
+
+    def detached(self, func_ids: set[int]) -> None:
+        """Called after functions were detached (their leftovers in the maps may go)."""
+
+    def detached_ids(self) -> set[int]:
+        return self._uprobes.detached_units() if isinstance(self._uprobes, uprobes.DetachableSites) else set()
+
+    def hits(self) -> tuple[list[int], list[int]]:
+        """(entry probe hits, return probe hits) per func_id so far, cumulative (DETACHABLE programs): each hit is
+        a trap the traced process paid for."""
+        n = header.constant("GT_FC_N")
+        counts = self.func_counts()
+        return counts[header.constant("GT_FC_ENTRIES")::n], counts[header.constant("GT_FC_RETURNS")::n]
+
+    def func_counts(self) -> list[int]:
+        """gt_func_counts now (DETACHABLE programs): func_id * GT_FC_N + GT_FC_*, cumulative; read from memory
+        shared with the kernel, no system call."""
+        if self._func_counts is None:
+            raise RuntimeError(f"{type(self).__name__}.attach() was not called (or close() was)")
+        return self._func_counts.tolist()
+
+    def cost_totals(self) -> tuple[int, int]:
+        """(hits, their cost in ns per gt_hit_cost) of all functions so far, cumulative (DETACHABLE programs)."""
+        totals = self.counters("gt_cost", {"GT_COST_HITS": "hits", "GT_COST_NS": "cost_ns"})
+        return totals["hits"], totals["cost_ns"]
+
     def close(self) -> None:
         """Detach every probe and free the BPF programs and maps. Safe to call twice."""
+        self._func_counts = None
         attached, self._uprobes = self._uprobes, None
         if attached is not None:
             attached.close()

@@ -44,6 +44,19 @@ func lost(i int) int {
 	return i + 1
 }
 
+// tryLost calls lost and recovers its panic: every call of lost from one
+// goroutine is at the same depth of its stack.
+//
+//go:noinline
+func tryLost(i int, recovered *int64) {
+	defer func() {
+		if r := recover(); r == errLost {
+			atomic.AddInt64(recovered, 1)
+		}
+	}()
+	lost(i)
+}
+
 // park blocks until release is closed, then returns 1.
 //
 //go:noinline
@@ -65,11 +78,12 @@ func main() {
 	live := flag.Int("live", 100000, "goroutines parked inside park until the end")
 	steadyCalls := flag.Int("steady", 10000, "calls of steady after the flood")
 	inflight := flag.Int("inflight", 10000, "lost goroutines running at once")
+	repeat := flag.Int("repeat", 1, "calls of lost per lost goroutine, each recovered, all at the same stack depth")
 	wait := flag.Bool("wait", false, "print 'ready pid=N' and wait for a line on stdin before starting")
 	pause := flag.Bool("pause", false, "print 'flooded' and wait for a line on stdin before releasing the parked goroutines")
 	flag.Parse()
-	if *n < 0 || *live < 0 || *steadyCalls < 0 || *inflight < 1 {
-		fmt.Fprintln(os.Stderr, "churn: -n, -live and -steady must be >= 0 and -inflight >= 1")
+	if *n < 0 || *live < 0 || *steadyCalls < 0 || *inflight < 1 || *repeat < 1 {
+		fmt.Fprintln(os.Stderr, "churn: -n, -live and -steady must be >= 0, -inflight and -repeat >= 1")
 		os.Exit(2)
 	}
 	stdin := bufio.NewReader(os.Stdin)
@@ -107,13 +121,12 @@ func main() {
 		lostDone.Add(1)
 		go func(i int) {
 			defer func() {
-				if r := recover(); r == errLost {
-					atomic.AddInt64(&recovered, 1)
-				}
 				<-slots
 				lostDone.Done()
 			}()
-			lost(i)
+			for r := 0; r < *repeat; r++ {
+				tryLost(i, &recovered)
+			}
 		}(i)
 	}
 	lostDone.Wait()
@@ -130,7 +143,7 @@ func main() {
 	}
 
 	summary := map[string]int64{
-		"lost_calls":   int64(*n),
+		"lost_calls":   int64(*n) * int64(*repeat),
 		"recovered":    recovered,
 		"park_calls":   int64(*live),
 		"park_returns": parkReturns,
@@ -138,7 +151,7 @@ func main() {
 	}
 	out, _ := json.Marshal(summary)
 	fmt.Println(string(out))
-	if recovered != int64(*n) || parkReturns != int64(*live) || sum < *steadyCalls {
+	if recovered != int64(*n)*int64(*repeat) || parkReturns != int64(*live) || sum < *steadyCalls {
 		os.Exit(1)
 	}
 }

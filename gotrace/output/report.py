@@ -1,0 +1,102 @@
+"""What every report of a tracing command carries besides its functions: the target, the times, whether it is the
+last, what the probes cost; and the one-line summaries of functions that had no calls or were detached.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+
+
+@dataclasses.dataclass(frozen=True)
+class CostEstimate:
+    """The probes' estimated cost to the traced processes over an interval (gotrace.trace.guard)."""
+
+    hits_per_s: float
+    share_of_cpu: float  # estimated CPU seconds per second
+    share_of_target: float | None  # of the traced processes' CPU time; None when they used none
+    max_overhead_pct: float | None  # the budget; None: the guard only estimates
+
+    def text(self) -> str:
+        """e.g. "probes: 12,400 hits/s, about 14.1% of one CPU and 9.8% of the target's CPU (budget 5%)"."""
+        target = ("" if self.share_of_target is None
+                  else f" and {_pct(self.share_of_target)} of the target's CPU")
+        budget = (f"budget {self.max_overhead_pct:g}%" if self.max_overhead_pct is not None
+                  else "no budget: --max-overhead 0")
+        return (f"probes: {self.hits_per_s:,.0f} hits/s, about {_pct(self.share_of_cpu)} of one CPU{target} "
+                f"({budget})")
+
+    def json(self) -> dict:
+        return {
+            "hits_per_s": round(float(self.hits_per_s), 1),
+            "cpu_share_of_one_cpu": round(float(self.share_of_cpu), 6),
+            "cpu_share_of_target": None if self.share_of_target is None else round(float(self.share_of_target), 6),
+            "max_overhead_pct": self.max_overhead_pct,
+        }
+
+
+def _pct(share: float) -> str:
+    pct = 100 * share
+    return f"{pct:.2f}%" if pct < 1 else f"{pct:.1f}%" if pct < 100 else f"{pct:,.0f}%"
+
+
+@dataclasses.dataclass(frozen=True)
+class ReportFrame:
+    """One report's context: what was traced, over which interval, and at what cost."""
+
+    target: dict  # "binary", "pid" (None: every process), "go_version"
+    interval_s: float
+    ts_start_ns: int  # wall clock (ns since the epoch) at the start of the interval
+    ts_end_ns: int
+    final: bool
+    cost: CostEstimate | None = None
+    interval: bool = False  # one of several -i reports (the text gets a time stamp line)
+
+    def json(self, functions: list[dict]) -> dict:
+        """The JSON Lines object of a report: the contract's keys, then the additions."""
+        out = {
+            "event": "report",
+            "target": {
+                "binary": str(self.target["binary"]),
+                "pid": None if self.target.get("pid") is None else int(self.target["pid"]),
+                "go_version": str(self.target["go_version"]),
+            },
+            "interval_s": float(self.interval_s),
+            "ts_start_ns": int(self.ts_start_ns),
+            "ts_end_ns": int(self.ts_end_ns),
+            "final": bool(self.final),
+            "functions": functions,
+        }
+        if self.cost is not None:
+            out["overhead"] = self.cost.json()
+        return out
+
+    def stamp(self) -> str:
+        """The first line of an -i report."""
+        return f"--- {time.strftime('%H:%M:%S', time.localtime(self.ts_end_ns / 1e9))}  last {self.interval_s:.1f}s ---\n"
+
+    def framed(self, body: str) -> str:
+        """A report's text: the -i stamp, the body, the probes' cost line."""
+        if self.cost is not None:
+            body += self.cost.text() + "\n"
+        return self.stamp() + body if self.interval else body
+
+
+def idle_line(names: list[str], listed: bool) -> str | None:
+    """ "1,312 functions had no calls (-v lists them)", or None when there are none."""
+    if not names:
+        return None
+    what = f"{len(names):,} function{'s' if len(names) != 1 else ''} had no calls"
+    if listed:
+        return what + ": " + ", ".join(names)
+    return what + " (-v lists them)"
+
+
+def detached_line(names: list[str], listed: bool) -> str | None:
+    """ "3 functions were detached by the cost guard (-v lists them)", or None when there are none."""
+    if not names:
+        return None
+    what = f"{len(names):,} function{'s were' if len(names) != 1 else ' was'} detached by the cost guard"
+    if listed or len(names) <= 3:
+        return what + ": " + ", ".join(names)
+    return what + " (-v lists them)"

@@ -1,0 +1,3 @@
+module slowtruth
+
+go 1.19

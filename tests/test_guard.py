@@ -1,0 +1,260 @@
+"""The cost guard: what a probe hit costs (the self-test), detaching for real, and the budget's arithmetic.
+
+* The self-test's figure must be what the traced program itself pays: the
+  CPU time per call of hotloop's main.hot, traced, minus untraced, measured
+  by the kernel for the hotloop process (/proc schedstat), is compared with
+  gotrace's estimate for the same calls.
+* With default settings, a function called in a tight loop is detached
+  within a second: the stderr line and the JSON event name it and say why,
+  its probes' int3 bytes are gone from the process's code, and it is marked
+  detached in the report.
+* Detaching some functions re-creates the links of the others (gotrace.h,
+  "Which link counts a hit"): the others' counts stay exactly the service's
+  own, through several detachments while the service runs.
+* The budget's arithmetic (which functions go, the floor) on numbers given
+  directly: no kernel involved, and these tests do not claim to trace.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from support import gobuild
+from support.gobuild import REPO_ROOT as REPO
+from gotrace.binary.gobinary import GoBinary
+from gotrace.trace import cost
+from gotrace.trace.guard import CostGuard, FLOOR_SHARE_OF_CPU
+from gotrace.trace.latency import LatencyTracer
+from gotrace.trace.targetcpu import process_cpu_ns
+from gotrace.trace.tracer import traced_functions
+from test_latency_cli import (HANDLE, TRY_FAIL, WORK, file_bytes, parse_service, process_bytes, ret_sites, service,
+                              start_waiting_service)
+
+HOT = "main.hot"
+
+
+def hotloop(tmp_path: Path) -> Path:
+    """A private copy of hotloop (its own inode: no other run on this machine probes it)."""
+    binary = tmp_path / "hotloop"
+    shutil.copy2(gobuild.build("hotloop", "1.23.9", "default"), binary)
+    return binary
+
+
+class Hotloop:
+    """hotloop: calls main.hot N times per request line; its CPU time per request from the kernel."""
+
+    def __init__(self, binary: Path) -> None:
+        self.proc = subprocess.Popen([str(binary)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        assert self.proc.stdout.readline().strip() == "ready"
+        self.pid = self.proc.pid
+
+    def run(self, calls: int) -> int:
+        """CPU ns the process used for `calls` calls."""
+        before = process_cpu_ns(self.pid)
+        self.proc.stdin.write(f"{calls}\n")
+        self.proc.stdin.flush()
+        assert re.match(rf"ns=\d+ calls={calls}$", self.proc.stdout.readline().strip())
+        return process_cpu_ns(self.pid) - before
+
+    def start(self, calls: int) -> None:
+        self.proc.stdin.write(f"{calls}\n")
+        self.proc.stdin.flush()
+
+    def close(self) -> None:
+        self.proc.stdin.close()
+        self.proc.wait(60)
+
+
+def gotrace(*args: object) -> list[str]:
+    return [sys.executable, "-m", "gotrace", *map(str, args)]
+
+
+def wait_for(predicate, timeout_s: float = 30.0, what: str = "") -> None:
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+
+
+@pytest.mark.bpf
+@pytest.mark.parametrize("command", ["latency", "count"])
+def test_estimate_is_what_the_traced_program_pays(tmp_path, spawn, command):
+    """gotrace's estimated CPU time per call (hits x calibrated cost) against the traced process's own extra CPU
+    time per call; printed, and within a factor of 1.5 (the README quotes the figures)."""
+    calls = 40_000
+    prog = Hotloop(hotloop(tmp_path))
+    try:
+        untraced = min(prog.run(calls) for _ in range(3))
+        tracer = spawn(gotrace(command, "-p", prog.pid, HOT, "--max-overhead", "0", "--json"))
+        tracer.wait_line("stderr", r"^Tracing 1 function ")
+        traced = [prog.run(calls) for _ in range(3)]
+        tracer.proc.send_signal(signal.SIGINT)
+        assert tracer.finish(60) == 0, tracer.stderr
+    finally:
+        prog.close()
+    report = [json.loads(line) for line in tracer.stdout.splitlines() if line.startswith("{")][-1]
+    assert report["functions"][0]["count"] == 3 * calls
+    estimated_ns = report["overhead"]["cpu_share_of_one_cpu"] * report["interval_s"] * 1e9 / (3 * calls)
+    measured_ns = (min(traced) - untraced) / calls
+    print(f"\n{command} {HOT}: estimated {estimated_ns / 1000:.2f} us/call, the process paid "
+          f"{measured_ns / 1000:.2f} us/call (untraced {untraced / calls:.1f} ns/call)")
+    assert measured_ns / 1.5 <= estimated_ns <= measured_ns * 1.5
+
+
+@pytest.mark.bpf
+def test_default_guard_detaches_a_hot_function_for_real(tmp_path, spawn):
+    binary = hotloop(tmp_path)
+    sites = ret_sites(binary, [HOT])
+    vaddrs = [vaddr for vaddr, _ in sites]
+    original = file_bytes(binary, [offset for _, offset in sites])
+    prog = Hotloop(binary)
+    try:
+        tracer = spawn(gotrace("latency", "-p", prog.pid, HOT, "--json"))
+        tracer.wait_line("stderr", r"^Tracing 1 function ")
+        assert re.search(r"^cost guard: budget 5% of the target's CPU \(--max-overhead\); a probe hit costs ",
+                         tracer.stderr, re.M), tracer.stderr
+        assert process_bytes(prog.pid, vaddrs) == [0xCC] * len(vaddrs)   # the probes are in place
+        prog.start(2_000_000)   # ~25 us per traced call here: far over budget
+        _, line = tracer.wait_line("stderr", r"^gotrace: detached 1 function in (\d+\.\d+)s \(probes cost ")
+        assert HOT in line.string and "over the --max-overhead budget of 5%" in line.string
+        assert float(line.group(1)) < 1.0
+        wait_for(lambda: process_bytes(prog.pid, vaddrs) == original, 10, "the int3 bytes to go")
+        assert re.match(r"ns=\d+ calls=2000000$", prog.proc.stdout.readline().strip())
+        tracer.proc.send_signal(signal.SIGINT)
+        assert tracer.finish(60) == 0, tracer.stderr
+    finally:
+        prog.close()
+    docs = [json.loads(line) for line in tracer.stdout.splitlines() if line.startswith("{")]
+    (event,) = [d for d in docs if d["event"] == "detached"]
+    assert event["func"] == HOT and "budget of 5%" in event["reason"]
+    report = docs[-1]
+    assert report["event"] == "report" and report["final"] is True
+    (fn,) = report["functions"]
+    assert fn["detached"] is True and 0 < fn["count"] < 2_000_000
+
+
+@pytest.mark.bpf
+@pytest.mark.parametrize("mode", ["uprobe_multi", "perf_link"])
+def test_detaching_some_functions_keeps_the_others_exact(spawn, mode):
+    """Three detachments while the service runs, each re-creating the links of the functions that stay
+    (uprobe_multi), or closing the detached functions' own (perf-event links, Linux before 6.6): the others
+    count exactly the service's calls, none lost, none twice, none unmatched."""
+    binary = service()
+    names = [HANDLE, WORK, TRY_FAIL, "main.count", "main.fib", "main.grow"]
+    svc, pid = start_waiting_service(spawn, binary, "-forever", "-n", "100")
+    with GoBinary(binary) as gobin:
+        found = {fn.name: fn for fn in gobin.match(names)}
+        functions = traced_functions(gobin, [gobin.probe_sites(found[name]) for name in names])
+        tracer = LatencyTracer(gobin, functions, pid=pid, mode=mode)
+    with tracer:
+        assert tracer.attached_by == mode
+        os.kill(pid, signal.SIGUSR1)
+        for name in ("main.count", "main.fib", "main.grow"):
+            time.sleep(0.4)
+            tracer.detach([names.index(name)])
+        time.sleep(0.4)
+        svc.proc.send_signal(signal.SIGINT)
+        assert svc.finish(60) == 0, svc.stderr
+        counts = tracer.read(reset=False)
+        assert tracer.detached_ids() == {3, 4, 5}
+    out = parse_service(svc.stdout)
+    for name in (HANDLE, WORK):
+        got = counts[names.index(name)]
+        assert (sum(got.buckets.values()), got.unmatched, got.in_flight) == (out.calls[name], 0, 0), name
+    got = counts[names.index(TRY_FAIL)]
+    assert sum(got.buckets.values()) == out.calls["main.fail"]
+
+
+# -- the budget's arithmetic, on numbers given directly (no kernel) -----------------------------------------
+
+class _Fn:
+    def __init__(self, func_id: int, name: str) -> None:
+        self.func_id, self.name, self.entry_file_offset = func_id, name, 0
+
+
+class _Counters:
+    """What the guard reads of a tracer, given directly: cumulative hits per function, and detach() recording."""
+
+    RETURN_PROGRAM = b"ret"
+
+    def __init__(self, path: Path, n: int) -> None:
+        self.binary_path, self.arch = str(path), "amd64"
+        self.functions = [_Fn(i, f"main.f{i}") for i in range(n)]
+        self.entry, self.ret = [0] * n, [0] * n
+        self.detached: set[int] = set()
+        self.hit_cost_ns = None
+
+    def add(self, func_id: int, calls: int) -> None:
+        self.entry[func_id] += calls
+        self.ret[func_id] += calls
+
+    def hits(self):
+        return list(self.entry), list(self.ret)
+
+    def cost_totals(self):
+        entry_ns, return_ns = self.hit_cost_ns
+        return (sum(self.entry) + sum(self.ret),
+                sum(e * c for e, c in zip(self.entry, entry_ns)) + sum(self.ret) * return_ns)
+
+    def detach(self, func_ids) -> None:
+        self.detached |= set(func_ids)
+
+    def detached_ids(self):
+        return set(self.detached)
+
+
+class _Cpu:
+    def __init__(self) -> None:
+        self.ns = 0
+
+    def sample(self) -> int:
+        return self.ns
+
+
+def _guard(tmp_path, n: int, pct: float | None):
+    code = tmp_path / "code"
+    code.write_bytes(b"\x55")  # every entry site a push
+    tracer, cpu = _Counters(code, n), _Cpu()
+    guard = CostGuard(tracer, cost.HitCosts(1000, 10_000, 10_000, "given"), pct, cpu)
+    guard.start()
+    return guard, tracer, cpu
+
+
+def test_guard_detaches_the_costliest_until_under_budget(tmp_path):
+    guard, tracer, cpu = _guard(tmp_path, 4, 5.0)
+    time.sleep(0.02)
+    # a second of the target's CPU; calls cost 11 us each (push entry 1 us + return 10 us)
+    for func_id, calls in enumerate([10_000, 3_000, 100, 10]):   # 110 ms, 33 ms, 1.1 ms, 0.11 ms
+        tracer.add(func_id, calls)
+    cpu.ns = 1_000_000_000
+    found = guard.check(force=True)
+    # budget 50 ms; down to 80% of it (40 ms): f0 alone leaves 34.2 ms
+    assert [d.name for d in found] == ["main.f0"]
+    assert found[0].share_of_target == pytest.approx(0.11, rel=0.05)
+    assert found[0].total_share_of_target == pytest.approx(0.1442, rel=0.01)
+    assert "over the --max-overhead budget of 5%" in found[0].reason
+    assert tracer.detached == {0}
+
+
+def test_guard_leaves_a_nearly_idle_target_alone_and_never_acts_without_budget(tmp_path):
+    guard, tracer, cpu = _guard(tmp_path, 1, 5.0)
+    time.sleep(0.05)
+    tracer.add(0, 10)               # 110 us over >= 50 ms: under the floor (0.5% of a CPU)
+    cpu.ns = 150_000                # ... though 73% of the target's tiny CPU time
+    assert guard.check(force=True) == [] and guard.last_window.share_of_cpu < FLOOR_SHARE_OF_CPU
+    guard, tracer, cpu = _guard(tmp_path, 1, None)
+    time.sleep(0.02)
+    tracer.add(0, 100_000)
+    cpu.ns = 1_000_000_000
+    assert guard.check(force=True) == [] and tracer.detached == set()
+    assert guard.last_window.share_of_target == pytest.approx(1.1, rel=0.01)
