@@ -46,8 +46,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-GOTRACE = [str(REPO / ".venv" / "bin" / "gotrace")]
 PYTHON = str(REPO / ".venv" / "bin" / "python")
+# The checkout venv's command when this is its Python; else (the arm64 guest of scripts/vmtest, where gotrace is
+# installed from its wheel and the checkout's venv is another arch's) gotrace run by this Python.
+GOTRACE = [str(REPO / ".venv" / "bin" / "gotrace")] if Path(sys.executable).parent == REPO / ".venv" / "bin" \
+    else [sys.executable, "-m", "gotrace"]
 CADDY_DEFAULT = Path("/var/cache/gotrace/thirdparty/caddy/bin/caddy")
 HOTLOOP_FUNC = "main.hot"
 SLOW_THRESHOLD = "1s"  # latency --slow in the overhead rounds: no call of main.hot is that slow
@@ -124,7 +127,10 @@ def verdict(value: float, target: float) -> str:
 
 
 def gotrace_commit() -> str:
-    out = subprocess.run(["git", "-C", str(REPO), "log", "-1", "--format=%h %s"], capture_output=True, text=True)
+    try:
+        out = subprocess.run(["git", "-C", str(REPO), "log", "-1", "--format=%h %s"], capture_output=True, text=True)
+    except OSError:  # no git (the arm64 guest)
+        return "unknown"
     return out.stdout.strip()[:72] or "unknown"
 
 

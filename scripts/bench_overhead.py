@@ -290,7 +290,7 @@ def bench_overhead(args, gotrace: list[str], repo: Path, attached_timeout_s: flo
     chunk = args.chunk
     if chunk <= 0 or args.calls % chunk:
         raise BenchError(f"--calls ({args.calls}) must be a multiple of --chunk ({chunk})")
-    built = gobuild.build("hotloop", gobuild.SYSTEM_GO_VERSION)
+    built = gobuild.build("hotloop", gobuild.SYSTEM_GO_VERSION, "default", gobuild.NATIVE_ARCH)
     with GoBinary.open(built) as gobin:
         (fn,) = gobin.match([HOTLOOP_FUNC])
         n_sites = 1 + len(gobin.probe_sites(fn).sites.return_vaddrs)

@@ -140,7 +140,7 @@ def _combos(modes) -> list:
     return [pytest.param(v, m, a, id=f"go{v}-{m}-{a}") for v, m, a in gobuild.matrix() if m in modes]
 
 
-UNSTRIPPED = _combos([mode for mode in gobuild.MODES if mode != "stripped"])
+UNSTRIPPED = _combos([mode for mode in gobuild.MODES if mode not in gobuild.STRIPPED_MODES])
 EVERY_BUILD = _combos(gobuild.MODES)
 TWINS = [
     pytest.param(version, arch, id=f"go{version}-{arch}")
@@ -149,7 +149,7 @@ TWINS = [
 ]
 
 # g.goid offset of each toolchain (runtime/runtime2.go; /work/shared/design.md section 4).
-EXPECTED_GOID = {"1.19": 152, "1.21.13": 152, "1.23.9": 160, "1.25.5": 152, "1.27.3": 152}
+EXPECTED_GOID = {"1.19": 152, "1.21.13": 152, "1.22.10": 152, "1.23.9": 160, "1.25.5": 152, "1.27.3": 152}
 
 # --- 1. differential against go tool nm ----------------------------------------------
 #
@@ -253,9 +253,23 @@ def test_abi0_spelling_finds_the_assembly_function(version, arch):
         assert fn == by_name(listing(binary))["internal/bytealg.CountString"]
 
 
-def test_stripped_pie_twin():
-    if "stripped-pie" not in gobuild.MODES:
-        pytest.skip("the build matrix has no stripped PIE mode (tests/gobuild.py MODES)")
+@pytest.mark.parametrize("version, arch", TWINS)
+def test_stripped_pie_lists_what_its_pie_twin_lists(version, arch):
+    """The shape of distro-packaged Go binaries (PIE, no .symtab, no DWARF) lists every function of its
+    unstripped PIE twin, at the same vaddrs and file offsets, with the same sites and reasons; its goid
+    offset comes from the version table and equals the twin's DWARF."""
+    pie_binary = gobuild.build(PROGRAM, version, "pie", arch)
+    stripped_binary = gobuild.build(PROGRAM, version, "stripped-pie", arch)
+    with GoBinary.open(stripped_binary) as stripped_pie, GoBinary.open(pie_binary) as pie:
+        assert stripped_pie.elf.has_symtab() is False
+        assert stripped_pie.runtime_offsets.source == "table" and pie.runtime_offsets.source == "dwarf"
+        assert stripped_pie.runtime_offsets.goid == pie.runtime_offsets.goid == EXPECTED_GOID[version]
+    full, stripped = listing(pie_binary), listing(stripped_binary)
+    assert stripped["go_version"] == full["go_version"]
+    assert len(stripped["functions"]) > 1000
+    assert stripped["functions"] == full["functions"]
+    traceable = by_name(stripped)["main.(*Server).handle"]
+    assert traceable["traceable"] and traceable["returns"]
 
 
 # --- 3. return sites against objdump ----------------------------------------------------

@@ -149,7 +149,7 @@ def test_unnamed_and_blank_parameters(version):
         sig = dwarf.function_signature("main.Blank")
         results = [r.name for r in sig.results]
         params = [p.name for p in sig.params]
-        if dwarf.go_version[:2] >= (1, 23):
+        if dwarf.go_version[:2] >= (1, 22):
             assert params == ["~p0", "b", "~p2", "c"] and results == ["~r0", "named", "~r2"]
             assert sig.complete
         else:  # older compilers drop `_` parameters and name blank results ~b<n>

@@ -50,7 +50,8 @@ BUILD = ("1.23.9", "default")             # the build of the single-build tests 
 
 
 def service(version: str = BUILD[0], mode: str = BUILD[1]) -> Path:
-    return gobuild.build("service", version, mode, "amd64")
+    """The service for this machine's arch (arm64 inside `scripts/vmtest arm64`)."""
+    return gobuild.build("service", version, mode, gobuild.NATIVE_ARCH)
 
 
 # -- processes that tests watch while they run -----------------------------------------------
@@ -252,18 +253,27 @@ def ret_sites(binary: Path, patterns: list[str]) -> list[tuple[int, int]]:
     return sites
 
 
-def process_bytes(pid: int, vaddrs: list[int]) -> list[int]:
+# Per arch: the bytes of a return instruction, and of the breakpoint the kernel writes over a probed one
+# (amd64: ret, int3; arm64: ret, `brk #0x5`, the kernel's UPROBE_SWBP_INSN), little-endian.
+RET_INSN = {"amd64": b"\xc3", "arm64": (0xD65F03C0).to_bytes(4, "little")}
+UPROBE_INSN = {"amd64": b"\xcc", "arm64": (0xD42000A0).to_bytes(4, "little")}
+
+
+def process_bytes(pid: int, vaddrs: list[int]) -> list[bytes]:
+    """The instruction-sized bytes at each vaddr of the process's memory."""
+    size = len(RET_INSN[gobuild.NATIVE_ARCH])
     with open(f"/proc/{pid}/mem", "rb") as mem:
         out = []
         for vaddr in vaddrs:
             mem.seek(vaddr)
-            out.append(mem.read(1)[0])
+            out.append(mem.read(size))
         return out
 
 
-def file_bytes(path: Path, offsets: list[int]) -> list[int]:
+def file_bytes(path: Path, offsets: list[int]) -> list[bytes]:
+    size = len(RET_INSN[gobuild.NATIVE_ARCH])
     data = path.read_bytes()
-    return [data[o] for o in offsets]
+    return [data[o:o + size] for o in offsets]
 
 
 def bpf_ids(pid: int) -> dict[str, set[int]]:
@@ -478,11 +488,11 @@ def test_sigkill_of_gotrace_leaves_no_probe_and_service_keeps_running(spawn, pri
     gotrace runs to show that the check sees a probe when there is one:
 
     1. The traced process's own code: while a uprobe is registered on an
-       instruction, the kernel has replaced it with an int3 (0xcc) in the
-       process's copy of the page, visible in /proc/PID/mem; when the last
-       uprobe on it goes, the original byte is put back. Every ret site of the
-       traced functions must read 0xcc while attached and the file's byte (0xc3)
-       after the kill. The binary is a private copy (its own inode), so
+       instruction, the kernel has replaced it with a breakpoint (amd64 int3,
+       arm64 brk #0x5) in the process's copy of the page, visible in
+       /proc/PID/mem; when the last uprobe on it goes, the original
+       instruction is put back. Every ret site of the traced functions must
+       read the breakpoint while attached and the file's ret after the kill. The binary is a private copy (its own inode), so
        another gotrace tracing the cached build cannot hold probes on it.
     2. The BPF objects: the ids of the programs, maps and links gotrace held
        (from /proc/<gotrace>/fdinfo) must no longer exist in the kernel
@@ -495,7 +505,7 @@ def test_sigkill_of_gotrace_leaves_no_probe_and_service_keeps_running(spawn, pri
     sites = ret_sites(binary, [HANDLE, WORK])
     vaddrs = [v for v, _ in sites]
     original = file_bytes(binary, [o for _, o in sites])
-    assert set(original) == {0xC3}, original      # amd64 ret
+    assert set(original) == {RET_INSN[gobuild.NATIVE_ARCH]}, original
 
     svc, pid = start_waiting_service(spawn, binary, "-forever", "-n", "100")
     assert process_bytes(pid, vaddrs) == original
@@ -505,7 +515,8 @@ def test_sigkill_of_gotrace_leaves_no_probe_and_service_keeps_running(spawn, pri
     held = bpf_ids(gotrace.pid)
     assert held["prog"] and held["link"] and held["map"], held
     assert all(bpf_object_exists(kind, i) for kind, ids in held.items() for i in ids)
-    assert process_bytes(pid, vaddrs) == [0xCC] * len(vaddrs), "probes not visible while attached"
+    assert process_bytes(pid, vaddrs) == [UPROBE_INSN[gobuild.NATIVE_ARCH]] * len(vaddrs), \
+        "probes not visible while attached"
     assert str(binary) not in tracefs_uprobe_events()
 
     gotrace.proc.kill()

@@ -4,7 +4,7 @@ testdata/latencytruth times each call of its traced functions itself and
 prints its own counts, p50 and p99 as JSON. The tracer must see exactly the
 same number of normal returns, the panicked calls as unmatched, and the same
 percentiles within 5% + 50 us (a uprobe pair costs ~33 us on this VM; part of
-it falls inside the traced interval).
+it falls inside the traced interval; more in the emulated arm64 guest, see TOLERANCE).
 
 The bucket index code of probes/gotrace.h is also compiled for the host and
 compared with gotrace.output.histogram's formula (no BPF needed for that one).
@@ -95,8 +95,20 @@ def finish_truth(proc: subprocess.Popen) -> dict:
     return truth["functions"]
 
 
+# Part of a uprobe pair's cost falls inside the traced interval: p50 and p99 must be within 5% + 50 us.
+# Under emulation (a scripts/vmtest guest on QEMU's TCG: the arm64 guest always) a trap costs tens of
+# microseconds, and milliseconds when the host deschedules the guest's vCPU thread inside one: there p50 must be
+# within 20% + 500 us and p99 within 30% + 1 ms (measured in the arm64 guest on 6.12: p50 +16..+117 us, p99 up
+# to +1.4 ms; on a host loaded by other VMs p99 went up to +3.5 ms, which fails).
+# Counts, unmatched calls and the tracer's error counters stay exact everywhere.
+EMULATED = os.environ.get("VMTEST_ACCEL") == "tcg"
+TOLERANCE = {"p50": (0.20, 500_000), "p99": (0.30, 1_000_000)} if EMULATED else \
+    {"p50": (0.05, 50_000), "p99": (0.05, 50_000)}
+
+
 def assert_close(name: str, what: str, got_ns: int, want_ns: int) -> None:
-    tolerance_ns = 0.05 * want_ns + 50_000
+    share, slack_ns = TOLERANCE[what]
+    tolerance_ns = share * want_ns + slack_ns
     assert abs(got_ns - want_ns) <= tolerance_ns, f"{name} {what}: gotrace {got_ns} ns, program {want_ns} ns"
 
 
@@ -126,7 +138,7 @@ def assert_matches_truth(tracer: LatencyTracer, functions: list[TracedFunction],
     ids=["go1.23-exe-pid", "go1.25-pie-every-process"],
 )
 def test_latency_matches_program_own_timing(version, mode, by_pid, private_binary):
-    binary = private_binary(gobuild.build("latencytruth", version, mode))  # every process of it: this test's only
+    binary = private_binary(gobuild.build("latencytruth", version, mode, gobuild.NATIVE_ARCH))  # every process of it: this test's only
     functions = traced_functions(binary, TRUTH_FUNCTIONS)
     proc = start_truth(binary) if by_pid else None
     tracer = latency_tracer(binary, functions, pid=proc.pid if by_pid else None)
@@ -142,7 +154,7 @@ def test_latency_matches_program_own_timing(version, mode, by_pid, private_binar
 @pytest.mark.bpf
 def test_perf_link_attach_path_counts_the_same():
     """The Linux 5.15-6.5 path (one perf-event link per site) gives the same results."""
-    binary = gobuild.build("latencytruth", "1.23.9", "default")
+    binary = gobuild.build("latencytruth", "1.23.9", "default", gobuild.NATIVE_ARCH)
     functions = traced_functions(binary, TRUTH_FUNCTIONS)
     proc = start_truth(binary)
     tracer = latency_tracer(binary, functions, pid=proc.pid, mode="perf_link")
@@ -153,7 +165,7 @@ def test_perf_link_attach_path_counts_the_same():
 
 @pytest.mark.bpf
 def test_reset_starts_a_new_report():
-    binary = gobuild.build("latencytruth", "1.23.9", "default")
+    binary = gobuild.build("latencytruth", "1.23.9", "default", gobuild.NATIVE_ARCH)
     functions = traced_functions(binary, ["main.work", "main.mayPanic"])
     proc = start_truth(binary)
     with latency_tracer(binary, functions, pid=proc.pid) as tracer:

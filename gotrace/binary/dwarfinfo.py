@@ -32,8 +32,8 @@ DW_AT_go_elem = 0x2902
 DW_AT_go_embedded_field = 0x2903
 
 # Go 1.21 and older leave unnamed and blank input parameters out of DWARF;
-# Go 1.23 names them ~p0, ~p1, ... (checked with 1.19, 1.21, 1.23-1.27).
-FIRST_GO_WITH_ALL_PARAMS = (1, 23)
+# Go 1.22 names them ~p0, ~p1, ... (checked with 1.19, 1.21, 1.22-1.27).
+FIRST_GO_WITH_ALL_PARAMS = (1, 22)
 
 # Section headers with absurd offsets or sizes make pyelftools seek to a negative
 # position (OSError EINVAL) or ask for more bytes than fit (OverflowError, MemoryError).

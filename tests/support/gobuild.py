@@ -13,14 +13,11 @@ Build modes:
 * ``pie``      -- ``-buildmode=pie``, CGO_ENABLED=0 (internal linker, ET_DYN).
 * ``extlink``  -- CGO_ENABLED=1 ``-ldflags=-linkmode=external`` (gcc links;
   the service's cgo.go is compiled in).
+* ``stripped-pie`` -- ``-buildmode=pie -ldflags='-s -w'``: the stripped twin
+  of ``pie``, the common shape of distro-packaged Go binaries (ET_DYN, no
+  .symtab, no DWARF).
 
-One more mode is built on request only, outside the matrix:
-
-* ``stripped-pie`` -- ``-buildmode=pie -ldflags='-s -w'`` (amd64): the
-  stripped twin of ``pie``.
-
-arm64 binaries are cross-built (CGO_ENABLED=0) in the default and stripped
-modes only.
+arm64 binaries are cross-built (CGO_ENABLED=0) in every mode but extlink.
 
 Only the standard library and the toolchains are used, so that
 scripts/toolchains can run this file with any python3 (`python3
@@ -37,7 +34,7 @@ import sys
 import time
 from pathlib import Path
 
-TOOLCHAINS: list[str] = ["1.19", "1.21.13", "1.23.9", "1.25.5", "1.27.3"]
+TOOLCHAINS: list[str] = ["1.19", "1.21.13", "1.22.10", "1.23.9", "1.25.5", "1.27.3"]
 """Go versions of the test matrix; "1.19" is Debian's /usr/bin/go (1.19.8)."""
 DWARF_ONLY_TOOLCHAINS: list[str] = ["1.24.11", "1.26.6"]
 """More Go versions the small DWARF programs (tests/support/dwarf_programs.py) are built with: the releases
@@ -46,12 +43,15 @@ beside the changes of runtime.g's layout. scripts/toolchains installs them with 
 SYSTEM_GO_VERSION = "1.19"
 SYSTEM_GO = Path("/usr/bin/go")
 
-MODES: list[str] = ["default", "stripped", "pie", "extlink"]
+MODES: list[str] = ["default", "stripped", "pie", "extlink", "stripped-pie"]
 ARCHES: list[str] = ["amd64", "arm64"]
-CROSS_MODES: list[str] = ["default", "stripped"]
-"""Modes built for arches other than amd64 (no cgo, no PIE there)."""
-EXTRA_MODES: list[str] = ["stripped-pie"]
-"""Modes build() makes when asked, which matrix() leaves out (amd64 only)."""
+CROSS_MODES: list[str] = ["default", "stripped", "pie", "stripped-pie"]
+"""Modes built for arches other than amd64 (no cgo there)."""
+STRIPPED_MODES: frozenset[str] = frozenset({"stripped", "stripped-pie"})
+"""Modes whose binaries have no .symtab and no DWARF."""
+
+NATIVE_ARCH: str = {"x86_64": "amd64", "aarch64": "arm64"}.get(os.uname().machine, "amd64")
+"""This machine's arch: what tests that run the binaries they build build for (arm64 in `scripts/vmtest arm64`)."""
 
 BUILDER_VERSION = 1
 """Part of every cache key: bump it when the way binaries are built changes."""
@@ -174,8 +174,8 @@ def build_path(program: str, version: str, mode: str = "default", arch: str = "a
 
 
 def _check_combo(version: str, mode: str, arch: str) -> None:
-    if mode not in MODES + EXTRA_MODES:
-        raise ValueError(f"unknown build mode {mode!r}; use one of {MODES + EXTRA_MODES}")
+    if mode not in MODES:
+        raise ValueError(f"unknown build mode {mode!r}; use one of {MODES}")
     if arch not in ARCHES:
         raise ValueError(f"unknown arch {arch!r}; use one of {ARCHES}")
     if arch != "amd64" and mode not in CROSS_MODES:
@@ -282,7 +282,7 @@ def _main(argv: list[str]) -> int:
         for version, mode, arch in matrix():
             t0 = time.monotonic()
             path = build("service", version, mode, arch)
-            print(f"{version:8} {mode:9} {arch:6} {time.monotonic() - t0:7.1f} s  {path}", flush=True)
+            print(f"{version:8} {mode:12} {arch:6} {time.monotonic() - t0:7.1f} s  {path}", flush=True)
         print(f"matrix of {len(matrix())} builds: {time.monotonic() - began:.1f} s")
         return 0
     sys.stderr.write(usage)
