@@ -65,8 +65,9 @@ TARGET_STARTUP_S = 1.0
 TARGET_ATTACH_1000_S = 5.0
 TARGET_PEAK_RSS_MB = 150.0
 
-sys.path.insert(0, str(REPO))
+sys.path.append(str(REPO))  # after an installed gotrace (the wheel in the arm64 guest), if any
 sys.path.insert(0, str(REPO / "tests"))
+sys.path.insert(0, str(REPO / "scripts"))  # also under PYTHONSAFEPATH (the arm64 guest), which leaves it out
 
 import bench_overhead  # noqa: E402  (scripts/, beside this file)
 
