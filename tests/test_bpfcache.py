@@ -32,6 +32,7 @@ from gotrace.bpf import syscalls as bpfsys
 from gotrace.bpf.image import MapSpec, ProgramImage, map_references, with_map_imms
 from gotrace.errors import CapabilityError
 from gotrace.trace.latency import LatencyTracer, TracedFunction
+from gotrace.trace.tracer import CONFIG_STRUCT
 from test_tracer_bpf import TRUTH_FUNCTIONS, finish_truth, latency_tracer, start_truth, traced_functions
 
 needs_clang = pytest.mark.skipif(compiler.find_clang() is None, reason="clang is not installed (scripts/install)")
@@ -399,10 +400,11 @@ def test_percpu_layout_counters_and_run_sized_maps_round_trip_through_raw_map_fd
         assert max_entries == 2 * n
         _, _, _, max_entries, _, _ = syscalls.map_info(tracer.loaded().map_fd("gt_hit_cost"))
         assert max_entries == 2 + 1
-        config = syscalls.map_lookup_elem(tracer.loaded().map_fd("gt_config"), struct.pack("<I", 0), 16)
+        # The whole value: the kernel writes all of it, whatever size is asked for.
+        config = syscalls.map_lookup_elem(tracer.loaded().map_fd("gt_config"), struct.pack("<I", 0), CONFIG_STRUCT.size)
         with GoBinary(binary) as gobin:
             offsets = gobin.runtime_offsets
-        assert struct.unpack("<IIII", config) == (proc.pid, 2, offsets.goid, offsets.stack_hi)
+        assert CONFIG_STRUCT.unpack(config)[:4] == (proc.pid, 2, offsets.goid, offsets.stack_hi)
 
 
 @pytest.mark.bpf
