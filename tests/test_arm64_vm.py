@@ -26,15 +26,13 @@ printed.
 
 from __future__ import annotations
 
-import os
 import re
-import signal
-import subprocess
 import time
 
 import pytest
 
 from support import gobuild
+from test_kernel_matrix import run_group
 
 pytestmark = [pytest.mark.bpf, pytest.mark.vm]
 
@@ -53,19 +51,6 @@ GUEST_TESTS = [
 ]
 GUEST_TEST_COUNT = 6  # test_latency_matches_program_own_timing has two cases
 VM_TIMEOUT_S = 1800
-
-
-def run_group(argv: list[str], timeout_s: float) -> tuple[int, str]:
-    """Run argv in its own process group; on timeout kill the whole group (QEMU included). (exit status, output)."""
-    proc = subprocess.Popen(argv, cwd=gobuild.REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            stdin=subprocess.DEVNULL, start_new_session=True)
-    try:
-        output, _ = proc.communicate(timeout=timeout_s)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        output, _ = proc.communicate()
-        pytest.fail(f"{argv[:4]} did not finish within {timeout_s} s:\n{output[-6000:]}")
-    return proc.returncode, output
 
 
 def test_arm64_guest_traces_arm64_binaries():

@@ -213,17 +213,7 @@ class UprobeSet:
             order = sorted(range(len(sites)), key=lambda i: (i >= len(cookies) or cookies[i] not in first, i))
             sites = [sites[i] for i in order]
         pairs = [(link_fd, perf_fd) for link_fd, perf_fd in sites]
-        if wait is False or (wait is None and len(pairs) >= BACKGROUND_DETACH_MIN_SITES):
-            try:
-                self.detach_helper_pid = _detach_in_background(pairs)
-            except OSError:
-                pass  # no helper (no memory, no pids left): detach here, slowly but surely
-            else:
-                for link_fd, perf_fd in pairs:  # the helper holds its own references: these closes are quick
-                    _close_quietly(link_fd)
-                    _close_quietly(perf_fd)
-                return
-        close_perf_sites(pairs)
+        self.detach_helper_pid = detach_perf_sites(pairs, wait)
 
 
 def attach_sites(
@@ -676,17 +666,24 @@ class DetachableSites:
         for chunk in chunks:  # each perf event's link was created right after it, or attaching failed
             pairs += zip(chunk.links, chunk.perf_events)
             pairs += [(-1, perf_fd) for perf_fd in chunk.perf_events[len(chunk.links):]]
-        if wait is False or (wait is None and len(pairs) >= BACKGROUND_DETACH_MIN_SITES):
-            try:
-                self.detach_helper_pid = _detach_in_background(pairs)
-            except OSError:
-                pass  # no helper (no memory, no pids left): detach here, slowly but surely
-            else:
-                for link_fd, perf_fd in pairs:  # the helper holds its own references: these closes are quick
-                    _close_quietly(link_fd)
-                    _close_quietly(perf_fd)
-                return
-        close_perf_sites(pairs)
+        self.detach_helper_pid = detach_perf_sites(pairs, wait)
+
+
+def detach_perf_sites(pairs: list[tuple[int, int]], wait: bool | None) -> int | None:
+    """Close (link fd, perf event fd) pairs: here (wait True, or few sites with wait None), or in a helper process
+    that holds its own references (wait False, or many sites); returns that helper's pid, or None."""
+    if wait is False or (wait is None and len(pairs) >= BACKGROUND_DETACH_MIN_SITES):
+        try:
+            helper_pid = _detach_in_background(pairs)
+        except OSError:
+            pass  # no helper (no memory, no pids left): detach here, slowly but surely
+        else:
+            for link_fd, perf_fd in pairs:  # the helper holds its own references: these closes are quick
+                _close_quietly(link_fd)
+                _close_quietly(perf_fd)
+            return helper_pid
+    close_perf_sites(pairs)
+    return None
 
 
 def _chunk_sites(total_sites: int, n_programs: int, wanted: int) -> int:
