@@ -34,6 +34,7 @@ KNOWN_ERROR_TYPES = frozenset({"*errors.errorString", "*fmt.wrapError", "*fmt.wr
 
 IMAGE_BASE = 1 << 62  # where a side's region is in the snapshot: above every user address
 NOT_CAPTURED = "not captured (the capture budget ran out: lower --depth, --max-elems or --str-len)"
+NOT_IN_FIRST_GROUPS = "not captured (none is in the groups or buckets gotrace reads: the first two)"
 
 # -- decoded values -------------------------------------------------------------
 
@@ -234,6 +235,26 @@ class Snapshot:
     def word(self, address: int) -> int | Unavailable:
         raw = self.get(address, PTR_SIZE)
         return raw if isinstance(raw, Unavailable) else _Q.unpack(raw)[0]
+
+
+def _complete(value, depth: int = 0) -> bool:
+    """Whether nothing in a decoded value is unavailable (up to 16 levels down)."""
+    if isinstance(value, Unavailable):
+        return False
+    if depth >= 16:
+        return True
+    if isinstance(value, Pointer):
+        return value.target is None or _complete(value.target, depth + 1)
+    if isinstance(value, Struct):
+        return all(_complete(v, depth + 1) for _, v in value.fields)
+    if isinstance(value, (Array, Slice)):
+        return getattr(value, "missing", None) is None and all(_complete(v, depth + 1) for v in value.elems or ())
+    if isinstance(value, Map):
+        return value.missing is None and all(_complete(k, depth + 1) and _complete(v, depth + 1)
+                                             for k, v in value.entries or ())
+    if isinstance(value, Interface):
+        return value.value is None or _complete(value.value, depth + 1)
+    return True
 
 
 def side_snapshot(side: SidePlan, region: bytes) -> Snapshot:
@@ -458,6 +479,7 @@ class Decoder:
         if length == 0:
             return Map(t, 0, [], address)
         groups: list[int] = []  # addresses of the groups or buckets to look in
+        second = None  # the second group or bucket: read only with the budget left over, so never `missing`
         if layout.swiss:
             directory, dir_len = _Q.unpack_from(header, 16)[0], _Q.unpack_from(header, 24)[0]
             if dir_len == 0:
@@ -468,23 +490,31 @@ class Decoder:
                     data = self.snap.word(table + 16)
                     if not isinstance(data, Unavailable):
                         groups.append(data)
+                        length_mask = self.snap.word(table + 24)  # the table's groups, less one
+                        if not isinstance(length_mask, Unavailable) and length_mask >= 1:
+                            second = data + layout.group_size
         else:
             buckets = _Q.unpack_from(header, 16)[0]
             groups.append(buckets)
             overflow = self.snap.word(buckets + layout.overflow_offset)
             if not isinstance(overflow, Unavailable) and overflow:
                 groups.append(overflow)
+            if header[9] >= 1:  # B: the map has 2**B buckets
+                second = buckets + layout.group_size
         key_type = pointer_to(t.key) if layout.key_indirect else t.key
         elem_type = pointer_to(t.elem) if layout.elem_indirect else t.elem
         entries: list = []
         missing = None
-        for group in groups:
+        looked = False  # some group or bucket was read
+        for group in groups + ([second] if second is not None else []):
             if len(entries) >= self.limits.max_elems:
                 break
             tags = self.snap.get(group, 8)
             if isinstance(tags, Unavailable):
-                missing = tags
+                if group != second:
+                    missing = tags
                 continue
+            looked = True
             for slot in range(MAP_SLOTS):
                 tag = tags[slot]
                 full = tag < 0x80 if layout.swiss else tag >= 5  # ctrl: bit 7 clear; tophash >= minTopHash
@@ -502,11 +532,13 @@ class Decoder:
                     key = key.target if key.target is not None else Unavailable(NOT_CAPTURED)
                 if layout.elem_indirect and isinstance(value, Pointer):
                     value = value.target if value.target is not None else Unavailable(NOT_CAPTURED)
+                if group == second and not (_complete(key) and _complete(value)):
+                    break  # the left-over budget ran out in this bucket: its entries so far are shown whole
                 entries.append((key, value))
                 if len(entries) >= self.limits.max_elems:
                     break
         if not entries and missing is None and length:
-            missing = Unavailable(NOT_CAPTURED)
+            missing = Unavailable(NOT_IN_FIRST_GROUPS if looked else NOT_CAPTURED)
         return Map(t, length, entries, address, missing=missing if len(entries) < min(length, self.limits.max_elems)
                    else None)
 
