@@ -16,6 +16,10 @@ failure), pytest runs on arm64 binaries (gobuild.NATIVE_ARCH is arm64 there):
   5.15-6.5);
 * `args` values against testdata/argstruth, on one toolchain, default and
   stripped PIE (R0-R15 arguments from regs[], g from R28);
+* `latency --slow --by caller` against testdata/slowtruth (a stripped
+  go1.27 build): every slow call's event, its stack walked by frame pointer
+  (R29) from the `ret` probe, its caller's file:line and inlining from
+  pclntab, exact counts per caller;
 * SIGKILL of gotrace leaves no probe (the `brk #0x5` the kernel writes over
   each probed `ret` is gone), no BPF object, and the service running.
 
@@ -41,15 +45,16 @@ GO_VERSION = "1.23.9"
 # (program, Go version, mode) of every binary the guest's tests run, all for arm64.
 GUEST_BUILDS = [("latencytruth", "1.23.9", "default"), ("latencytruth", "1.25.5", "pie"),
                 ("argstruth", GO_VERSION, "default"), ("argstruth", GO_VERSION, "stripped-pie"),
-                ("service", GO_VERSION, "default")]
+                ("service", GO_VERSION, "default"), ("slowtruth", "1.27.3", "stripped")]
 GUEST_TESTS = [
     "tests/test_tracer_bpf.py::test_latency_matches_program_own_timing",
     "tests/test_tracer_bpf.py::test_perf_link_attach_path_counts_the_same",
     f"tests/test_args_truth.py::test_every_value_equals_ground_truth[default-{GO_VERSION}]",
     f"tests/test_args_truth.py::test_every_value_equals_ground_truth[stripped-pie-{GO_VERSION}]",
     "tests/test_latency_cli.py::test_sigkill_of_gotrace_leaves_no_probe_and_service_keeps_running",
+    "tests/test_slow_truth.py::test_slow_events_and_callers_match_the_program[go1.27.3-stripped]",
 ]
-GUEST_TEST_COUNT = 6  # test_latency_matches_program_own_timing has two cases
+GUEST_TEST_COUNT = 7  # test_latency_matches_program_own_timing has two cases
 VM_TIMEOUT_S = 1800
 
 

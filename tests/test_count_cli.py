@@ -84,6 +84,25 @@ def test_command_counts_equal_service_counts_including_functions_latency_cannot_
 
 
 @pytest.mark.bpf
+def test_an_entry_the_kernel_refuses_is_skipped_before_attaching():
+    """runtime.abort is assembly whose first instruction, count's only site, is `int $3` (refused by the kernel):
+    count names it with the reason funcs gives, attaches nothing there (no error 524 at attach), and counts the
+    rest exactly."""
+    binary = service(*BUILD)
+    proc = run_count("-c", f"{binary} -n 50", binary, HANDLE, "runtime.abort", "-v")
+    assert proc.returncode == 0, proc.stderr
+    assert "gotrace: skipping runtime.abort: the kernel refuses a uprobe on its entry instruction (int n)" \
+        in proc.stderr, proc.stderr
+    assert "error 524" not in proc.stderr, proc.stderr
+    assert re.search(r"^Tracing 1 function \(1 probe site\) in ", proc.stderr, re.M), proc.stderr
+    assert parse_count_text(proc.stdout)[HANDLE][0] == parse_service(proc.stdout).calls[HANDLE] == 50
+    alone = run_count(binary, "runtime.abort")
+    assert alone.returncode == 2 and alone.stderr.count("\n") == 1, alone.stderr
+    assert "runtime.abort cannot be counted: the kernel refuses a uprobe on its entry instruction (int n)" \
+        in alone.stderr
+
+
+@pytest.mark.bpf
 def test_command_json_follows_contract():
     binary = service(*BUILD)
     proc = run_count("-c", f"{binary} -n 100", binary, "main.*", "--json")

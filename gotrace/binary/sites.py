@@ -85,7 +85,15 @@ class ProbeSites:
 
     @property
     def entry_refused(self) -> bool:
-        return any(vaddr == self.entry_vaddr for vaddr, _ in self.refused)
+        return self.entry_refusal is not None
+
+    @property
+    def entry_refusal(self) -> str | None:
+        """Why the kernel will not probe the entry site, as funcs says it; None when it will."""
+        for vaddr, why in self.refused:
+            if vaddr == self.entry_vaddr:
+                return f"the kernel refuses a uprobe on its entry instruction ({why})"
+        return None
 
 
 REASON_NEVER_RETURNS = "no return instruction (never returns)"

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from gotrace.binary.gobinary import FunctionProbes, GoBinary
 from gotrace.binary.sites import REASON_ABI0, REASON_ASM, REASON_INDIRECT_JUMP, REASON_NEVER_RETURNS, REASON_TAIL_JUMP
@@ -29,9 +29,17 @@ class CountPlan:
 
 def plan_count(gobin: GoBinary, patterns: list[str]) -> CountPlan:
     """The functions among those matching `patterns` whose calls can be counted; PatternError when none can."""
-    probes = [gobin.probe_sites(fn) for fn in gobin.match(patterns)]
-    counted = [p for p in probes if p.sites.entry_vaddr is not None and p.reason in COUNTABLE_REASONS]
-    skipped = [p for p in probes if not (p.sites.entry_vaddr is not None and p.reason in COUNTABLE_REASONS)]
+    counted: list[FunctionProbes] = []
+    skipped: list[FunctionProbes] = []
+    for p in (gobin.probe_sites(fn) for fn in gobin.match(patterns)):
+        if p.sites.entry_vaddr is None or p.reason not in COUNTABLE_REASONS:
+            skipped.append(p)
+        elif p.sites.entry_refused:
+            # An assembly function's first instruction (count's only site) may be one the kernel will not
+            # probe (caddy: 26 AVX-512 `vmovdqu64`, and runtime.abort's `int $3`): say so before attaching.
+            skipped.append(replace(p, sites=replace(p.sites, reason=p.sites.entry_refusal)))
+        else:
+            counted.append(p)
     if not counted:
         raise nothing_to_trace(gobin, patterns, skipped, "counted")
     return CountPlan(counted, skipped)
