@@ -74,7 +74,7 @@ def match_events(events: list[dict], calls: list[dict]) -> dict[int, dict]:
 
 @pytest.mark.parametrize("version,mode", BUILDS, ids=[f"go{v}-{m}" for v, m in BUILDS])
 def test_slow_events_and_callers_match_the_program(version, mode, tmp_path):
-    binary = gobuild.build("slowtruth", version, mode)
+    binary = gobuild.build("slowtruth", version, mode, gobuild.NATIVE_ARCH)
     log = tmp_path / "calls.jsonl"
     proc = gotrace("latency", "-c", f"{binary} -n 200 -out {log}", binary, "main.target",
                    "--slow", f"{THRESHOLD_NS}ns", "--slow-rate", "0", "--by", "caller", "--json")
@@ -126,7 +126,7 @@ def test_slow_events_and_callers_match_the_program(version, mode, tmp_path):
 
 def test_by_pid_counts_each_process(tmp_path):
     """The binary form traces every process running it: two runs, each counted under its own pid."""
-    binary = gobuild.build("slowtruth", "1.23.9", "stripped")
+    binary = gobuild.build("slowtruth", "1.23.9", "stripped", gobuild.NATIVE_ARCH)
     private = tmp_path / "slowtruth"  # a private copy: other tests' runs of the binary are not counted
     private.write_bytes(binary.read_bytes())
     private.chmod(0o755)
@@ -155,7 +155,7 @@ def test_by_pid_counts_each_process(tmp_path):
 
 def test_rate_limit_counts_what_it_drops(tmp_path):
     """--slow-rate 10: at most 10 slow calls a second are printed; the others are counted, never lost silently."""
-    binary = gobuild.build("slowtruth", "1.23.9", "default")
+    binary = gobuild.build("slowtruth", "1.23.9", "default", gobuild.NATIVE_ARCH)
     log = tmp_path / "calls.jsonl"
     proc = gotrace("latency", "-c", f"{binary} -n 200 -out {log}", binary, "main.target",
                    "--slow", f"{THRESHOLD_NS}ns", "--slow-rate", "10", "--json")
