@@ -93,6 +93,12 @@ def load(port: int, seconds: float) -> float:
     return sum(counts) / (time.monotonic() - began)
 
 
+def process_cpu_s(pid: int) -> float:
+    """CPU seconds (user and system, all threads) a process has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def traced(command: str, pid: int, pattern: str, port: int, seconds: float) -> dict:
     started = time.monotonic()
     proc = subprocess.Popen([*GOTRACE, command, "-p", str(pid), pattern, "--json"], cwd=REPO, text=True,
@@ -118,8 +124,11 @@ def traced(command: str, pid: int, pattern: str, port: int, seconds: float) -> d
     attach_s = time.monotonic() - started
     if proc.poll() is not None:
         return {"error": "".join(line for _, line in stderr)[-500:]}
+    cpu_at_start = process_cpu_s(proc.pid)
     first = load(port, TRANSIENT_S)
+    cpu_after_first = process_cpu_s(proc.pid)
     rps = load(port, seconds)
+    cpu_at_end = process_cpu_s(proc.pid)
     proc.send_signal(signal.SIGINT)
     proc.wait(300)
     for t in threads:
@@ -129,6 +138,7 @@ def traced(command: str, pid: int, pattern: str, port: int, seconds: float) -> d
     detached = [d for d in docs if d.get("event") == "detached"]
     rounds = [(at, line) for at, line in stderr if line.startswith("gotrace: detached")]
     return {"attach_s": attach_s, "first": first, "rps": rps, "report": reports[-1] if reports else None,
+            "own_cpu": ((cpu_after_first - cpu_at_start) / TRANSIENT_S, (cpu_at_end - cpu_after_first) / seconds),
             "detached": detached,
             "rounds": rounds, "stderr": [line for _, line in stderr]}
 
@@ -172,10 +182,14 @@ def main() -> None:
                       f"{100 * r['first'] / base:.0f}%); start-up {r['attach_s']:.1f} s; {len(functions):,} functions, "
                       f"{n_detached:,} detached in {len(r['rounds'])} rounds"
                       + (f" (last at {last:.1f} s after launch)" if last is not None else ""))
+                first_cpu, next_cpu = r["own_cpu"]
+                print(f"    gotrace's own CPU: {100 * first_cpu:.0f}% of one CPU in the first {TRANSIENT_S} s, "
+                      f"{100 * next_cpu:.0f}% in the next {args.seconds:g} s")
                 for at, line in r["rounds"][:3]:
                     print(f"    {at:5.1f}s {line.strip()[:220]}")
                 if len(r["rounds"]) > 3:
-                    print(f"    ... {len(r['rounds']) - 3} more rounds")
+                    print("    then: " + ", ".join(f"{at:.1f}s {m.group(1)}" for at, line in r["rounds"][3:]
+                                                   if (m := re.search(r"detached (\d+) function", line))))
                 if rep.get("overhead"):
                     o = rep["overhead"]
                     print(f"    final report over {rep['interval_s']:.1f} s: {o['hits_per_s']:,.0f} hits/s, "

@@ -17,6 +17,7 @@
 
 from __future__ import annotations
 
+import array
 import json
 import os
 import re
@@ -33,7 +34,8 @@ from support import gobuild
 from support.gobuild import REPO_ROOT as REPO
 from gotrace.binary.gobinary import GoBinary
 from gotrace.trace import cost
-from gotrace.trace.guard import CostGuard, FLOOR_SHARE_OF_CPU
+from gotrace import header
+from gotrace.trace.guard import (CHECK_PERIOD_S, FLOOR_SHARE_OF_CPU, YOUNG_CHECK_PERIOD_S, YOUNG_S, CostGuard)
 from gotrace.trace.latency import LatencyTracer
 from gotrace.trace.targetcpu import process_cpu_ns
 from gotrace.trace.tracer import traced_functions
@@ -201,6 +203,13 @@ class _Counters:
     def hits(self):
         return list(self.entry), list(self.ret)
 
+    def hit_counts_bytes(self) -> bytes:
+        n = header.constant("GT_FC_N")
+        counts = [0] * (n * len(self.functions))
+        counts[header.constant("GT_FC_ENTRIES")::n] = self.entry
+        counts[header.constant("GT_FC_RETURNS")::n] = self.ret
+        return array.array("Q", counts).tobytes()
+
     def cost_totals(self):
         entry_ns, return_ns = self.hit_cost_ns
         return (sum(self.entry) + sum(self.ret),
@@ -221,17 +230,20 @@ class _Cpu:
         return self.ns
 
 
-def _guard(tmp_path, n: int, pct: float | None):
+def _guard(tmp_path, n: int, pct: float | None, *, young_s: float = YOUNG_S, attached: bool = True):
     code = tmp_path / "code"
     code.write_bytes(b"\x55")  # every entry site a push
     tracer, cpu = _Counters(code, n), _Cpu()
-    guard = CostGuard(tracer, cost.HitCosts(1000, 10_000, 10_000, "given"), pct, cpu)
+    guard = CostGuard(tracer, cost.HitCosts(1000, 10_000, 10_000, "given"), pct, cpu, young_s=young_s)
     guard.start()
+    if attached:
+        guard.attached()
     return guard, tracer, cpu
 
 
 def test_guard_detaches_the_costliest_until_under_budget(tmp_path):
-    guard, tracer, cpu = _guard(tmp_path, 4, 5.0)
+    guard, tracer, cpu = _guard(tmp_path, 4, 5.0, young_s=0.0)  # settled: checks every CHECK_PERIOD_S
+    assert not guard.young() and guard.period_s() == CHECK_PERIOD_S
     time.sleep(0.02)
     # a second of the target's CPU; calls cost 11 us each (push entry 1 us + return 10 us)
     for func_id, calls in enumerate([10_000, 3_000, 100, 10]):   # 110 ms, 33 ms, 1.1 ms, 0.11 ms
@@ -244,6 +256,29 @@ def test_guard_detaches_the_costliest_until_under_budget(tmp_path):
     assert found[0].total_share_of_target == pytest.approx(0.1442, rel=0.01)
     assert "over the --max-overhead budget of 5%" in found[0].reason
     assert tracer.detached == {0}
+
+
+@pytest.mark.parametrize("attached", [False, True])
+def test_young_guard_checks_often_and_detaches_deeper(tmp_path, attached):
+    """While attaching and in the first YOUNG_S after, the guard checks every YOUNG_CHECK_PERIOD_S and detaches
+    down to YOUNG_HEADROOM of the budget (a surge of one phase predicts more); the young period restarts at
+    each detachment."""
+    guard, tracer, cpu = _guard(tmp_path, 600, 5.0, attached=attached)
+    assert guard.young() and guard.period_s() == YOUNG_CHECK_PERIOD_S
+    time.sleep(0.02)
+    for func_id, calls in [(0, 10_000), (1, 3_000), (2, 100), (599, 10)]:   # 599: in another block of functions
+        tracer.add(func_id, calls)
+    cpu.ns = 1_000_000_000
+    found = guard.check(force=True)
+    # budget 50 ms; down to 50% of it (25 ms): f0 leaves 34.2 ms, f1 too leaves 1.2 ms
+    assert [d.name for d in found] == ["main.f0", "main.f1"]
+    assert found[1].hits_per_s > 0 and tracer.detached == {0, 1}
+    # the next window ranks only what was hit in it, wherever its block
+    time.sleep(0.02)
+    tracer.add(599, 20_000)
+    cpu.ns += 1_000_000_000
+    assert [d.name for d in guard.check(force=True)] == ["main.f599"]
+    assert guard.young()
 
 
 def test_guard_leaves_a_nearly_idle_target_alone_and_never_acts_without_budget(tmp_path):

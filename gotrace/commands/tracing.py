@@ -21,7 +21,7 @@ from gotrace.output.events import (AwaitingScrape, Detached, DetachedFunction, G
                                    SkippedSummary, SlowDetach, Started, TargetExited, Timings)
 from gotrace.output.report import CostEstimate, ReportFrame
 from gotrace.trace import cost
-from gotrace.trace.guard import ATTACH_CHECK_PERIOD_S, CHECK_PERIOD_S, CostGuard, Overhead
+from gotrace.trace.guard import CHECK_PERIOD_S, YOUNG_CHECK_PERIOD_S, CostGuard, Overhead
 from gotrace.trace.session import Ending, StopFlag, Target, attached, ticks
 from gotrace.trace.targetcpu import TargetCpu
 
@@ -117,7 +117,7 @@ def trace_session(target: Target, make_tracer: Callable[[], object], options: Tr
         guards.append(guard)
 
         def after_chunk() -> None:
-            found = guard.check(period_s=ATTACH_CHECK_PERIOD_S)
+            found = guard.check(period_s=YOUNG_CHECK_PERIOD_S)
             if found:
                 while_attaching.append(found)
 
@@ -126,7 +126,7 @@ def trace_session(target: Target, make_tracer: Callable[[], object], options: Tr
     attach_cost: list[Overhead] = []
 
     def after_attach(tracer) -> None:
-        guards[0].mark()  # the hits of the last chunks, too
+        guards[0].attached()  # the hits of the last chunks, too
         attach_cost.append(guards[0].since_start())
 
     with attached(target, make_tracer, prepare, after_attach) as (tracer, stop):
@@ -165,7 +165,7 @@ def trace_session(target: Target, make_tracer: Callable[[], object], options: Tr
 
         every_process = target.pid is None
         housekept = time.monotonic()
-        with guard.watching(CHECK_PERIOD_S):
+        with guard.watching():
             wait = None if events is None else (lambda timeout_s: events(tracer, timeout_s))
             for due in ticks(ending, options.interval_s, CHECK_PERIOD_S, wait=wait):
                 if due is not True and due is not False:

@@ -10,15 +10,26 @@ same window comes from /proc (gotrace.trace.targetcpu). The budget
 a service that is busy on its CPUs, the share of its CPU time that goes into
 probes is about the share of throughput it loses.
 
-check() runs every CHECK_PERIOD_S while tracing (in a thread of its own,
-watching(), so that an output nobody reads cannot delay it), and after each chunk of
-probes while attaching (at most every ATTACH_CHECK_PERIOD_S), so a pattern
-that matches hot functions is caught within a fraction of a second, chunk
-by chunk, instead of after everything is attached. Over budget, the
-functions whose probes cost the most in that window are detached for real (their traps removed;
-Tracer.detach) until the estimate is back under HEADROOM of the budget. Below FLOOR_SHARE_OF_CPU of one CPU nothing is detached: an
-almost idle service loses nothing measurable to a few probes, whatever
-share of its tiny CPU time they are.
+check() runs in a thread of its own while tracing (watching(), so that an
+output nobody reads cannot delay it), and after each chunk of probes while
+attaching, so a pattern that matches hot functions is caught within a
+fraction of a second, chunk by chunk, instead of after everything is
+attached. Over budget, the functions whose probes cost the most in that
+window are detached for real (their traps removed; Tracer.detach) until the
+estimate is back under HEADROOM of the budget. Below FLOOR_SHARE_OF_CPU of
+one CPU nothing is detached: an almost idle service loses nothing measurable
+to a few probes, whatever share of its tiny CPU time they are.
+
+While the guard is young (attaching, and YOUNG_S after attaching ended or
+after its last detachment, whichever is later) it checks every
+YOUNG_CHECK_PERIOD_S and detaches down to YOUNG_HEADROOM of the budget: in
+the first seconds functions that run only in some phases (a garbage
+collection's marking, sweeping) become hot one phase after another, and each
+surge costs the service until the next check. Once nothing has been detached
+for YOUNG_S, it checks every CHECK_PERIOD_S. A check is cheap: one per-CPU
+map read, the traced processes' schedstat, and a copy of the per-function
+hits; the functions are ranked only when the budget is exceeded, and only
+those whose hits changed (compared block by block) are looked at.
 """
 
 from __future__ import annotations
@@ -28,13 +39,17 @@ import threading
 import time
 from dataclasses import dataclass
 
+from gotrace import header
 from gotrace.trace.cost import HitCosts, site_kinds
 from gotrace.trace.targetcpu import TargetCpu
 
 CHECK_PERIOD_S = 0.25
-ATTACH_CHECK_PERIOD_S = 0.1
+YOUNG_CHECK_PERIOD_S = 0.05
+YOUNG_S = 5.0
 FLOOR_SHARE_OF_CPU = 0.005
 HEADROOM = 0.8
+YOUNG_HEADROOM = 0.5
+_RANK_BLOCK_FUNCS = 256  # functions per block compared at once when looking for the ones hit in a window
 
 
 @dataclass(frozen=True)
@@ -96,7 +111,8 @@ class CostGuard:
     max_overhead_pct None or 0: estimate only, never detach.
     """
 
-    def __init__(self, tracer, costs: HitCosts, max_overhead_pct: float | None, target_cpu: TargetCpu) -> None:
+    def __init__(self, tracer, costs: HitCosts, max_overhead_pct: float | None, target_cpu: TargetCpu, *,
+                 young_s: float = YOUNG_S) -> None:
         self.tracer = tracer
         self.costs = costs
         self.max_overhead_pct = max_overhead_pct or None
@@ -105,11 +121,13 @@ class CostGuard:
         self._entry_cost_ns = [costs.entry_ns(kind) for kind in kinds]
         tracer.hit_cost_ns = (self._entry_cost_ns, costs.return_ns)  # the programs add up the cost themselves
         self._last_totals = (0, 0)
-        self._rank_base: tuple[list[int], list[int]] | None = None
-        self._ranked_at = time.monotonic()
+        self._hits_base: bytes | None = None  # gt_func_counts at the last check
         self._totals = self._start = _Totals(time.monotonic(), 0, 0.0, 0)
         self._last_target_cpu_ns = 0
         self._checked_at = float("-inf")
+        self.young_s = young_s
+        self._attached_at: float | None = None  # None while attaching
+        self._last_detached_at = float("-inf")
         self.detachments: list[Detachment] = []
         self.last_window: Overhead | None = None
         self._lock = threading.Lock()  # _unreported
@@ -120,7 +138,24 @@ class CostGuard:
         """Take the baseline (before attaching)."""
         self._last_target_cpu_ns = self.target_cpu.sample()
         self._totals = self._start = _Totals(time.monotonic(), 0, 0.0, 0)
-        self._checked_at = self._ranked_at = time.monotonic()
+        self._checked_at = time.monotonic()
+
+    def attached(self) -> _Totals:
+        """Attaching is over: mark() now, and stay young for YOUNG_S from here."""
+        totals = self.mark()
+        self._attached_at = time.monotonic()
+        return totals
+
+    def young(self, now: float | None = None) -> bool:
+        """Attaching, or less than young_s (YOUNG_S) since attaching ended or since the last detachment."""
+        if self._attached_at is None:
+            return True
+        now = time.monotonic() if now is None else now
+        return now - max(self._attached_at, self._last_detached_at) < self.young_s
+
+    def period_s(self) -> float:
+        """Seconds until the next check is due: YOUNG_CHECK_PERIOD_S while young, else CHECK_PERIOD_S."""
+        return YOUNG_CHECK_PERIOD_S if self.young() else CHECK_PERIOD_S
 
     def mark(self) -> _Totals:
         """The running totals now (the hits read first; nothing detached), to measure an interval from."""
@@ -131,20 +166,30 @@ class CostGuard:
         """The probes' cost from start() to the last check."""
         return self.overhead_since(self._start)
 
-    def _rank(self, now: float) -> list[tuple[int, float, float]]:
-        """(func_id, cost in ns/s, hits/s) of the functions hit since the last check, costliest first (the hits
-        are in memory shared with the kernel: about 2 ms for 60,000 functions)."""
-        entry, ret = self.tracer.hits()
-        base_entry, base_ret = self._rank_base or ([0] * len(entry), [0] * len(ret))
-        since_s = max(now - self._ranked_at, 1e-3)
-        self._rank_base, self._ranked_at = (entry, ret), now
+    def _rank(self, base: bytes | None, now: bytes, window_s: float) -> list[tuple[int, float, float]]:
+        """(func_id, cost in ns/s, hits/s) of the functions hit between two copies of gt_func_counts, costliest
+        first. Only blocks of _RANK_BLOCK_FUNCS functions whose bytes changed are decoded: in a window, few
+        of 60,000 functions are hit."""
+        if base is None:
+            base = bytes(len(now))
+        n = header.constant("GT_FC_N")
+        entries, returns = header.constant("GT_FC_ENTRIES"), header.constant("GT_FC_RETURNS")
+        counts, before = memoryview(now).cast("Q"), memoryview(base).cast("Q")
+        block_bytes = _RANK_BLOCK_FUNCS * n * 8
+        n_funcs = min(len(self._entry_cost_ns), len(counts) // n)
         return_ns = self.costs.return_ns
+        since_s = max(window_s, 1e-3)
         ranked = []
-        for func_id, (e, be, r, br, entry_ns) in enumerate(zip(entry, base_entry, ret, base_ret,
-                                                               self._entry_cost_ns)):
-            if e != be or r != br:
-                ranked.append((func_id, ((e - be) * entry_ns + (r - br) * return_ns) / since_s,
-                               ((e - be) + (r - br)) / since_s))
+        for start in range(0, len(now), block_bytes):
+            if now[start:start + block_bytes] == base[start:start + block_bytes]:
+                continue
+            first = start // (n * 8)
+            for func_id in range(first, min(first + _RANK_BLOCK_FUNCS, n_funcs)):
+                e = counts[func_id * n + entries] - before[func_id * n + entries]
+                r = counts[func_id * n + returns] - before[func_id * n + returns]
+                if e or r:
+                    ranked.append((func_id, (e * self._entry_cost_ns[func_id] + r * return_ns) / since_s,
+                                   (e + r) / since_s))
         ranked.sort(key=lambda item: -item[1])
         return ranked
 
@@ -154,13 +199,13 @@ class CostGuard:
                         now.target_cpu_ns - mark.target_cpu_ns)
 
     @contextlib.contextmanager
-    def watching(self, period_s: float = CHECK_PERIOD_S):
-        """check() every period_s in a background thread for the duration of a `with`; take_detached() hands
-        over what it detached."""
+    def watching(self, period_s: float | None = None):
+        """check() in a background thread for the duration of a `with`, every period_s (None: every
+        period_s(), faster while young); take_detached() hands over what it detached."""
         stop = threading.Event()
 
         def run() -> None:
-            while not stop.wait(period_s):
+            while not stop.wait(self.period_s() if period_s is None else period_s):
                 self.tracer.upkeep()
                 found = self.check(force=True)
                 if found:
@@ -191,6 +236,7 @@ class CostGuard:
         now = time.monotonic()
         if not force and now - self._checked_at < period_s:
             return []
+        hits_now = self.tracer.hit_counts_bytes()
         hits_total, cost_total = self.tracer.cost_totals()
         target_cpu_ns = self.target_cpu.sample()
         now = time.monotonic()
@@ -204,7 +250,7 @@ class CostGuard:
         self._totals = _Totals(now, t.hits + hits, t.cost_ns + cost_ns, t.target_cpu_ns + cpu_ns)
         window = Overhead(window_s, hits, cost_ns, cpu_ns)
         self.last_window = window
-        ranked = self._rank(now)  # every check: the ranking covers the same window as the totals
+        hits_base, self._hits_base = self._hits_base, hits_now  # a ranking covers the same window as the totals
         if (not act or self.max_overhead_pct is None or window_s <= 0 or window.share_of_cpu < FLOOR_SHARE_OF_CPU
                 or cpu_ns <= 0):
             return []
@@ -214,8 +260,9 @@ class CostGuard:
         # Over budget: the functions whose probes cost the most in this window go first.
         detached_ids = self.tracer.detached_ids()
         victims = []
-        excess_ns_per_s = (cost_ns - HEADROOM * budget_ns) / window_s
-        for func_id, cost_per_s, hits_per_s in ranked:
+        headroom = YOUNG_HEADROOM if self.young(now) else HEADROOM
+        excess_ns_per_s = (cost_ns - headroom * budget_ns) / window_s
+        for func_id, cost_per_s, hits_per_s in self._rank(hits_base, hits_now, window_s):
             if excess_ns_per_s <= 0:
                 break
             if func_id in detached_ids:
@@ -231,4 +278,5 @@ class CostGuard:
                             window.share_of_target, self.max_overhead_pct, now, done)
                  for func_id, cost_per_s, hits_per_s in victims]
         self.detachments += found
+        self._last_detached_at = done
         return found

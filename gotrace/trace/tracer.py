@@ -320,6 +320,13 @@ class Tracer:
             raise RuntimeError(f"{type(self).__name__}.attach() was not called (or close() was)")
         return self._func_counts.tolist()
 
+    def hit_counts_bytes(self) -> bytes:
+        """A copy of gt_func_counts now (DETACHABLE programs): u64 counters, func_id * GT_FC_N + GT_FC_*,
+        cumulative; one copy of memory shared with the kernel (about 0.2 ms for 60,000 functions)."""
+        if self._func_counts is None:
+            raise RuntimeError(f"{type(self).__name__}.attach() was not called (or close() was)")
+        return bytes(self._func_counts)
+
     def cost_totals(self) -> tuple[int, int]:
         """(hits, their cost in ns per gt_hit_cost) of all functions so far, cumulative (DETACHABLE programs)."""
         totals = self.counters("gt_cost", {"GT_COST_HITS": "hits", "GT_COST_NS": "cost_ns"})
