@@ -86,6 +86,13 @@ def process_state(pid: int) -> str | None:
         return None
 
 
+def assert_running(svc: Running) -> None:
+    """The service has not ended; if it has, say how (status, its last output) rather than fail later on /proc."""
+    code = svc.proc.poll()
+    assert code is None, (f"the traced service (pid {svc.pid}) ended with status {code}; "
+                          f"stdout tail={svc.stdout[-1500:]!r} stderr tail={svc.stderr[-3000:]!r}")
+
+
 def assert_alive_and_progressing(pid: int) -> None:
     """The process exists, is not a zombie, and uses CPU over the next 1.5 s (it still makes progress)."""
     assert process_state(pid) not in (None, "Z", "X"), f"pid {pid} is gone"
@@ -515,6 +522,7 @@ def test_sigkill_of_gotrace_leaves_no_probe_and_service_keeps_running(spawn, pri
     held = bpf_ids(gotrace.pid)
     assert held["prog"] and held["link"] and held["map"], held
     assert all(bpf_object_exists(kind, i) for kind, ids in held.items() for i in ids)
+    assert_running(svc)
     assert process_bytes(pid, vaddrs) == [UPROBE_INSN[gobuild.NATIVE_ARCH]] * len(vaddrs), \
         "probes not visible while attached"
     assert str(binary) not in tracefs_uprobe_events()
