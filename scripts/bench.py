@@ -59,7 +59,7 @@ SCALE_PATTERN = "net/http.*"
 SCALE_SIZES = (10, 100, 1000)
 ATTACHED_TIMEOUT_S = 120.0
 
-TARGET_OVERHEAD_RATIO = 1.03  # gotrace latency / the floor, mean over rounds (issue 16)
+TARGET_OVERHEAD_RATIO = 1.03  # gotrace latency / the floor, geometric mean over rounds (issue 16)
 TARGET_OVERHEAD_CI_HIGH = 1.05  # its 95% confidence interval's upper bound
 TARGET_STARTUP_S = 1.0
 TARGET_ATTACH_1000_S = 5.0

@@ -12,10 +12,13 @@ are a fraction of a second apart and drift of a busy machine hits all alike.
 The floor is empty BPF programs on perf-event links (gotrace's own attach
 path of old kernels, bpf.uprobes' perf_link mode): what the kernel's two
 uprobe traps per call cost with nothing to do. Each round gives every row a
-ratio (row - untraced) / (floor - untraced); a row's figure is the mean of its
-rounds' ratios with a Student-t 95% confidence interval. A second, identical
-floor process (the A/A row) measures the bench's own error: its ratio should
-be 1.000, and its interval is what noise alone gives.
+ratio (row - untraced) / (floor - untraced); a row's figure is the geometric
+mean of its rounds' ratios, with the Student-t 95% confidence interval of
+their logarithms' mean. (The arithmetic mean of ratios with a noisy
+denominator is biased upwards: on a busy 2-CPU machine, floor CV 16% per
+round, it gave the A/A row 1.014 [1.003, 1.025].) A second, identical floor
+process (the A/A row) measures the bench's own error: its ratio should be
+1.000, and its interval is what noise alone gives.
 
 The rows decompose latency's cost: empty programs on uprobe_multi links with
 cookies (gotrace's attach path), then probes/bench.bpf.c's stages (g; the
@@ -130,6 +133,18 @@ class Estimate:
         mean = statistics.fmean(values)
         half = t_quantile_975(n - 1) * statistics.stdev(values) / math.sqrt(n) if n > 1 else float("nan")
         return cls(mean, mean - half, mean + half, statistics.median(values), n)
+
+    @classmethod
+    def of_ratios(cls, ratios: list[float]) -> Estimate:
+        """A ratio's estimate from per-round ratios: their geometric mean, with the t interval of the mean of their
+        logarithms. The arithmetic mean of ratios is biased upwards when the denominator is noisy (Jensen's
+        inequality: E[1/X] > 1/E[X]); the mean of log ratios is not, since log(A/B) = -log(B/A): two identical
+        configurations give 1 in expectation whatever the noise. Non-positive ratios (noise larger than the
+        cost) fall back to the arithmetic mean."""
+        if not ratios or min(ratios) <= 0:
+            return cls.of(ratios)
+        logs = cls.of([math.log(r) for r in ratios])
+        return cls(math.exp(logs.mean), math.exp(logs.low), math.exp(logs.high), statistics.median(ratios), logs.n)
 
     def text(self) -> str:
         return f"{self.mean:6.3f} [{self.low:6.3f}, {self.high:6.3f}]"
@@ -359,7 +374,7 @@ def print_overhead(args, r: dict) -> dict:
     print(f"== Overhead per traced call: testdata/hotloop {HOTLOOP_FUNC} ({r['go_version']}, {r['sites']} probe sites: "
           f"entry + {r['sites'] - 1} ret), {args.calls} calls x {args.rounds} rounds, one process per row "
           f"pinned to CPU {r['cpu']}, rows shuffled each round, timed in chunks of {args.chunk} calls ==")
-    print(f"  {'':5s} {'row':46s} {'per call':>10s} {'added':>10s}   ratio to floor, mean [95% CI]   median"
+    print(f"  {'':5s} {'row':46s} {'per call':>10s} {'added':>10s}   ratio to floor, geo. mean [95% CI] median"
           + ("   variant - row 6, paired [95% CI]" if any(k in VARIANT_KEYS for k in slots) else ""))
     estimates = {}
     for key, slot in slots.items():
@@ -369,7 +384,7 @@ def print_overhead(args, r: dict) -> dict:
         if key == "untraced":
             ratio = ""
         else:
-            est = Estimate.of([(t - u) / f for t, u, f in zip(slot.per_call_ns, untraced, floor_cost)])
+            est = Estimate.of_ratios([(t - u) / f for t, u, f in zip(slot.per_call_ns, untraced, floor_cost)])
             estimates[key] = est
             ratio = f"{est.text()}   {est.median:6.3f}"
         if key in VARIANT_KEYS and "full" in slots:
@@ -380,20 +395,24 @@ def print_overhead(args, r: dict) -> dict:
     if any(row.label.endswith("*") for row in ROWS if row.key in slots):
         print("  (*: not a correct program, a measure of what the part left out costs)")
     print(f"  (per call: the median chunk's of a run; per call and added: medians over rounds; added = row - untraced, "
-          f"in the same round; ratio: mean over rounds of (row - untraced) / (floor - untraced))")
+          f"in the same round; ratio: geometric mean over rounds of (row - untraced) / (floor - untraced), "
+          f"its CI from the logarithms' t interval)")
     aa = estimates.get("floor_aa")
     if aa:
-        print(f"  bench's own error (A/A, identical floors): {aa.text()}: half-width {(aa.high - aa.low) / 2:.3f}")
+        arith = Estimate.of([(t - u) / f for t, u, f in zip(slots["floor_aa"].per_call_ns, untraced, floor_cost)])
+        print(f"  bench's own error (A/A, identical floors): {aa.text()}: half-width {(aa.high - aa.low) / 2:.3f} "
+              f"(arithmetic mean of the ratios, biased by the floor's noise: {arith.text()})")
     if "latency" in estimates:
         lat = estimates["latency"]
+        arith = Estimate.of([(t - u) / f for t, u, f in zip(slots["latency"].per_call_ns, untraced, floor_cost)])
         print(f"  gotrace/floor = {lat.mean:.3f} (95% CI {lat.low:.3f}-{lat.high:.3f}; median of per-round ratios "
-              f"{lat.median:.3f})")
+              f"{lat.median:.3f}; arithmetic mean {arith.text()})")
         u, f, g = slots["untraced"].whole_ns, slots["floor"].whole_ns, slots["latency"].whole_ns
-        whole = Estimate.of([(gi - ui) / (fi - ui) for ui, fi, gi in zip(u, f, g)])
+        whole = Estimate.of_ratios([(gi - ui) / (fi - ui) for ui, fi, gi in zip(u, f, g)])
         print(f"  the same from whole runs' times (preemptions included): {whole.text()}, median {whole.median:.3f}")
     if "count" in slots and "entry_floor" in slots:
         u, f, c = slots["untraced"].per_call_ns, slots["entry_floor"].per_call_ns, slots["count"].per_call_ns
-        own = Estimate.of([(ci - ui) / (fi - ui) for ui, fi, ci in zip(u, f, c)])
+        own = Estimate.of_ratios([(ci - ui) / (fi - ui) for ui, fi, ci in zip(u, f, c)])
         print(f"  gotrace count / its own floor (an empty program at the entry site only) = {own.text()}")
     if "count" in estimates and "latency" in estimates:
         print(f"  gotrace count / gotrace latency = {estimates['count'].mean / estimates['latency'].mean:.3f}")
