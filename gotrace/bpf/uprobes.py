@@ -611,7 +611,8 @@ class DetachableSites:
         their chunks get new links before this returns; the old links (with perf-event links, the units' own)
         close in the background (removing a link's traps is quick, the kernel's grace period after it is not
         waited for here; close() waits)."""
-        units = set(units) - self._detached
+        order = {unit: i for i, unit in enumerate(dict.fromkeys(units))}  # the first given goes first
+        units = set(order) - self._detached
         if not units:
             return
         self._detached |= units
@@ -624,14 +625,20 @@ class DetachableSites:
             return
         affected = [chunk for chunk in self._chunks if not units.isdisjoint(chunk.units)]
         self._chunks = [chunk for chunk in self._chunks if units.isdisjoint(chunk.units)]
+        # Chunk by chunk, the chunk of the first unit given first, each old link closed as soon as its survivors
+        # are relinked: a hot unit's traps go after its own chunk's relinking, not after every chunk's.
+        affected.sort(key=lambda chunk: min(order[unit] for unit in chunk.units if unit in units))
+        closed = 0
         try:
             for chunk in affected:
                 survivors = [unit for unit in chunk.units if unit not in units]
                 if survivors:
                     generation = chunk.generation + 1 if chunk.generation + 1 < _GENERATION_LIMIT else 1
                     self._attach_chunk(survivors, generation)
+                self._close_later(chunk)
+                closed += 1
         finally:
-            for chunk in affected:
+            for chunk in affected[closed:]:
                 self._close_later(chunk)
 
     def _executor(self):

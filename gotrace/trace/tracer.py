@@ -289,13 +289,13 @@ class Tracer:
             self._sys.map_update_elem(map_fd, struct.pack("<I", func_id), value)
 
     def detach(self, func_ids) -> None:
-        """Remove the probes of these functions for real (DETACHABLE programs): their traps stop; the others
-        keep counting, none of their calls lost or counted twice."""
+        """Remove the probes of these functions for real (DETACHABLE programs): their traps stop, the first
+        given first; the others keep counting, none of their calls lost or counted twice."""
         if not isinstance(self._uprobes, uprobes.DetachableSites):
             raise RuntimeError(f"{type(self).__name__} cannot detach single functions")
-        func_ids = set(func_ids)
+        func_ids = list(dict.fromkeys(func_ids))  # in the caller's order: the costliest first
         self._uprobes.detach(func_ids)
-        self.detached(func_ids)
+        self.detached(set(func_ids))
 
     def upkeep(self) -> None:
         """Housekeeping a program's maps need now and then while tracing (called from the cost guard's thread)."""
