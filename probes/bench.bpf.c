@@ -12,6 +12,7 @@
  *   5  4 + the start map: entry stores the time, return finds and deletes it
  *   6  latency.bpf.c's whole work (as of this file), with these variants:
  *        GT_BENCH_ONE_READ=1    goid and stack.hi in one bpf_probe_read_user of the span between them
+ *                               (the shipped gt_goroutine_key; without it, the two reads of before)
  *        GT_BENCH_START_HASH=1  the start map a preallocated plain hash, not an LRU hash
  *        GT_BENCH_HIST=1        one gt_hist update per call: each bucket's value is {count, sum_ns}
  *                               (the SUM slot becomes user space's sum over buckets)
@@ -97,7 +98,6 @@ struct gt_bench_start_val {
     __u32 func_id;
     __u32 gen;
 };
-#define GT_BENCH_SPAN 256 /* bytes of g one read may cover (GT_BENCH_ONE_READ) */
 
 GT_MAP(gt_stats, BPF_MAP_TYPE_PERCPU_ARRAY, sizeof(__u32), sizeof(__u64), GT_STAT_N, 0);
 #if GT_BENCH_START_ARRAY
@@ -146,15 +146,16 @@ static __always_inline void gt_count(int stat)
 }
 
 #if GT_BENCH_ONE_READ
-/* gt_goroutine_key with one read of g from the lower of the two offsets to past the higher. */
+#define gt_bench_key gt_goroutine_key /* the shipped key: one read of the span goid..stack.hi (gotrace.h) */
+#else
+/* The key as it was before issue 16: goid and stack.hi in two reads of g (what rows 4-6 measure). */
 static __always_inline int gt_bench_key(struct pt_regs *ctx, __u32 func_id, struct gt_start_key *key)
 {
     __u32 zero = 0;
     struct gt_config *cfg = bpf_map_lookup_elem(&gt_config, &zero);
     __u64 g = GT_G_REG(ctx);
     __u64 tgid = bpf_get_current_pid_tgid() >> 32;
-    __u8 span[GT_BENCH_SPAN] = {};
-    __u32 lo, goid_at, hi_at, size;
+    __u64 goid = 0, stack_hi = 0;
 
     if (!cfg || func_id >= cfg->nfuncs)
         return GT_KEY_OTHER_PROCESS;
@@ -162,22 +163,14 @@ static __always_inline int gt_bench_key(struct pt_regs *ctx, __u32 func_id, stru
         return GT_KEY_OTHER_PROCESS;
     if (g == 0)
         return GT_KEY_NO_GOROUTINE;
-    lo = cfg->goid_offset < cfg->stack_hi_offset ? cfg->goid_offset : cfg->stack_hi_offset;
-    goid_at = cfg->goid_offset - lo;
-    hi_at = cfg->stack_hi_offset - lo;
-    size = (goid_at > hi_at ? goid_at : hi_at) + 8;
-    if (size > GT_BENCH_SPAN || (goid_at | hi_at) % 8 != 0)
+    if (bpf_probe_read_user(&goid, sizeof(goid), (void *)(g + cfg->goid_offset)) != 0 ||
+        bpf_probe_read_user(&stack_hi, sizeof(stack_hi), (void *)(g + cfg->stack_hi_offset)) != 0)
         return GT_KEY_READ_FAULT;
-    if (bpf_probe_read_user(span, size, (void *)(g + lo)) != 0)
-        return GT_KEY_READ_FAULT;
-    /* 8-aligned offsets below GT_BENCH_SPAN - 8, as the verifier must see them */
-    key->goid = *(__u64 *)(span + (goid_at & (GT_BENCH_SPAN - 8)));
+    key->goid = goid ? goid : (g | (1ULL << 63));
     key->tgid = (__u32)tgid;
-    key->depth = (__u32)(*(__u64 *)(span + (hi_at & (GT_BENCH_SPAN - 8))) - GT_SP_REG(ctx));
+    key->depth = (__u32)(stack_hi - GT_SP_REG(ctx));
     return GT_KEY_OK;
 }
-#else
-#define gt_bench_key gt_goroutine_key
 #endif
 
 static __always_inline int gt_make_key(struct pt_regs *ctx, __u32 func_id, struct gt_start_key *key)
