@@ -36,7 +36,7 @@
  * unwound by a panic is replaced by the next call at its key, or removed by user space once its goroutine has
  * exited (gt_exited); an entry that finds the map full counts as untimed (GT_FC_UNTIMED). */
 #define GT_START_ENTRIES 65536
-/* Goroutines seen exiting (runtime.goexit1), remembered at once (LRU). */
+/* Goroutines seen exiting (runtime.goexit1): the last GT_EXITED_ENTRIES exits (a power of two), a ring. */
 #define GT_EXITED_ENTRIES 65536
 /* Distinct (function, bucket, process) keys the histogram map holds at once;
  * user space deletes the keys of processes that exited (every-process mode). */
@@ -155,11 +155,18 @@ struct gt_start_val {
     __u32 reserved;
 };
 
-/* A goroutine of a process: the key of gt_exited (its value: when it exited, CLOCK_MONOTONIC ns). */
-struct gt_goroutine {
+/* A goroutine's exit, an element of gt_exited: exit number `seq - 1` (gt_exited_next counts them) is at index
+ * (seq - 1) % GT_EXITED_ENTRIES. seq is written last (an exchange, ordered after the other stores on every
+ * architecture), so a reader that finds seq equal to the number it expects, before and after reading the rest,
+ * read a whole record; 0: never written. A ring, not a hash: at a goroutine's exit, one atomic add and four
+ * stores (an LRU hash insertion, which evicts the oldest entry once full, cost several times the probe's
+ * program on a service that ends tens of thousands of goroutines a second). */
+struct gt_exit_rec {
     __u64 goid;
     __u32 tgid;
     __u32 reserved;
+    __u64 exit_ns; /* bpf_ktime_get_ns(): CLOCK_MONOTONIC */
+    __u64 seq;
 };
 
 /* gt_start_slots: a direct-mapped array in front of gt_starts (issue 16: an array element costs less

@@ -16,8 +16,8 @@
  * gt_starts, where user space reads it). A start found stale (its frame was unwound by a
  * panic or runtime.Goexit and another call took its key) counts as unwound.
  * A third program, gt_goexit, on runtime.goexit1, notes each goroutine's
- * exit in gt_exited: user space then removes the starts that goroutine left
- * and counts them as unwound.
+ * exit in the ring gt_exited: user space then removes the starts that
+ * goroutine left and counts them as unwound.
  *
  * Built with -DGT_CFG_STACKS=1 (the `latency_stacks` object), each matched
  * return also feeds --slow and --by caller (probes/latency_stacks.h).
@@ -36,7 +36,9 @@ GT_MAP(gt_start_slots, BPF_MAP_TYPE_ARRAY, sizeof(__u32), sizeof(struct gt_start
 GT_MAP(gt_slot_reaped, BPF_MAP_TYPE_ARRAY, sizeof(__u32), sizeof(struct gt_slot_reaped), GT_START_SLOTS, 0);
 /* Not an LRU: a start is never dropped without a trace (gotrace.h, GT_START_ENTRIES). */
 GT_MAP(gt_starts, BPF_MAP_TYPE_HASH, sizeof(struct gt_start_key), sizeof(struct gt_start_val), GT_START_ENTRIES, 0);
-GT_MAP(gt_exited, BPF_MAP_TYPE_LRU_HASH, sizeof(struct gt_goroutine), sizeof(__u64), GT_EXITED_ENTRIES, 0);
+/* The last goroutine exits (gotrace.h, gt_exit_rec) and their count; user space reads both from memory. */
+GT_MAP(gt_exited, BPF_MAP_TYPE_ARRAY, sizeof(__u32), sizeof(struct gt_exit_rec), GT_EXITED_ENTRIES, GT_MAP_MMAPABLE);
+GT_MAP(gt_exited_next, BPF_MAP_TYPE_ARRAY, sizeof(__u32), sizeof(__u64), 1, GT_MAP_MMAPABLE);
 /* Cumulative counts; user space reports differences between reads. No
  * preallocation: an element freed by user space is never reused under a
  * program still holding it. Sized by the loader (GT_HIST_*). */
@@ -237,14 +239,25 @@ SEC("uprobe/gt_goexit")
 int gt_goexit(struct pt_regs *ctx)
 {
     struct gt_start_key key = {};
-    struct gt_goroutine goroutine = {};
+    struct gt_exit_rec *rec;
     __u64 now_ns = bpf_ktime_get_ns();
+    __u64 *next, seq;
+    __u32 zero = 0, index;
 
     if (!gt_make_key(ctx, 0, &key))
         return 0;
-    goroutine.goid = key.goid;
-    goroutine.tgid = key.tgid;
-    bpf_map_update_elem(&gt_exited, &goroutine, &now_ns, BPF_ANY);
+    next = bpf_map_lookup_elem(&gt_exited_next, &zero);
+    if (!next)
+        return 0;
+    seq = __sync_fetch_and_add(next, 1);
+    index = (__u32)seq & (GT_EXITED_ENTRIES - 1);
+    rec = bpf_map_lookup_elem(&gt_exited, &index);
+    if (!rec)
+        return 0;
+    rec->goid = key.goid;
+    rec->tgid = key.tgid;
+    rec->exit_ns = now_ns;
+    __sync_lock_test_and_set(&rec->seq, seq + 1);
     return 0;
 }
 

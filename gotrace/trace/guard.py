@@ -30,11 +30,19 @@ for YOUNG_S, it checks every CHECK_PERIOD_S. A check is cheap: one per-CPU
 map read, the traced processes' schedstat, and a copy of the per-function
 hits; the functions are ranked only when the budget is exceeded, and only
 those whose hits changed (compared block by block) are looked at.
+
+The background thread runs at nice GUARD_NICE (when gotrace may raise its
+priority, as root may): on a service that keeps every CPU busy, a check at
+the default priority waits behind the service's threads, and so does the
+relinking that removes a hot function's traps, while every hit of that
+function costs the service. A check takes well under a millisecond of CPU;
+detaching is the work that ends the cost.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 import threading
 import time
 from dataclasses import dataclass
@@ -49,6 +57,7 @@ YOUNG_S = 5.0
 FLOOR_SHARE_OF_CPU = 0.005
 HEADROOM = 0.8
 YOUNG_HEADROOM = 0.5
+GUARD_NICE = -10
 _RANK_BLOCK_FUNCS = 256  # functions per block compared at once when looking for the ones hit in a window
 
 
@@ -205,6 +214,7 @@ class CostGuard:
         stop = threading.Event()
 
         def run() -> None:
+            _raise_priority(GUARD_NICE)
             while not stop.wait(self.period_s() if period_s is None else period_s):
                 self.tracer.upkeep()
                 found = self.check(force=True)
@@ -280,3 +290,10 @@ class CostGuard:
         self.detachments += found
         self._last_detached_at = done
         return found
+
+
+def _raise_priority(nice: int) -> None:
+    """Give the calling thread (on Linux, nice is per thread) the niceness `nice`, if gotrace is allowed to;
+    threads it starts later inherit it."""
+    with contextlib.suppress(OSError, AttributeError):
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), nice)

@@ -62,7 +62,7 @@ STAT_NAMES = {
 HIST_KEY = struct.Struct("<III")  # struct gt_hist_key: func_id, bucket (or a GT_HIST_SLOT_*), tgid
 START_KEY = struct.Struct("<QII")  # struct gt_start_key: goid, tgid, depth
 START_VAL = struct.Struct("<QII")  # struct gt_start_val: start_ns, func_id, reserved
-GOROUTINE = struct.Struct("<QII")  # struct gt_goroutine: goid, tgid, reserved
+EXIT_REC = struct.Struct("<QIIQQ")  # struct gt_exit_rec: goid, tgid, reserved, exit_ns, seq
 # struct gt_start_slot: tag, key (goid, tgid, depth), val (start_ns, func_id, reserved), hash_added, hash_deleted
 START_SLOT = struct.Struct("<QQIIQIIQQ")
 SLOT_REAPED = struct.Struct("<QQQ")  # struct gt_slot_reaped: tag, start_ns, hash_removed
@@ -226,6 +226,9 @@ class LatencyTracer(Tracer):
         self._swept_at = 0.0
         self._gobin = gobin  # runtime.goexit1's site is looked up when attaching
         self._goexit: uprobes.UprobeSet | None = None
+        self._exit_words: memoryview | None = None  # gt_exited as u64 words, shared with the kernel
+        self._exit_next: memoryview | None = None  # gt_exited_next: how many exits the probe has noted
+        self._exits_read = 0  # exits read from gt_exited so far
 
     def map_sizes(self) -> dict[str, int]:
         sizes = {**super().map_sizes(), "gt_hist": hist_entries(len(self.functions)),
@@ -243,11 +246,13 @@ class LatencyTracer(Tracer):
 
     def opened(self, loaded: LoadedImage) -> None:
         self._slot_words = loaded.map_memory("gt_start_slots")
+        self._exit_words = loaded.map_memory("gt_exited")
+        self._exit_next = loaded.map_memory("gt_exited_next")
         if self.stacks and self.config["slow_ns"]:
             self._slow_ring = RingBuffer(loaded.map_fd("gt_slow_events"), loaded.map_spec("gt_slow_events").max_entries)
 
     def closing(self) -> None:
-        self._slot_words = None
+        self._slot_words = self._exit_words = self._exit_next = None
         goexit, self._goexit = self._goexit, None
         if goexit is not None:
             goexit.close()
@@ -284,15 +289,33 @@ class LatencyTracer(Tracer):
         with self._lock:
             return self._sweep()
 
+    def _read_exits(self) -> dict[tuple[int, int], int]:
+        """(tgid, goid) -> exit_ns of the goroutines the probe saw exit since the last read, from the ring
+        gt_exited (gotrace.h, gt_exit_rec); those it overwrote before they were read (more than
+        GT_EXITED_ENTRIES between two reads) are lost. Nothing needs them longer: a goroutine's starts were
+        written before its exit, so the sweep that reads the exit (before the starts) finds them."""
+        words, exited = self._exit_words, {}
+        if words is None or self._exit_next is None:
+            return exited
+        n_entries = header.constant("GT_EXITED_ENTRIES")
+        n = EXIT_REC.size // 8
+        noted = self._exit_next[0]
+        number = max(self._exits_read, noted - n_entries)
+        while number < noted:
+            at = (number % n_entries) * n
+            seq = words[at + 3]
+            if seq < number + 1:
+                break  # still being written: read it next time
+            goid, tgid_word, exit_ns = words[at], words[at + 1], words[at + 2]
+            if seq == number + 1 and words[at + 3] == seq:  # not overwritten while it was read
+                exited[tgid_word & 0xFFFFFFFF, goid] = exit_ns
+            number += 1
+        self._exits_read = number
+        return exited
+
     def _sweep(self) -> dict[tuple[int, int], tuple[int, int]]:
         # Goroutines that exited, read first: a slot held by one of them no longer changes.
-        exited: dict[tuple[int, int], int] = {}
-        if self._goexit is not None:
-            g_keys, g_values, g_count = self._sys.map_lookup_batch(
-                self.loaded().map_fd("gt_exited"), GOROUTINE.size, 8, header.constant("GT_EXITED_ENTRIES"))
-            for (goid, tgid, _), (exit_ns,) in zip(GOROUTINE.iter_unpack(g_keys[:g_count * GOROUTINE.size]),
-                                                   struct.iter_unpack("<Q", g_values[:g_count * 8])):
-                exited[tgid, goid] = exit_ns
+        exited = self._read_exits() if self._goexit is not None else {}
         detached = self.detached_ids()
         running: dict[tuple[int, int], tuple[int, int]] = {}
         reaped_changed: set[int] = set()
