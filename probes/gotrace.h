@@ -367,10 +367,15 @@ struct gt_args_rate {
  * its entry instruction), gt_hit_cost[nfuncs] ns for a return hit, written
  * by user space before attaching (gotrace/trace/cost.py measures them). So
  * the probes' cost over a window is one cheap read of gt_cost.
+ * A probe that is not a traced function's (latency's on runtime.goexit1)
+ * counts its hits in GT_COST_FIXED_*, at gt_hit_cost[nfuncs + 1] ns each:
+ * part of what the probes cost, not something the guard can detach.
  */
 #define GT_COST_HITS 0
 #define GT_COST_NS 1
-#define GT_COST_N 2
+#define GT_COST_FIXED_HITS 2
+#define GT_COST_FIXED_NS 3
+#define GT_COST_N 4
 #define GT_MAP_MMAPABLE 1024 /* BPF_F_MMAPABLE: gt_func_counts and gt_hit_cost are read and written through memory */
 
 /* Which link counts a hit. A site's BPF cookie is (generation << 32) |

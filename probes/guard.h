@@ -13,7 +13,7 @@
 GT_MAP(gt_func_counts, BPF_MAP_TYPE_ARRAY, sizeof(__u32), sizeof(__u64), GT_FC_N, GT_MAP_MMAPABLE);
 /* nfuncs: the generation of the links that count for each function. */
 GT_MAP(gt_active, BPF_MAP_TYPE_ARRAY, sizeof(__u32), sizeof(__u32), 1, 0);
-/* nfuncs + 1: ns per entry hit of each function, then ns per return hit. */
+/* nfuncs + 2: ns per entry hit of each function, then per return hit, then per hit of a fixed probe (goexit). */
 GT_MAP(gt_hit_cost, BPF_MAP_TYPE_ARRAY, sizeof(__u32), sizeof(__u64), 2, GT_MAP_MMAPABLE);
 GT_MAP(gt_cost, BPF_MAP_TYPE_PERCPU_ARRAY, sizeof(__u32), sizeof(__u64), GT_COST_N, 0);
 
@@ -59,6 +59,22 @@ static __always_inline int gt_counted_hit(struct pt_regs *ctx, __u32 func_id, __
     if (ns)
         gt_cost_add(GT_COST_NS, *ns);
     return 1;
+}
+
+/* A hit of a probe that is no traced function's (gotrace.h, GT_COST_FIXED_*): counted with its cost. */
+static __always_inline void gt_fixed_hit(void)
+{
+    __u32 zero = 0, cost_index;
+    struct gt_config *cfg = bpf_map_lookup_elem(&gt_config, &zero);
+    __u64 *ns;
+
+    if (!cfg)
+        return;
+    cost_index = cfg->nfuncs + 1;
+    ns = bpf_map_lookup_elem(&gt_hit_cost, &cost_index);
+    gt_cost_add(GT_COST_FIXED_HITS, 1);
+    if (ns)
+        gt_cost_add(GT_COST_FIXED_NS, *ns);
 }
 
 /* Whether func_id's probes are detached (its calls still open were never seen to return). */

@@ -244,6 +244,7 @@ int gt_goexit(struct pt_regs *ctx)
     __u64 *next, seq;
     __u32 zero = 0, index;
 
+    gt_fixed_hit(); /* the trap was paid, whatever follows */
     if (!gt_make_key(ctx, 0, &key))
         return 0;
     next = bpf_map_lookup_elem(&gt_exited_next, &zero);

@@ -114,6 +114,34 @@ def test_estimate_is_what_the_traced_program_pays(tmp_path, spawn, command):
 
 
 @pytest.mark.bpf
+def test_goroutine_exits_are_counted_in_the_estimate(tmp_path, spawn):
+    """Each goroutine exit is a hit of latency's probe on runtime.goexit1, counted in the estimate even
+    though the traced function is never called."""
+    binary = tmp_path / "goexits"
+    shutil.copy2(gobuild.build("goexits", "1.23.9", "default"), binary)
+    prog = subprocess.Popen([str(binary)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    n = 50_000
+    try:
+        assert prog.stdout.readline().strip() == "ready"
+        tracer = spawn(gotrace("latency", "-p", prog.pid, "main.idle", "--max-overhead", "0", "--json"))
+        tracer.wait_line("stderr", r"^Tracing 1 function ")
+        prog.stdin.write(f"{n}\n")
+        prog.stdin.flush()
+        assert re.match(rf"ns=\d+ goroutines={n}$", prog.stdout.readline().strip())
+        tracer.proc.send_signal(signal.SIGINT)
+        assert tracer.finish(60) == 0, tracer.stderr
+    finally:
+        prog.stdin.close()
+        prog.wait(60)
+    report = [json.loads(line) for line in tracer.stdout.splitlines() if line.startswith("{")][-1]
+    assert report["functions"][0]["count"] == 0
+    hits = report["overhead"]["hits_per_s"] * report["interval_s"]
+    print(f"\n{n} goroutines ended: {hits:,.0f} probe hits, {report['overhead']}")
+    assert n * 0.995 <= hits <= n * 1.01 + 100  # the JSON rounds hits/s; the runtime's own goroutines end rarely
+    assert report["overhead"]["cpu_share_of_one_cpu"] > 0
+
+
+@pytest.mark.bpf
 def test_default_guard_detaches_a_hot_function_for_real(tmp_path, spawn):
     binary = hotloop(tmp_path)
     sites = ret_sites(binary, [HOT])
@@ -195,6 +223,7 @@ class _Counters:
         self.entry, self.ret = [0] * n, [0] * n
         self.detached: set[int] = set()
         self.hit_cost_ns = None
+        self.fixed_hits, self.fixed_ns = 0, 0  # a probe that is no function's (latency's on runtime.goexit1)
 
     def add(self, func_id: int, calls: int) -> None:
         self.entry[func_id] += calls
@@ -210,10 +239,14 @@ class _Counters:
         counts[header.constant("GT_FC_RETURNS")::n] = self.ret
         return array.array("Q", counts).tobytes()
 
+    def fixed_site_offsets(self):
+        return []
+
     def cost_totals(self):
         entry_ns, return_ns = self.hit_cost_ns
-        return (sum(self.entry) + sum(self.ret),
-                sum(e * c for e, c in zip(self.entry, entry_ns)) + sum(self.ret) * return_ns)
+        return (sum(self.entry) + sum(self.ret) + self.fixed_hits,
+                sum(e * c for e, c in zip(self.entry, entry_ns)) + sum(self.ret) * return_ns + self.fixed_ns,
+                self.fixed_hits, self.fixed_ns)
 
     def detach(self, func_ids) -> None:
         self.detached |= set(func_ids)
@@ -279,6 +312,26 @@ def test_young_guard_checks_often_and_detaches_deeper(tmp_path, attached):
     cpu.ns += 1_000_000_000
     assert [d.name for d in guard.check(force=True)] == ["main.f599"]
     assert guard.young()
+
+
+def test_a_fixed_probe_counts_in_the_estimate_but_never_makes_the_guard_detach(tmp_path):
+    """latency's probe on runtime.goexit1 is no traced function's: its hits and their cost are in every
+    estimate, but the budget is for what detaching can take back, the functions' probes."""
+    guard, tracer, cpu = _guard(tmp_path, 2, 5.0, young_s=0.0)
+    time.sleep(0.02)
+    tracer.add(0, 2_000)                                      # 22 ms: within the 50 ms budget
+    tracer.fixed_hits, tracer.fixed_ns = 60_000, 60_000_000   # 60 ms of goroutine exits
+    cpu.ns = 1_000_000_000
+    assert guard.check(force=True) == [] and tracer.detached == set()
+    assert guard.last_window.hits == 2 * 2_000 + 60_000
+    assert guard.last_window.share_of_target == pytest.approx(0.082, rel=0.01)
+    time.sleep(0.02)
+    tracer.add(1, 10_000)                                     # 110 ms: over the budget by itself
+    tracer.fixed_hits, tracer.fixed_ns = tracer.fixed_hits + 60_000, tracer.fixed_ns + 60_000_000
+    cpu.ns += 1_000_000_000
+    found = guard.check(force=True)
+    assert [d.name for d in found] == ["main.f1"] and tracer.detached == {1}
+    assert found[0].total_share_of_target == pytest.approx(0.17, rel=0.01)  # what the service paid, all of it
 
 
 def test_guard_leaves_a_nearly_idle_target_alone_and_never_acts_without_budget(tmp_path):

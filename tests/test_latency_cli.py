@@ -201,8 +201,8 @@ def check_contract(doc: dict) -> dict[str, dict]:
     assert _is_int(doc["ts_start_ns"]) and _is_int(doc["ts_end_ns"])
     assert 1.7e18 < doc["ts_start_ns"] < doc["ts_end_ns"] < time.time_ns() + 1, doc
     if "overhead" in doc:
-        assert set(doc["overhead"]) == {"hits_per_s", "cpu_share_of_one_cpu", "cpu_share_of_target",
-                                        "max_overhead_pct"}, doc["overhead"]
+        assert set(doc["overhead"]) == {"hits_per_s", "goroutine_exit_hits_per_s", "cpu_share_of_one_cpu",
+                                        "cpu_share_of_target", "max_overhead_pct"}, doc["overhead"]
     target = doc["target"]
     assert set(target) == {"binary", "pid", "go_version"}, sorted(target)
     assert isinstance(target["binary"], str) and target["binary"]

@@ -374,5 +374,9 @@ def test_count_report_text_and_json():
     doc = report.json()
     assert doc["event"] == "report" and doc["final"] is True and doc["interval_s"] == 2.0
     assert doc["functions"][1] == {"name": "main.a", "count": 12345, "rate_per_s": 6172.5, "detached": False}
-    assert doc["overhead"] == {"hits_per_s": 1234.5, "cpu_share_of_one_cpu": 0.0123, "cpu_share_of_target": 0.0456,
-                               "max_overhead_pct": 5.0}
+    assert doc["overhead"] == {"hits_per_s": 1234.5, "goroutine_exit_hits_per_s": 0.0, "cpu_share_of_one_cpu": 0.0123,
+                               "cpu_share_of_target": 0.0456, "max_overhead_pct": 5.0}
+    exits = CostEstimate(40_000.0, 0.036, 0.033, 5.0, 39_000.0)  # latency: its probe on runtime.goexit1 too
+    assert exits.text() == ("probes: 40,000 hits/s (39,000 of them at goroutine exits), about 3.6% of one CPU and "
+                            "3.3% of the target's CPU (budget 5%)")
+    assert exits.json()["goroutine_exit_hits_per_s"] == 39_000.0

@@ -72,7 +72,8 @@ def refused_reason(err: int) -> str:
 def cost_estimate(overhead: Overhead | None, max_overhead_pct: float | None) -> CostEstimate | None:
     if overhead is None or overhead.interval_s <= 0:
         return None
-    return CostEstimate(overhead.hits_per_s, overhead.share_of_cpu, overhead.share_of_target, max_overhead_pct)
+    return CostEstimate(overhead.hits_per_s, overhead.share_of_cpu, overhead.share_of_target, max_overhead_pct,
+                        overhead.fixed_hits_per_s)
 
 
 def detached_event(found, verbose: bool) -> Detached:

@@ -16,19 +16,25 @@ class CostEstimate:
     share_of_cpu: float  # estimated CPU seconds per second
     share_of_target: float | None  # of the traced processes' CPU time; None when they used none
     max_overhead_pct: float | None  # the budget; None: the guard only estimates
+    # of hits_per_s, those of latency's probe on runtime.goexit1 (no traced function's; never detached)
+    goroutine_exits_per_s: float = 0.0
 
     def text(self) -> str:
-        """e.g. "probes: 12,400 hits/s, about 14.1% of one CPU and 9.8% of the target's CPU (budget 5%)"."""
+        """e.g. "probes: 12,400 hits/s, about 14.1% of one CPU and 9.8% of the target's CPU (budget 5%)", with
+        "(3,100 of them at goroutine exits)" after the hits when there are such."""
         target = ("" if self.share_of_target is None
                   else f" and {_pct(self.share_of_target)} of the target's CPU")
         budget = (f"budget {self.max_overhead_pct:g}%" if self.max_overhead_pct is not None
                   else "no budget: --max-overhead 0")
-        return (f"probes: {self.hits_per_s:,.0f} hits/s, about {_pct(self.share_of_cpu)} of one CPU{target} "
+        exits = (f" ({self.goroutine_exits_per_s:,.0f} of them at goroutine exits)"
+                 if round(self.goroutine_exits_per_s) else "")
+        return (f"probes: {self.hits_per_s:,.0f} hits/s{exits}, about {_pct(self.share_of_cpu)} of one CPU{target} "
                 f"({budget})")
 
     def json(self) -> dict:
         return {
             "hits_per_s": round(float(self.hits_per_s), 1),
+            "goroutine_exit_hits_per_s": round(float(self.goroutine_exits_per_s), 1),
             "cpu_share_of_one_cpu": round(float(self.share_of_cpu), 6),
             "cpu_share_of_target": None if self.share_of_target is None else round(float(self.share_of_target), 6),
             "max_overhead_pct": self.max_overhead_pct,

@@ -90,10 +90,15 @@ class Overhead:
     hits: int
     cost_ns: float  # estimated CPU time the hits took from the traced processes
     target_cpu_ns: int  # CPU time the traced processes used (probes included)
+    fixed_hits: int = 0  # of `hits`, those of the probes that are no traced function's (goroutine exits)
 
     @property
     def hits_per_s(self) -> float:
         return self.hits / self.interval_s if self.interval_s > 0 else 0.0
+
+    @property
+    def fixed_hits_per_s(self) -> float:
+        return self.fixed_hits / self.interval_s if self.interval_s > 0 else 0.0
 
     @property
     def share_of_cpu(self) -> float:
@@ -112,6 +117,7 @@ class _Totals:
     hits: int
     cost_ns: float
     target_cpu_ns: int
+    fixed_hits: int = 0
 
 
 class CostGuard:
@@ -129,7 +135,10 @@ class CostGuard:
         kinds = site_kinds(tracer.binary_path, tracer.arch, [fn.entry_file_offset for fn in tracer.functions])
         self._entry_cost_ns = [costs.entry_ns(kind) for kind in kinds]
         tracer.hit_cost_ns = (self._entry_cost_ns, costs.return_ns)  # the programs add up the cost themselves
-        self._last_totals = (0, 0)
+        fixed = tracer.fixed_site_offsets()
+        tracer.fixed_hit_cost_ns = (costs.entry_ns(site_kinds(tracer.binary_path, tracer.arch, fixed)[0])
+                                    if fixed else None)
+        self._last_totals = (0, 0, 0, 0)  # cost_totals()
         self._hits_base: bytes | None = None  # gt_func_counts at the last check
         self._totals = self._start = _Totals(time.monotonic(), 0, 0.0, 0)
         self._last_target_cpu_ns = 0
@@ -205,7 +214,7 @@ class CostGuard:
     def overhead_since(self, mark: _Totals) -> Overhead:
         now = self._totals
         return Overhead(now.at - mark.at, now.hits - mark.hits, now.cost_ns - mark.cost_ns,
-                        now.target_cpu_ns - mark.target_cpu_ns)
+                        now.target_cpu_ns - mark.target_cpu_ns, now.fixed_hits - mark.fixed_hits)
 
     @contextlib.contextmanager
     def watching(self, period_s: float | None = None):
@@ -247,24 +256,29 @@ class CostGuard:
         if not force and now - self._checked_at < period_s:
             return []
         hits_now = self.tracer.hit_counts_bytes()
-        hits_total, cost_total = self.tracer.cost_totals()
+        hits_total, cost_total, fixed_hits_total, fixed_total = self.tracer.cost_totals()
         target_cpu_ns = self.target_cpu.sample()
         now = time.monotonic()
         window_s = now - self._checked_at
         self._checked_at = now
         hits, cost_ns = hits_total - self._last_totals[0], cost_total - self._last_totals[1]
-        self._last_totals = (hits_total, cost_total)
+        fixed_hits, fixed_ns = fixed_hits_total - self._last_totals[2], fixed_total - self._last_totals[3]
+        self._last_totals = (hits_total, cost_total, fixed_hits_total, fixed_total)
         cpu_ns = target_cpu_ns - self._last_target_cpu_ns
         self._last_target_cpu_ns = target_cpu_ns
         t = self._totals
-        self._totals = _Totals(now, t.hits + hits, t.cost_ns + cost_ns, t.target_cpu_ns + cpu_ns)
-        window = Overhead(window_s, hits, cost_ns, cpu_ns)
+        self._totals = _Totals(now, t.hits + hits, t.cost_ns + cost_ns, t.target_cpu_ns + cpu_ns,
+                               t.fixed_hits + fixed_hits)
+        window = Overhead(window_s, hits, cost_ns, cpu_ns, fixed_hits)
         self.last_window = window
         hits_base, self._hits_base = self._hits_base, hits_now  # a ranking covers the same window as the totals
         if (not act or self.max_overhead_pct is None or window_s <= 0 or window.share_of_cpu < FLOOR_SHARE_OF_CPU
                 or cpu_ns <= 0):
             return []
+        # The budget is for the traced functions' probes, what detaching can take back: the fixed probes'
+        # share is in every estimate shown, never a reason to detach a function.
         budget_ns = self.max_overhead_pct / 100 * cpu_ns
+        cost_ns -= fixed_ns
         if cost_ns <= budget_ns:
             return []
         # Over budget: the functions whose probes cost the most in this window go first.

@@ -224,7 +224,8 @@ class LatencyTracer(Tracer):
         self._slot_words: memoryview | None = None  # gt_start_slots as u64 words, shared with the kernel
         self._reaped: dict[int, list[int]] = {}  # slot index -> gt_slot_reaped's value [tag, start_ns, hash_removed]
         self._swept_at = 0.0
-        self._gobin = gobin  # runtime.goexit1's site is looked up when attaching
+        self._gobin = gobin
+        self._goexit_offsets: list[int] | None = None  # runtime.goexit1's probe site, looked up when first asked
         self._goexit: uprobes.UprobeSet | None = None
         self._exit_words: memoryview | None = None  # gt_exited as u64 words, shared with the kernel
         self._exit_next: memoryview | None = None  # gt_exited_next: how many exits the probe has noted
@@ -237,9 +238,17 @@ class LatencyTracer(Tracer):
             sizes["gt_caller_hist"] = hist_entries(len(self.functions))
         return sizes
 
+    def fixed_site_offsets(self) -> list[int]:
+        """The probe on runtime.goexit1: one hit per goroutine exit, counted with its cost, never detached."""
+        if self._goexit_offsets is None:
+            offset = goexit_site(self._gobin)
+            self._goexit_offsets = [] if offset is None else [offset]
+        return self._goexit_offsets
+
     def setup_maps(self, loaded: LoadedImage) -> None:
         """The probe on runtime.goexit1 goes first: a goroutine that ends after a traced call began is seen."""
-        goexit_file_offset = goexit_site(self._gobin)
+        offsets = self.fixed_site_offsets()
+        goexit_file_offset = offsets[0] if offsets else None
         if goexit_file_offset is not None:
             self._goexit = uprobes.attach_sites(self.binary_path, [(self.GOEXIT_PROGRAM, [(goexit_file_offset, 0)])],
                                                 pid=self.pid, load_program=loaded.load_program, mode=self.mode)

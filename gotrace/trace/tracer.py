@@ -144,6 +144,8 @@ class Tracer:
         # DETACHABLE: ns one hit costs, per function's entry and for a return (probes/guard.h gt_hit_cost);
         # set by the cost guard before attach()
         self.hit_cost_ns: tuple[list[float], float] | None = None
+        # ... and per hit of the probe that is no traced function's (fixed_site_offsets(); GT_COST_FIXED_*)
+        self.fixed_hit_cost_ns: float | None = None
         self.after_chunk = None  # DETACHABLE: called after each chunk is attached (the cost guard's check)
         self._func_counts: memoryview | None = None  # DETACHABLE: gt_func_counts, shared with the kernel
         self.attached_by: str | None = None  # "uprobe_multi" or "perf_link", once attached
@@ -164,7 +166,7 @@ class Tracer:
         if not self.DETACHABLE:
             return {}
         n = len(self.functions)
-        return {"gt_func_counts": n * header.constant("GT_FC_N"), "gt_active": n, "gt_hit_cost": n + 1}
+        return {"gt_func_counts": n * header.constant("GT_FC_N"), "gt_active": n, "gt_hit_cost": n + 2}
 
     def setup_maps(self, loaded: LoadedImage) -> None:
         """Fill this program's own maps after loading, before attaching."""
@@ -268,6 +270,7 @@ class Tracer:
                 cost = self._loaded.map_memory("gt_hit_cost")
                 cost[: len(entry_ns)] = memoryview(array.array("Q", (round(ns) for ns in entry_ns)))
                 cost[len(self.functions)] = round(return_ns)
+                cost[len(self.functions) + 1] = round(self.fixed_hit_cost_ns or 0)
                 del cost
             self._uprobes = uprobes.DetachableSites(
                 self.binary_path, self.site_groups(), pid=self.pid, load_program=self._loaded.load_program,
@@ -327,10 +330,18 @@ class Tracer:
             raise RuntimeError(f"{type(self).__name__}.attach() was not called (or close() was)")
         return bytes(self._func_counts)
 
-    def cost_totals(self) -> tuple[int, int]:
-        """(hits, their cost in ns per gt_hit_cost) of all functions so far, cumulative (DETACHABLE programs)."""
-        totals = self.counters("gt_cost", {"GT_COST_HITS": "hits", "GT_COST_NS": "cost_ns"})
-        return totals["hits"], totals["cost_ns"]
+    def fixed_site_offsets(self) -> list[int]:
+        """File offsets of the probes this tracer attaches that are no traced function's (they count their hits
+        in GT_COST_FIXED_*, and no guard can detach them): none here."""
+        return []
+
+    def cost_totals(self) -> tuple[int, int, int, int]:
+        """(hits, their cost in ns per gt_hit_cost) of all probes so far, then the same of the fixed probes
+        alone (fixed_site_offsets(), included in the first two), cumulative (DETACHABLE programs)."""
+        totals = self.counters("gt_cost", {"GT_COST_HITS": "hits", "GT_COST_NS": "cost_ns",
+                                           "GT_COST_FIXED_HITS": "fixed_hits", "GT_COST_FIXED_NS": "fixed_ns"})
+        return (totals["hits"] + totals["fixed_hits"], totals["cost_ns"] + totals["fixed_ns"], totals["fixed_hits"],
+                totals["fixed_ns"])
 
     def close(self) -> None:
         """Detach every probe and free the BPF programs and maps. Safe to call twice."""

@@ -1,0 +1,3 @@
+module example.com/goexits
+
+go 1.18
