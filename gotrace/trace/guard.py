@@ -5,7 +5,11 @@ gotrace.trace.cost says what one hit costs here, by the kind of the probed
 instruction; the programs count hits per function and add up their cost
 (probes/gotrace.h, "The cost guard's counters"), so the probes' cost over a
 window is one cheap read, and the traced processes' own CPU time over the
-same window comes from /proc (gotrace.trace.targetcpu). The budget
+same window comes from /proc (gotrace.trace.targetcpu). A probe that is no
+traced function's (latency's on runtime.goexit1, hit at every goroutine
+exit) counts its hits and cost apart (Tracer.fixed_site_offsets,
+GT_COST_FIXED_*): they are in every estimate, but the budget is for what
+detaching can take back, the traced functions' probes. The budget
 (--max-overhead PERCENT) is a share of the traced processes' CPU time: for
 a service that is busy on its CPUs, the share of its CPU time that goes into
 probes is about the share of throughput it loses.
