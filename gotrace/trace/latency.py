@@ -248,9 +248,8 @@ class LatencyTracer(Tracer):
     def setup_maps(self, loaded: LoadedImage) -> None:
         """The probe on runtime.goexit1 goes first: a goroutine that ends after a traced call began is seen."""
         offsets = self.fixed_site_offsets()
-        goexit_file_offset = offsets[0] if offsets else None
-        if goexit_file_offset is not None:
-            self._goexit = uprobes.attach_sites(self.binary_path, [(self.GOEXIT_PROGRAM, [(goexit_file_offset, 0)])],
+        if offsets:
+            self._goexit = uprobes.attach_sites(self.binary_path, [(self.GOEXIT_PROGRAM, [(offsets[0], 0)])],
                                                 pid=self.pid, load_program=loaded.load_program, mode=self.mode)
 
     def opened(self, loaded: LoadedImage) -> None:
