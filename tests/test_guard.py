@@ -35,7 +35,8 @@ from support.gobuild import REPO_ROOT as REPO
 from gotrace.binary.gobinary import GoBinary
 from gotrace.trace import cost
 from gotrace import header
-from gotrace.trace.guard import (CHECK_PERIOD_S, FLOOR_SHARE_OF_CPU, YOUNG_CHECK_PERIOD_S, YOUNG_S, CostGuard)
+from gotrace.trace.guard import (CHECK_PERIOD_S, FLOOR_SHARE_OF_CPU, SURGE_HEADROOM, YOUNG_CHECK_PERIOD_S, YOUNG_S,
+                                 CostGuard, likely_hot_first)
 from gotrace.trace.latency import LatencyTracer
 from gotrace.trace.targetcpu import process_cpu_ns
 from gotrace.trace.tracer import traced_functions
@@ -208,8 +209,9 @@ def test_detaching_some_functions_keeps_the_others_exact(spawn, mode):
 # -- the budget's arithmetic, on numbers given directly (no kernel) -----------------------------------------
 
 class _Fn:
-    def __init__(self, func_id: int, name: str) -> None:
+    def __init__(self, func_id: int, name: str, length: int = 0) -> None:
         self.func_id, self.name, self.entry_file_offset = func_id, name, 0
+        self.entry_vaddr, self.return_vaddrs = 0x1000, (0x1000 + length,)
 
 
 class _Counters:
@@ -312,6 +314,31 @@ def test_young_guard_checks_often_and_detaches_deeper(tmp_path, attached):
     cpu.ns += 1_000_000_000
     assert [d.name for d in guard.check(force=True)] == ["main.f599"]
     assert guard.young()
+
+
+def test_a_young_surge_detaches_down_to_the_surge_headroom(tmp_path):
+    """A young window that costs more than SURGE_FACTOR times the budget (load meeting a wide pattern): the guard
+    detaches down to SURGE_HEADROOM of the budget, not YOUNG_HEADROOM, in that one check."""
+    guard, tracer, cpu = _guard(tmp_path, 5, 5.0)
+    time.sleep(0.02)
+    # budget 50 ms of a second; 176 + 33 + 22 + 1.1 + 0.11 ms: 4.6 times the budget
+    for func_id, calls in enumerate([16_000, 3_000, 2_000, 100, 10]):
+        tracer.add(func_id, calls)
+    cpu.ns = 1_000_000_000
+    found = guard.check(force=True)
+    # down to 5% of the budget (2.5 ms): f0, f1 and f2 go (50% of it, 25 ms, would have left f2)
+    assert SURGE_HEADROOM * 50 < 1.1 + 0.11 + 22
+    assert [d.name for d in found] == ["main.f0", "main.f1", "main.f2"] and tracer.detached == {0, 1, 2}
+
+
+def test_likely_hot_functions_come_first():
+    """The runtime's packages first, then the rest of the standard library, the shortest first within each;
+    the module's own functions and other modules' are not listed."""
+    functions = [_Fn(0, "main.handler", 40), _Fn(1, "net/http.(*conn).serve", 4000), _Fn(2, "runtime.mallocgc", 900),
+                 _Fn(3, "github.com/x/y.F", 10), _Fn(4, "sync.(*Mutex).Lock", 60), _Fn(5, "strings.Index", 200),
+                 _Fn(6, "internal/runtime/maps.(*Map).getWithKey", 300), _Fn(7, "time.Now", 120),
+                 _Fn(8, "golang.org/x/net/http2.(*Framer).ReadFrame", 50)]
+    assert likely_hot_first(functions) == [4, 7, 6, 2, 5, 1]
 
 
 def test_a_fixed_probe_counts_in_the_estimate_but_never_makes_the_guard_detach(tmp_path):

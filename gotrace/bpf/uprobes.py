@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import math
 import os
 import queue
 import signal
@@ -59,7 +60,7 @@ BACKGROUND_DETACH_MIN_SITES = 16
 # Open files beyond the probes' own that the rest of gotrace may need meanwhile.
 _SPARE_FDS = 64
 # Other fds (chunks of DetachableSites): closed from this many threads when there are more than _SEQUENTIAL_CLOSE_MAX.
-_CLOSE_THREADS = 64
+_CLOSE_THREADS = 512
 _SEQUENTIAL_CLOSE_MAX = 8
 
 
@@ -340,8 +341,11 @@ class _Attacher:
 
 # Sites per link. Detaching a unit re-creates its chunk's links for the other units: each of their sites is
 # registered again (the breakpoint stays, but every registration takes the traced process's mmap lock), so
-# small chunks disturb less; each chunk costs a file descriptor per program (more if needed: _chunk_sites).
+# small chunks disturb less; each chunk costs a file descriptor per program (fewer, larger chunks when those are
+# short; the units likely to be detached get chunks of their own: plan_chunks).
 CHUNK_SITES = 64
+# Sites per chunk of the units likely to be detached that cannot have chunks of their own (plan_chunks).
+SMALL_CHUNK_SITES = 8
 _FD_RESERVE = 256  # descriptors left for everything else
 ENOTSUPP = 524  # the kernel's own "not supported": an instruction a uprobe cannot be placed on
 REFUSED_SITE_ERRNOS = frozenset({ENOTSUPP, errno.EOPNOTSUPP})
@@ -388,7 +392,7 @@ class DetachableSites:
     def __init__(self, binary_path: str, groups: Sequence[tuple[bytes, Sequence[tuple[int, int]]]], *,
                  pid: int | None, load_program: ProgramLoader, set_generation: GenerationSetter,
                  mode: str = "auto", site_name: Callable[[int], str] | None = None,
-                 chunk_sites: int = CHUNK_SITES) -> None:
+                 chunk_sites: int = CHUNK_SITES, hot_first: Sequence[int] = ()) -> None:
         if mode not in MODES:
             raise UsageError(f"attach mode must be one of {', '.join(MODES)}, not {mode!r}")
         self._attacher = _Attacher(str(binary_path), pid, load_program, site_name)
@@ -400,7 +404,8 @@ class DetachableSites:
         self._set_generation = set_generation
         total_sites = sum(len(sites) for _, sites in groups)
         self._total_sites = total_sites
-        self._chunk_sites = _chunk_sites(total_sites, max(1, len(groups)), max(1, chunk_sites))
+        self._chunk_sites = max(1, chunk_sites)
+        self._hot_first = [unit for unit in dict.fromkeys(hot_first) if unit in self._unit_sites]
         self.requested_mode = mode
         self.mode: str | None = None  # "uprobe_multi" or "perf_link" once the first chunk is attached
         self._prog_fds: dict[bytes, int] = {}
@@ -431,18 +436,10 @@ class DetachableSites:
         return sum(len(offsets) for unit in units for offsets in self._unit_sites.get(unit, ()))
 
     def plan_chunks(self) -> list[list[int]]:
-        """The units in order, cut into chunks of about chunk_sites sites (a unit is never split)."""
-        chunks, current, size = [], [], 0
-        for unit in self._unit_sites:
-            n = self.n_sites([unit])
-            if current and size + n > self._chunk_sites:
-                chunks.append(current)
-                current, size = [], 0
-            current.append(unit)
-            size += n
-        if current:
-            chunks.append(current)
-        return chunks
+        """The units in order, cut into chunks (a unit is never split) that fit in the file descriptors this
+        process may open: see plan_chunks()."""
+        return plan_chunks({unit: self.n_sites([unit]) for unit in self._unit_sites}, self._hot_first,
+                           _fd_room(), max(1, len(self._programs)), self._chunk_sites)
 
     def attach(self, after_chunk: Callable[[], None] | None = None) -> None:
         """Attach every unit, chunk by chunk, each chunk switched on once all its programs' links exist.
@@ -625,9 +622,11 @@ class DetachableSites:
             return
         affected = [chunk for chunk in self._chunks if not units.isdisjoint(chunk.units)]
         self._chunks = [chunk for chunk in self._chunks if units.isdisjoint(chunk.units)]
-        # Chunk by chunk, the chunk of the first unit given first, each old link closed as soon as its survivors
-        # are relinked: a hot unit's traps go after its own chunk's relinking, not after every chunk's.
-        affected.sort(key=lambda chunk: min(order[unit] for unit in chunk.units if unit in units))
+        # Chunk by chunk, each old link closed as soon as its survivors are relinked: a hot unit's traps go after
+        # its own chunk's relinking, not after every chunk's. The chunks that have no survivors go first (closing
+        # them is quick), then the others; within each, the chunk of the first unit given first.
+        affected.sort(key=lambda chunk: (not set(chunk.units) <= units,
+                                         min(order[unit] for unit in chunk.units if unit in units)))
         closed = 0
         try:
             for chunk in affected:
@@ -693,26 +692,76 @@ def detach_perf_sites(pairs: list[tuple[int, int]], wait: bool | None) -> int | 
     return None
 
 
-def _chunk_sites(total_sites: int, n_programs: int, wanted: int) -> int:
-    """Sites per chunk: `wanted`, or more when the links of that many chunks would not fit in the file
-    descriptors this process may open (its soft limit is raised to the hard one first)."""
-    import math
+def plan_chunks(unit_sites: dict[int, int], hot_first: Sequence[int], room_links: int, n_programs: int,
+                chunk_sites: int) -> list[list[int]]:
+    """Cut units (unit -> its number of sites, in attach order) into chunks; a unit is never split.
+
+    Units likely to be detached (hot_first, the likeliest first) get chunks of
+    their own, so that detaching one removes its traps without registering
+    any other unit's sites again. The plan must fit in room_links links (one
+    per chunk and program): when it would not, the least likely of them share
+    chunks of SMALL_CHUNK_SITES, or else the others' chunks (as many of the
+    likeliest as fit stay alone), and as a last resort every chunk grows
+    beyond chunk_sites. Chunks come in the order of their first unit.
+    """
+    hot = [unit for unit in dict.fromkeys(hot_first) if unit in unit_sites]
+    max_chunks = max(1, room_links // max(1, n_programs))
+
+    def cut(n_solo: int, small: bool, sites: int) -> list[list[int]]:
+        return _cut(unit_sites, set(hot[:n_solo]), set(hot[n_solo:]) if small else set(), sites)
+
+    for small in (True, False):
+        if len(cut(0, small, chunk_sites)) > max_chunks:
+            continue
+        low, high = 0, len(hot)  # the most solo units that fit: low fits; find the largest
+        while low < high:
+            middle = (low + high + 1) // 2
+            if len(cut(middle, small, chunk_sites)) <= max_chunks:
+                low = middle
+            else:
+                high = middle - 1
+        return cut(low, small, chunk_sites)
+    chunks = cut(0, False, chunk_sites)
+    while len(chunks) > max_chunks and len(chunks) > 1:
+        chunk_sites = math.ceil(chunk_sites * max(1.25, len(chunks) / max_chunks))
+        chunks = cut(0, False, chunk_sites)
+    return chunks
+
+
+def _cut(unit_sites: dict[int, int], solo: set[int], small: set[int], chunk_sites: int) -> list[list[int]]:
+    """plan_chunks' cut: each solo unit alone, small ones in chunks of SMALL_CHUNK_SITES sites, the others in
+    chunks of chunk_sites (a unit that has more sites than its chunks may: alone)."""
+    chunks: list[list[int]] = []
+    open_chunks: dict[bool, tuple[int, int]] = {}  # small? -> (index in chunks, its sites so far)
+    for unit, n in unit_sites.items():
+        is_small = unit in small
+        limit = SMALL_CHUNK_SITES if is_small else chunk_sites
+        if unit in solo or n >= limit:
+            chunks.append([unit])
+            continue
+        at = open_chunks.get(is_small)
+        if at is None or at[1] + n > limit:
+            chunks.append([])
+            at = (len(chunks) - 1, 0)
+        chunks[at[0]].append(unit)
+        open_chunks[is_small] = (at[0], at[1] + n)
+    return chunks
+
+
+def _fd_room() -> int:
+    """File descriptors this process may still open, beyond _FD_RESERVE (its soft limit raised to the hard one)."""
     import resource
 
-    links = math.ceil(total_sites / wanted) * n_programs
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
     try:
         open_now = len(os.listdir("/proc/self/fd"))
     except OSError:
         open_now = 64
-    if open_now + links + _FD_RESERVE > soft and soft != hard:
-        with contextlib.suppress(ValueError, OSError):
-            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-            soft = hard
-    room = max(n_programs, soft - open_now - _FD_RESERVE)
-    if links <= room:
-        return wanted
-    return math.ceil(total_sites / (room // n_programs))
+    return max(0, soft - open_now - _FD_RESERVE)
 
 
 class _RefusedSite(Exception):

@@ -147,6 +147,7 @@ class Tracer:
         # ... and per hit of the probe that is no traced function's (fixed_site_offsets(); GT_COST_FIXED_*)
         self.fixed_hit_cost_ns: float | None = None
         self.after_chunk = None  # DETACHABLE: called after each chunk is attached (the cost guard's check)
+        self.hot_first: list[int] = []  # DETACHABLE: ids likely to be detached, the likeliest first (the guard's)
         self._func_counts: memoryview | None = None  # DETACHABLE: gt_func_counts, shared with the kernel
         self.attached_by: str | None = None  # "uprobe_multi" or "perf_link", once attached
         self.timings_s: dict[str, float] = {}  # seconds per phase of attach(): prepare, bpf_compile, attach
@@ -274,7 +275,7 @@ class Tracer:
                 del cost
             self._uprobes = uprobes.DetachableSites(
                 self.binary_path, self.site_groups(), pid=self.pid, load_program=self._loaded.load_program,
-                set_generation=self._set_generation, mode=self.mode, site_name=site_name)
+                set_generation=self._set_generation, mode=self.mode, site_name=site_name, hot_first=self.hot_first)
             self._uprobes.attach(after_chunk=lambda: self.after_chunk and self.after_chunk())
             self.refused = dict(self._uprobes.refused)
         else:
