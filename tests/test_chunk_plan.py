@@ -17,20 +17,26 @@ def _units(n: int, sites=lambda unit: 1 + unit % 5) -> dict[int, int]:
     return {unit: sites(unit) for unit in range(n)}
 
 
-def _check_partition(chunks, units) -> None:
+def _check_partition(chunks, units, hot=()) -> None:
     flat = [unit for chunk in chunks for unit in chunk]
     assert sorted(flat) == sorted(units) and len(flat) == len(set(flat))  # every unit once
-    firsts = [chunk[0] for chunk in chunks]
-    assert firsts == sorted(firsts)  # in attach order
     for chunk in chunks:
         assert chunk == sorted(chunk)
+    rank = {unit: i for i, unit in enumerate(hot)}
+    cold = [chunk for chunk in chunks if not set(chunk) & set(rank)]
+    warm = chunks[len(cold):]
+    assert chunks[:len(cold)] == cold  # the chunks without a likely hot unit first, in attach order
+    assert [chunk[0] for chunk in cold] == sorted(chunk[0] for chunk in cold)
+    likeliest = [min(rank[unit] for unit in chunk if unit in rank) for chunk in warm]
+    assert likeliest == sorted(likeliest, reverse=True)  # then the others, the likeliest last
 
 
 def test_with_room_every_likely_hot_unit_is_alone_and_the_rest_fill_chunks():
     units = _units(1000)
     hot = list(range(0, 1000, 7))
     chunks = plan_chunks(units, hot, room_links=10_000, n_programs=2, chunk_sites=64)
-    _check_partition(chunks, units)
+    _check_partition(chunks, units, hot)
+    assert [chunk[0] for chunk in chunks[-len(hot):]] == hot[::-1]
     alone = {chunk[0] for chunk in chunks if len(chunk) == 1}
     assert set(hot) <= alone
     for chunk in chunks:
@@ -47,7 +53,7 @@ def test_short_of_descriptors_the_likeliest_stay_alone_and_the_plan_fits(room, s
     units = _units(3000)
     hot = list(range(2999, 0, -3))  # the likeliest first: here, the last units
     chunks = plan_chunks(units, hot, room_links=room, n_programs=2, chunk_sites=64)
-    _check_partition(chunks, units)
+    _check_partition(chunks, units, hot)
     assert len(chunks) * 2 <= room
     alone = [chunk[0] for chunk in chunks if len(chunk) == 1 and chunk[0] in hot]
     assert 0 < len(alone) < len(hot)
@@ -66,7 +72,7 @@ def test_short_of_descriptors_the_likeliest_stay_alone_and_the_plan_fits(room, s
 def test_far_too_few_descriptors_make_every_chunk_larger(room):
     units = _units(3000)
     chunks = plan_chunks(units, list(range(500)), room_links=room, n_programs=2, chunk_sites=64)
-    _check_partition(chunks, units)
+    _check_partition(chunks, units, list(range(500)))
     assert len(chunks) * 2 <= max(room, 2)
 
 

@@ -441,10 +441,10 @@ class DetachableSites:
         return plan_chunks({unit: self.n_sites([unit]) for unit in self._unit_sites}, self._hot_first,
                            _fd_room(), max(1, len(self._programs)), self._chunk_sites)
 
-    def attach(self, after_chunk: Callable[[], None] | None = None) -> None:
+    def attach(self, after_chunk: Callable[[list[int]], None] | None = None) -> None:
         """Attach every unit, chunk by chunk, each chunk switched on once all its programs' links exist.
 
-        after_chunk() runs after each chunk (a guard may detach units from it).
+        after_chunk(units) runs after each chunk, given its units (a guard may detach some, or pause).
         A unit with a site the kernel refuses (an instruction it cannot probe)
         is left out and recorded in `refused`; any other refusal raises
         (UsageError or CapabilityError) with nothing left attached.
@@ -455,7 +455,7 @@ class DetachableSites:
                 if units:
                     self._attach_chunk(units, 1)
                 if after_chunk is not None:
-                    after_chunk()
+                    after_chunk(units)
         except BaseException:
             self.close()
             raise
@@ -651,8 +651,9 @@ class DetachableSites:
         if fds:
             self._executor().submit(_close_all, fds)
 
-    def close(self, *, wait: bool | None = None) -> None:
-        """Detach every site (links, then the perf events under them) and free the programs' fds.
+    def close(self, *, wait: bool | None = None, first_units: Sequence[int] = ()) -> None:
+        """Detach every site (links, then the perf events under them) and free the programs' fds; the chunks of
+        first_units first, in that order.
 
         uprobe_multi links go at once. Perf-event sites go one by one, slowly
         (see the module's docstring): wait=True detaches them before
@@ -661,6 +662,8 @@ class DetachableSites:
         for fewer than BACKGROUND_DETACH_MIN_SITES.
         """
         chunks, self._chunks = self._chunks, []
+        rank = {unit: i for i, unit in enumerate(first_units)}
+        chunks.sort(key=lambda chunk: min((rank.get(unit, len(rank)) for unit in chunk.units), default=len(rank)))
         pool, self._pool = self._pool, None
         if pool is not None:
             pool.shutdown(wait=True)  # units the guard detached: their closes were under way
@@ -702,7 +705,16 @@ def plan_chunks(unit_sites: dict[int, int], hot_first: Sequence[int], room_links
     per chunk and program): when it would not, the least likely of them share
     chunks of SMALL_CHUNK_SITES, or else the others' chunks (as many of the
     likeliest as fit stay alone), and as a last resort every chunk grows
-    beyond chunk_sites. Chunks come in the order of their first unit.
+    beyond chunk_sites.
+
+    Order: the chunks of units not in hot_first come first, in the order of
+    their first unit; then the rest, the likeliest last. On a service under
+    load, registering a probe takes the process's mmap lock for writing, and a
+    thread that hits a probe meanwhile waits for it (the kernel looks up a
+    hit's uprobe under that lock when its lockless lookup fails); while a hot
+    function's probes are still attached, that stalls the service far beyond
+    the traps' own cost. Attached last, the hot functions meet few
+    registrations still to come.
     """
     hot = [unit for unit in dict.fromkeys(hot_first) if unit in unit_sites]
     max_chunks = max(1, room_links // max(1, n_programs))
@@ -720,12 +732,22 @@ def plan_chunks(unit_sites: dict[int, int], hot_first: Sequence[int], room_links
                 low = middle
             else:
                 high = middle - 1
-        return cut(low, small, chunk_sites)
+        return _likeliest_last(cut(low, small, chunk_sites), hot)
     chunks = cut(0, False, chunk_sites)
     while len(chunks) > max_chunks and len(chunks) > 1:
         chunk_sites = math.ceil(chunk_sites * max(1.25, len(chunks) / max_chunks))
         chunks = cut(0, False, chunk_sites)
-    return chunks
+    return _likeliest_last(chunks, hot)
+
+
+def _likeliest_last(chunks: list[list[int]], hot: list[int]) -> list[list[int]]:
+    """The chunks without a unit of hot first (in their order), then the others by their likeliest unit, the
+    likeliest last."""
+    rank = {unit: i for i, unit in enumerate(hot)}
+    cold = [chunk for chunk in chunks if not any(unit in rank for unit in chunk)]
+    warm = [chunk for chunk in chunks if any(unit in rank for unit in chunk)]
+    warm.sort(key=lambda chunk: -min(rank.get(unit, len(rank)) for unit in chunk))
+    return cold + warm
 
 
 def _cut(unit_sites: dict[int, int], solo: set[int], small: set[int], chunk_sites: int) -> list[list[int]]:

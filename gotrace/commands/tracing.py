@@ -21,7 +21,7 @@ from gotrace.output.events import (AwaitingScrape, Detached, DetachedFunction, G
                                    SkippedSummary, SlowDetach, Started, TargetExited, Timings)
 from gotrace.output.report import CostEstimate, ReportFrame
 from gotrace.trace import cost
-from gotrace.trace.guard import CHECK_PERIOD_S, YOUNG_CHECK_PERIOD_S, CostGuard, Overhead
+from gotrace.trace.guard import CHECK_PERIOD_S, CostGuard, Overhead
 from gotrace.trace.session import Ending, StopFlag, Target, attached, ticks
 from gotrace.trace.targetcpu import TargetCpu
 
@@ -117,10 +117,8 @@ def trace_session(target: Target, make_tracer: Callable[[], object], options: Tr
         guard.start()
         guards.append(guard)
 
-        def after_chunk() -> None:
-            found = guard.check(period_s=YOUNG_CHECK_PERIOD_S)
-            if found:
-                while_attaching.append(found)
+        def after_chunk(func_ids) -> None:
+            while_attaching.extend(guard.after_chunk(func_ids))
 
         tracer.after_chunk = after_chunk
 

@@ -72,6 +72,9 @@ YOUNG_HEADROOM = 0.5
 SURGE_FACTOR = 4.0
 SURGE_HEADROOM = 0.05
 GUARD_NICE = -10
+ATTACH_PAUSE_MAX_S = 1.0
+ATTACH_DUTY = 0.25
+BUSY_SHARE_OF_CPU = 0.2
 _RANK_BLOCK_FUNCS = 256  # functions per block compared at once when looking for the ones hit in a window
 # The packages a Go service runs on every request and in every garbage collection: the runtime and what it rests
 # on. Tracing '*' on caddy under load, 618 of the 799 functions the guard detached were in these packages (3,124 of
@@ -159,6 +162,7 @@ class CostGuard:
                                     if fixed else None)
         if max_overhead_pct:
             tracer.hot_first = likely_hot_first(tracer.functions)
+        self._hot_first = frozenset(tracer.hot_first if max_overhead_pct else ())
         self._last_totals = (0, 0, 0, 0)  # cost_totals()
         self._hits_base: bytes | None = None  # gt_func_counts at the last check
         self._totals = self._start = _Totals(time.monotonic(), 0, 0.0, 0)
@@ -172,12 +176,14 @@ class CostGuard:
         self._lock = threading.Lock()  # _unreported
         self._checking = threading.Lock()  # one check at a time (the background thread's and a report's)
         self._unreported: list[list[Detachment]] = []
+        self._chunk_done_at = time.monotonic()  # after_chunk(): when the last chunk's check and pause ended
+        self._attach_debt_s = 0.0  # after_chunk(): pause owed to keep attaching to ATTACH_DUTY of the time
 
     def start(self) -> None:
         """Take the baseline (before attaching)."""
         self._last_target_cpu_ns = self.target_cpu.sample()
         self._totals = self._start = _Totals(time.monotonic(), 0, 0.0, 0)
-        self._checked_at = time.monotonic()
+        self._checked_at = self._chunk_done_at = time.monotonic()
 
     def attached(self) -> _Totals:
         """Attaching is over: mark() now, and stay young for YOUNG_S from here."""
@@ -259,6 +265,38 @@ class CostGuard:
         finally:
             stop.set()
             thread.join()
+
+    def after_chunk(self, func_ids=()) -> list[list[Detachment]]:
+        """While attaching, after each chunk of probes (its functions given): check, if one is due. The
+        detachments, one list per check.
+
+        On a service under load, each probe registered takes the process's mmap lock for writing, a thread that
+        hits a probe meanwhile may wait for it, and the registering itself takes a CPU. So while the traced
+        processes are busy (BUSY_SHARE_OF_CPU of one CPU in the last window), the functions unlikely to be hot
+        (not in tracer.hot_first, attached first: gotrace.bpf.uprobes.plan_chunks) are attached during
+        ATTACH_DUTY of the time only, and after a check that detached some of them nothing more is attached
+        until a window is back within the budget (ATTACH_PAUSE_MAX_S at most): registering more while hot
+        probes fire stalls the service far beyond the traps' own cost. The likely hot ones, attached last, go
+        at full speed: the sooner they are all on, the sooner the guard has detached those that are hot."""
+        worked_s = time.monotonic() - self._chunk_done_at  # attaching the chunk took this long
+        found = self.check(period_s=YOUNG_CHECK_PERIOD_S)
+        rounds = [found] if found else []
+        window = self.last_window
+        busy = (window is not None and window.interval_s > 0
+                and window.target_cpu_ns / (window.interval_s * 1e9) >= BUSY_SHARE_OF_CPU)
+        if busy and self._hot_first.isdisjoint(func_ids):
+            paused_until = time.monotonic() + ATTACH_PAUSE_MAX_S
+            while found and time.monotonic() < paused_until:
+                time.sleep(YOUNG_CHECK_PERIOD_S)
+                found = self.check(force=True)
+                if found:
+                    rounds.append(found)
+            self._attach_debt_s += worked_s * (1 / ATTACH_DUTY - 1)
+            if self._attach_debt_s >= 0.01:
+                time.sleep(self._attach_debt_s)
+                self._attach_debt_s = 0.0
+        self._chunk_done_at = time.monotonic()
+        return rounds
 
     def take_detached(self) -> list[list[Detachment]]:
         """The detachments of the background checks not taken yet, one list per check."""

@@ -245,25 +245,30 @@ class LatencyTracer(Tracer):
             self._goexit_offsets = [] if offset is None else [offset]
         return self._goexit_offsets
 
-    def setup_maps(self, loaded: LoadedImage) -> None:
-        """The probe on runtime.goexit1 goes first: a goroutine that ends after a traced call began is seen."""
+    def opened(self, loaded: LoadedImage) -> None:
+        """The probe on runtime.goexit1 goes on after the functions' (and off before theirs: detaching()). On a
+        service under load it is hit at every goroutine exit, tens of thousands of times a second, and each hit
+        waits while a probe is being registered or removed (the process's mmap lock): attached first, it would
+        stall the service for the whole attach. A goroutine that ends, with a traced call unwound, while the
+        functions' probes are being attached leaves that call in flight."""
         offsets = self.fixed_site_offsets()
         if offsets:
             self._goexit = uprobes.attach_sites(self.binary_path, [(self.GOEXIT_PROGRAM, [(offsets[0], 0)])],
                                                 pid=self.pid, load_program=loaded.load_program, mode=self.mode)
-
-    def opened(self, loaded: LoadedImage) -> None:
         self._slot_words = loaded.map_memory("gt_start_slots")
         self._exit_words = loaded.map_memory("gt_exited")
         self._exit_next = loaded.map_memory("gt_exited_next")
         if self.stacks and self.config["slow_ns"]:
             self._slow_ring = RingBuffer(loaded.map_fd("gt_slow_events"), loaded.map_spec("gt_slow_events").max_entries)
 
-    def closing(self) -> None:
-        self._slot_words = self._exit_words = self._exit_next = None
+    def detaching(self) -> None:
         goexit, self._goexit = self._goexit, None
         if goexit is not None:
             goexit.close()
+
+    def closing(self) -> None:
+        self._slot_words = self._exit_words = self._exit_next = None
+        self.detaching()
         ring, self._slow_ring = self._slow_ring, None
         if ring is not None:
             ring.close()

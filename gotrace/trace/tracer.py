@@ -146,7 +146,7 @@ class Tracer:
         self.hit_cost_ns: tuple[list[float], float] | None = None
         # ... and per hit of the probe that is no traced function's (fixed_site_offsets(); GT_COST_FIXED_*)
         self.fixed_hit_cost_ns: float | None = None
-        self.after_chunk = None  # DETACHABLE: called after each chunk is attached (the cost guard's check)
+        self.after_chunk = None  # DETACHABLE: called with each chunk's func_ids once attached (the cost guard's)
         self.hot_first: list[int] = []  # DETACHABLE: ids likely to be detached, the likeliest first (the guard's)
         self._func_counts: memoryview | None = None  # DETACHABLE: gt_func_counts, shared with the kernel
         self.attached_by: str | None = None  # "uprobe_multi" or "perf_link", once attached
@@ -183,6 +183,9 @@ class Tracer:
 
     def opened(self, loaded: LoadedImage) -> None:
         """Called once the probes are attached (a reader may open here)."""
+
+    def detaching(self) -> None:
+        """Called first when the probes are detached (the subclass removes its own probes here)."""
 
     def closing(self) -> None:
         """Called after the probes are detached, before the maps are freed."""
@@ -276,7 +279,7 @@ class Tracer:
             self._uprobes = uprobes.DetachableSites(
                 self.binary_path, self.site_groups(), pid=self.pid, load_program=self._loaded.load_program,
                 set_generation=self._set_generation, mode=self.mode, site_name=site_name, hot_first=self.hot_first)
-            self._uprobes.attach(after_chunk=lambda: self.after_chunk and self.after_chunk())
+            self._uprobes.attach(after_chunk=lambda units: self.after_chunk and self.after_chunk(units))
             self.refused = dict(self._uprobes.refused)
         else:
             self._uprobes = uprobes.attach_sites(
@@ -345,15 +348,30 @@ class Tracer:
                 totals["fixed_ns"])
 
     def close(self) -> None:
-        """Detach every probe and free the BPF programs and maps. Safe to call twice."""
+        """Detach every probe and free the BPF programs and maps. Safe to call twice.
+
+        The subclass's own probes go first, then the functions' chunks, those of the most hit functions first:
+        removing a probe takes the traced process's mmap lock, and a hit meanwhile waits for it."""
+        self.detaching()
+        hottest = self._hottest_first()
         self._func_counts = None
         attached, self._uprobes = self._uprobes, None
-        if attached is not None:
+        if isinstance(attached, uprobes.DetachableSites):
+            attached.close(first_units=hottest)
+        elif attached is not None:
             attached.close()
         self.closing()
         loaded, self._loaded = self._loaded, None
         if loaded is not None:
             loaded.close()
+
+    def _hottest_first(self) -> list[int]:
+        """Ids of the functions hit so far (DETACHABLE programs), the most hit first."""
+        if self._func_counts is None:
+            return []
+        n, entries = header.constant("GT_FC_N"), header.constant("GT_FC_ENTRIES")
+        hits = self._func_counts[entries::n].tolist()  # u64 words
+        return sorted((func_id for func_id, count in enumerate(hits) if count), key=lambda func_id: -hits[func_id])
 
     # -- reading ---------------------------------------------------------------
 
