@@ -188,6 +188,75 @@ def test_many_sites_detach_in_a_helper_that_leaves_nothing(small_functions):
         target.wait()
 
 
+def test_many_uprobe_multi_links_detach_in_a_paced_helper_that_leaves_nothing(small_functions, monkeypatch):
+    """uprobe_multi: from BACKGROUND_CLOSE_MIN_LINKS links on (here lowered to 100), close() returns while a helper
+    removes them, its CPU time kept to DETACH_CPU_SHARE; once it has exited, no int3 is left in the target, and
+    the target's results are right."""
+    from gotrace.binary.gobinary import GoBinary
+    from gotrace.bpf import uprobes
+    from gotrace.trace.latency import LatencyTracer
+    from gotrace.trace.tracer import traced_functions
+
+    monkeypatch.setattr(uprobes, "BACKGROUND_CLOSE_MIN_LINKS", 100)
+    target = subprocess.Popen([str(small_functions)], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    try:
+        with GoBinary(small_functions) as gobin:
+            functions = traced_functions(gobin, [gobin.probe_sites(fn) for fn in gobin.match(["main.f*"])])
+            tracer = LatencyTracer(gobin, functions, pid=target.pid, mode="uprobe_multi")
+        tracer.hot_first = [fn.func_id for fn in functions]  # a chunk each: two links per function
+        vaddrs = [v for f in functions for v in (f.entry_vaddr, *f.return_vaddrs)]
+        tracer.attach()
+        held = tracer._uprobes
+        assert tracer.attached_by == "uprobe_multi"
+        assert int3s(target.pid, vaddrs) == N_SITES
+        tracer.close()
+        helper = held.detach_helper_pid
+        assert helper is not None
+        assert Path(f"/proc/{helper}/comm").read_text().strip() == "gotrace-detach"
+        deadline = time.monotonic() + 120
+        while Path(f"/proc/{helper}").exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not Path(f"/proc/{helper}").exists(), "the detach helper did not finish within 120 s"
+        assert int3s(target.pid, vaddrs) == 0
+        out, _ = target.communicate(b"\n", timeout=60)
+        assert target.returncode == 0 and out.decode().strip() == expected_sum()
+    finally:
+        target.kill()
+        target.wait()
+
+
+def test_close_paced_closes_every_fd_and_keeps_to_its_share():
+    """close_paced closes every fd given; while this process uses more CPU than its share (here a thread that
+    burns 0.6 s of it), it waits: at a share of half a CPU, closing 600 pipes (microseconds of CPU) takes at
+    least (0.6 - slack) / 0.5 seconds."""
+    import threading
+
+    from gotrace.bpf import uprobes
+
+    fds = [fd for _ in range(300) for fd in os.pipe()]
+    uprobes.close_paced(fds, 0.25)
+    for fd in fds:
+        with pytest.raises(OSError):
+            os.fstat(fd)
+
+    def burn() -> None:
+        until = time.thread_time() + 0.6
+        while time.thread_time() < until:
+            pass
+
+    fds = [fd for _ in range(300) for fd in os.pipe()]
+    burner = threading.Thread(target=burn)
+    started = time.monotonic()
+    burner.start()
+    uprobes.close_paced(fds, 0.5)
+    took_s = time.monotonic() - started
+    burner.join()
+    assert took_s >= (0.6 - uprobes._PACE_SLACK_S) / 0.5 * 0.9
+    for fd in fds:
+        with pytest.raises(OSError):
+            os.fstat(fd)
+
+
 def int3s(pid: int, vaddrs: list[int]) -> int:
     """How many of vaddrs hold an int3 (a uprobe) in process pid's memory (a non-PIE binary: vaddr = address)."""
     with open(f"/proc/{pid}/mem", "rb") as mem:

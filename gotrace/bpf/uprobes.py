@@ -38,6 +38,7 @@ import os
 import queue
 import signal
 import threading
+import time
 from collections.abc import Callable, Iterable, Sequence
 
 from concurrent.futures import ThreadPoolExecutor
@@ -60,8 +61,14 @@ BACKGROUND_DETACH_MIN_SITES = 16
 # Open files beyond the probes' own that the rest of gotrace may need meanwhile.
 _SPARE_FDS = 64
 # Other fds (chunks of DetachableSites): closed from this many threads when there are more than _SEQUENTIAL_CLOSE_MAX.
-_CLOSE_THREADS = 512
+_CLOSE_THREADS = 128
 _SEQUENTIAL_CLOSE_MAX = 8
+# DetachableSites.close(): from this many links on, a helper process removes them, at DETACH_CPU_SHARE of a CPU.
+BACKGROUND_CLOSE_MIN_LINKS = 256
+DETACH_CPU_SHARE = 0.25
+_PACE_SLACK_S = 0.05  # close_paced(): CPU seconds it may be ahead of its share
+_PACE_STEP_S = 0.01
+_PACED_CLOSE_THREADS = 128  # close_paced(): each waits out grace periods after its close (counted in the load average)
 
 
 def _close_quietly(fd: int) -> None:
@@ -114,8 +121,9 @@ def close_perf_sites(sites: Sequence[tuple[int, int]]) -> None:
         thread.join()
 
 
-def _detach_in_background(sites: Sequence[tuple[int, int]]) -> int:
+def _detach_in_background(sites: Sequence[tuple[int, int]], work: Callable[[], None] | None = None) -> int:
     """Hand the sites' fds to a helper process that closes them after this returns; its pid. OSError if it cannot start.
+    (work: how the helper closes them, instead of close_perf_sites(sites).)
 
     The helper is forked, not executed (an interpreter's start-up would delay
     gotrace's exit by seconds on a slow machine): a first child starts a new
@@ -134,7 +142,7 @@ def _detach_in_background(sites: Sequence[tuple[int, int]]) -> int:
             os.setsid()
             helper = os.fork()
             if helper == 0:
-                _helper(sites, keep)  # never returns
+                _helper(keep, work or (lambda: close_perf_sites(sites)))  # never returns
             os.write(write_end, str(helper).encode())
             code = 0
         finally:
@@ -150,8 +158,8 @@ def _detach_in_background(sites: Sequence[tuple[int, int]]) -> int:
     return int(reported)
 
 
-def _helper(sites: Sequence[tuple[int, int]], keep: set[int]) -> None:
-    """The detach helper's life, in a forked process: close all but the sites' fds, detach the sites, exit."""
+def _helper(keep: set[int], work: Callable[[], None]) -> None:
+    """The detach helper's life, in a forked process: close all fds but `keep`, work (detach the sites), exit."""
     try:
         for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             signal.signal(sig, signal.SIG_DFL)
@@ -162,9 +170,42 @@ def _helper(sites: Sequence[tuple[int, int]], keep: set[int]) -> None:
         with contextlib.suppress(OSError):
             with open("/proc/self/comm", "w") as comm:
                 comm.write("gotrace-detach")
-        close_perf_sites(sites)
+        work()
     finally:
         os._exit(0)
+
+
+def close_paced(fds: Sequence[int], cpu_share: float) -> None:
+    """Close fds (links) roughly in the order given, from up to _CLOSE_THREADS threads, keeping this process's
+    CPU time to cpu_share of one CPU over the whole: removing a probe is kernel work in the closing thread's
+    time (the grace periods waited for after it are not), and on a service under load it competes with the
+    service for its CPUs and for its mmap lock."""
+    import resource
+
+    def cpu_s() -> float:
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        return usage.ru_utime + usage.ru_stime
+
+    started, cpu_at_start = time.monotonic(), cpu_s()
+    gate = threading.Lock()
+    pending = iter(fds)
+
+    def closer() -> None:
+        while True:
+            with gate:  # one thread at a time takes the next fd, after waiting while over the share
+                while cpu_s() - cpu_at_start > cpu_share * (time.monotonic() - started) + _PACE_SLACK_S:
+                    time.sleep(_PACE_STEP_S)
+                fd = next(pending, None)
+            if fd is None:
+                return
+            _close_quietly(fd)
+
+    threads = [threading.Thread(target=closer, name="gotrace-unlink", daemon=True)
+               for _ in range(min(_PACED_CLOSE_THREADS, len(fds)))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
 
 
 class UprobeSet:
@@ -195,7 +236,7 @@ class UprobeSet:
     def close(self, *, wait: bool | None = None, first_cookies: Iterable[int] = ()) -> None:
         """Detach every site.
 
-        uprobe_multi links go at once. Perf-event sites go one by one, slowly
+        Fewer uprobe_multi links go at once, here. Perf-event sites go one by one, slowly
         (see the module's docstring): wait=True detaches them before
         returning; wait=False leaves them to a detached helper process
         (`detach_helper_pid`) and returns at once; None (default) waits only
@@ -653,9 +694,12 @@ class DetachableSites:
 
     def close(self, *, wait: bool | None = None, first_units: Sequence[int] = ()) -> None:
         """Detach every site (links, then the perf events under them) and free the programs' fds; the chunks of
-        first_units first, in that order.
+        first_units first, in that order. With uprobe_multi links, from BACKGROUND_CLOSE_MIN_LINKS links on
+        (or wait=False), a helper process removes them after this returns (detach_helper_pid), at
+        DETACH_CPU_SHARE of one CPU: removing 160,000 probes at once takes a busy service's CPUs and mmap lock
+        for seconds, while the probes left cost it what the cost guard allowed (and nothing, on an idle one).
 
-        uprobe_multi links go at once. Perf-event sites go one by one, slowly
+        Fewer uprobe_multi links go at once, here. Perf-event sites go one by one, slowly
         (see the module's docstring): wait=True detaches them before
         returning; wait=False leaves them to a detached helper process
         (`detach_helper_pid`) and returns at once; None (default) waits only
@@ -668,7 +712,18 @@ class DetachableSites:
         if pool is not None:
             pool.shutdown(wait=True)  # units the guard detached: their closes were under way
         if self.mode != "perf_link":
-            _close_all([fd for chunk in chunks for fd in chunk.links])
+            links = [fd for chunk in chunks for fd in chunk.links]
+            if wait is False or (wait is None and len(links) >= BACKGROUND_CLOSE_MIN_LINKS):
+                try:
+                    self.detach_helper_pid = _detach_in_background(
+                        [(fd, -1) for fd in links], lambda: close_paced(links, DETACH_CPU_SHARE))
+                except OSError:
+                    pass  # no helper (no memory, no pids left): detach here
+                else:
+                    for fd in links:  # the helper holds its own references: these closes are quick
+                        _close_quietly(fd)
+                    return
+            _close_all(links)
             _close_all([fd for chunk in chunks for fd in chunk.perf_events])
             return
         pairs: list[tuple[int, int]] = []
