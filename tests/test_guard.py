@@ -331,6 +331,37 @@ def test_a_young_surge_detaches_down_to_the_surge_headroom(tmp_path):
     assert [d.name for d in found] == ["main.f0", "main.f1", "main.f2"] and tracer.detached == {0, 1, 2}
 
 
+def test_attaching_is_paced_only_while_the_target_is_busy_and_never_for_likely_hot_functions(tmp_path, monkeypatch):
+    """after_chunk: while the target used BUSY_SHARE_OF_CPU or more of a CPU in the last window, a chunk of
+    functions unlikely to be hot is followed by a pause of (1 / ATTACH_DUTY - 1) times what attaching it took;
+    a chunk of likely hot ones (runtime's) is not, and an idle target is never paused for."""
+    from gotrace.trace import guard as guard_module
+
+    code = tmp_path / "code"
+    code.write_bytes(b"\x55")
+    tracer, cpu = _Counters(code, 4), _Cpu()
+    tracer.functions[3].name = "runtime.lock2"
+    guard = CostGuard(tracer, cost.HitCosts(1000, 10_000, 10_000, "given"), 5.0, cpu)
+    guard.start()
+    assert tracer.hot_first == [3]
+    real_sleep, slept = time.sleep, []
+    monkeypatch.setattr(guard_module.time, "sleep", slept.append)
+
+    def chunk(func_ids, cpu_share: float) -> float:
+        """Attach a chunk (taking about 0.06 s), the target using cpu_share of a CPU meanwhile; the pause after."""
+        started = time.monotonic()
+        real_sleep(0.06)
+        cpu.ns += int(cpu_share * (time.monotonic() - started) * 1e9)
+        slept.clear()
+        guard.after_chunk(func_ids)
+        return sum(slept)
+
+    assert chunk([0], 0.0) == 0            # idle target: no pause
+    paused = chunk([1], 1.0)                # busy target, a function unlikely to be hot
+    assert paused == pytest.approx(0.06 * (1 / guard_module.ATTACH_DUTY - 1), rel=0.5)
+    assert chunk([3], 1.0) == 0            # busy, but a likely hot function: at full speed
+
+
 def test_likely_hot_functions_come_first():
     """The runtime's packages first, then the rest of the standard library, the shortest first within each;
     the module's own functions and other modules' are not listed."""
