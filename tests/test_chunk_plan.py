@@ -24,11 +24,11 @@ def _check_partition(chunks, units, hot=()) -> None:
         assert chunk == sorted(chunk)
     rank = {unit: i for i, unit in enumerate(hot)}
     cold = [chunk for chunk in chunks if not set(chunk) & set(rank)]
-    warm = chunks[len(cold):]
-    assert chunks[:len(cold)] == cold  # the chunks without a likely hot unit first, in attach order
-    assert [chunk[0] for chunk in cold] == sorted(chunk[0] for chunk in cold)
+    warm = chunks[:len(chunks) - len(cold)]
     likeliest = [min(rank[unit] for unit in chunk if unit in rank) for chunk in warm]
-    assert likeliest == sorted(likeliest, reverse=True)  # then the others, the likeliest last
+    assert likeliest == sorted(likeliest)  # the chunks with a likely hot unit first, the likeliest first
+    assert chunks[len(warm):] == cold  # then the others, in attach order
+    assert [chunk[0] for chunk in cold] == sorted(chunk[0] for chunk in cold)
 
 
 def test_with_room_every_likely_hot_unit_is_alone_and_the_rest_fill_chunks():
@@ -36,7 +36,7 @@ def test_with_room_every_likely_hot_unit_is_alone_and_the_rest_fill_chunks():
     hot = list(range(0, 1000, 7))
     chunks = plan_chunks(units, hot, room_links=10_000, n_programs=2, chunk_sites=64)
     _check_partition(chunks, units, hot)
-    assert [chunk[0] for chunk in chunks[-len(hot):]] == hot[::-1]
+    assert [chunk[0] for chunk in chunks[:len(hot)]] == hot
     alone = {chunk[0] for chunk in chunks if len(chunk) == 1}
     assert set(hot) <= alone
     for chunk in chunks:

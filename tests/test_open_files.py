@@ -212,7 +212,6 @@ def test_many_uprobe_multi_links_detach_in_a_paced_helper_that_leaves_nothing(sm
         tracer.close()
         helper = held.detach_helper_pid
         assert helper is not None
-        assert Path(f"/proc/{helper}/comm").read_text().strip() == "gotrace-detach"
         deadline = time.monotonic() + 120
         while Path(f"/proc/{helper}").exists() and time.monotonic() < deadline:
             time.sleep(0.05)

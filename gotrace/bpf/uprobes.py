@@ -762,14 +762,15 @@ def plan_chunks(unit_sites: dict[int, int], hot_first: Sequence[int], room_links
     likeliest as fit stay alone), and as a last resort every chunk grows
     beyond chunk_sites.
 
-    Order: the chunks of units not in hot_first come first, in the order of
-    their first unit; then the rest, the likeliest last. On a service under
+    Order: the chunks of units in hot_first come first, the likeliest first;
+    then the others, in the order of their first unit. On a service under
     load, registering a probe takes the process's mmap lock for writing, and a
     thread that hits a probe meanwhile waits for it (the kernel looks up a
-    hit's uprobe under that lock when its lockless lookup fails); while a hot
-    function's probes are still attached, that stalls the service far beyond
-    the traps' own cost. Attached last, the hot functions meet few
-    registrations still to come.
+    hit's uprobe under that lock when its lockless lookup fails): while hot
+    functions' probes are attached, registering more stalls the service far
+    beyond the traps' own cost. Attached first, the hottest are on (and
+    detached by the cost guard) after a few thousand registrations, not after
+    all of them.
     """
     hot = [unit for unit in dict.fromkeys(hot_first) if unit in unit_sites]
     max_chunks = max(1, room_links // max(1, n_programs))
@@ -787,22 +788,22 @@ def plan_chunks(unit_sites: dict[int, int], hot_first: Sequence[int], room_links
                 low = middle
             else:
                 high = middle - 1
-        return _likeliest_last(cut(low, small, chunk_sites), hot)
+        return _likeliest_first(cut(low, small, chunk_sites), hot)
     chunks = cut(0, False, chunk_sites)
     while len(chunks) > max_chunks and len(chunks) > 1:
         chunk_sites = math.ceil(chunk_sites * max(1.25, len(chunks) / max_chunks))
         chunks = cut(0, False, chunk_sites)
-    return _likeliest_last(chunks, hot)
+    return _likeliest_first(chunks, hot)
 
 
-def _likeliest_last(chunks: list[list[int]], hot: list[int]) -> list[list[int]]:
-    """The chunks without a unit of hot first (in their order), then the others by their likeliest unit, the
-    likeliest last."""
+def _likeliest_first(chunks: list[list[int]], hot: list[int]) -> list[list[int]]:
+    """The chunks with a unit of hot first, by their likeliest unit, the likeliest first; then the others (in
+    their order)."""
     rank = {unit: i for i, unit in enumerate(hot)}
     cold = [chunk for chunk in chunks if not any(unit in rank for unit in chunk)]
     warm = [chunk for chunk in chunks if any(unit in rank for unit in chunk)]
-    warm.sort(key=lambda chunk: -min(rank.get(unit, len(rank)) for unit in chunk))
-    return cold + warm
+    warm.sort(key=lambda chunk: min(rank.get(unit, len(rank)) for unit in chunk))
+    return warm + cold
 
 
 def _cut(unit_sites: dict[int, int], solo: set[int], small: set[int], chunk_sites: int) -> list[list[int]]:

@@ -160,9 +160,12 @@ class CostGuard:
         fixed = tracer.fixed_site_offsets()
         tracer.fixed_hit_cost_ns = (costs.entry_ns(site_kinds(tracer.binary_path, tracer.arch, fixed)[0])
                                     if fixed else None)
-        if max_overhead_pct:
-            tracer.hot_first = likely_hot_first(tracer.functions)
-        self._hot_first = frozenset(tracer.hot_first if max_overhead_pct else ())
+        hot_first = likely_hot_first(tracer.functions) if max_overhead_pct else []
+        if hot_first:
+            tracer.hot_first = hot_first
+        # attached at full speed (after_chunk): the functions of the runtime's own packages
+        self._runtime_ids = frozenset(func_id for func_id in hot_first
+                                      if _in_runtime_packages(tracer.functions[func_id].name))
         self._last_totals = (0, 0, 0, 0)  # cost_totals()
         self._hits_base: bytes | None = None  # gt_func_counts at the last check
         self._totals = self._start = _Totals(time.monotonic(), 0, 0.0, 0)
@@ -272,19 +275,20 @@ class CostGuard:
 
         On a service under load, each probe registered takes the process's mmap lock for writing, a thread that
         hits a probe meanwhile may wait for it, and the registering itself takes a CPU. So while the traced
-        processes are busy (BUSY_SHARE_OF_CPU of one CPU in the last window), the functions unlikely to be hot
-        (not in tracer.hot_first, attached first: gotrace.bpf.uprobes.plan_chunks) are attached during
-        ATTACH_DUTY of the time only, and after a check that detached some of them nothing more is attached
-        until a window is back within the budget (ATTACH_PAUSE_MAX_S at most): registering more while hot
-        probes fire stalls the service far beyond the traps' own cost. The likely hot ones, attached last, go
-        at full speed: the sooner they are all on, the sooner the guard has detached those that are hot."""
+        processes are busy (BUSY_SHARE_OF_CPU of one CPU in the last window), the functions outside the
+        runtime's packages are attached during ATTACH_DUTY of the time only, and after a check that detached
+        some of them nothing more is attached until a window is back within the budget (ATTACH_PAUSE_MAX_S at
+        most): registering more while hot probes fire stalls the service far beyond the traps' own cost. The
+        runtime's (attached first: tracer.hot_first, gotrace.bpf.uprobes.plan_chunks) go at full speed: the
+        sooner they are all on, the sooner the guard has detached those that are hot, and the shorter the
+        stall their surge causes."""
         worked_s = time.monotonic() - self._chunk_done_at  # attaching the chunk took this long
         found = self.check(period_s=YOUNG_CHECK_PERIOD_S)
         rounds = [found] if found else []
         window = self.last_window
         busy = (window is not None and window.interval_s > 0
                 and window.target_cpu_ns / (window.interval_s * 1e9) >= BUSY_SHARE_OF_CPU)
-        if busy and self._hot_first.isdisjoint(func_ids):
+        if busy and self._runtime_ids.isdisjoint(func_ids):
             paused_until = time.monotonic() + ATTACH_PAUSE_MAX_S
             while found and time.monotonic() < paused_until:
                 time.sleep(YOUNG_CHECK_PERIOD_S)
@@ -367,6 +371,11 @@ class CostGuard:
         return found
 
 
+def _in_runtime_packages(name: str) -> bool:
+    package = package_of(name)
+    return package in _HOT_PRONE_PACKAGES or package.startswith(_HOT_PRONE_PREFIXES)
+
+
 def likely_hot_first(functions) -> list[int]:
     """Ids of the functions the guard is likely to detach, the likeliest first: those of the runtime's packages
     (_HOT_PRONE_PACKAGES), then the rest of the standard library; the shortest first within each (from the entry
@@ -377,7 +386,7 @@ def likely_hot_first(functions) -> list[int]:
     for fn in functions:
         package = package_of(fn.name)
         length = max(fn.return_vaddrs, default=fn.entry_vaddr) - fn.entry_vaddr  # bytes, ELF vaddrs
-        if package in _HOT_PRONE_PACKAGES or package.startswith(_HOT_PRONE_PREFIXES):
+        if _in_runtime_packages(fn.name):
             tiers[0].append((length, fn.func_id))
         elif "." not in package.split("/", 1)[0] and package != "main":  # the standard library: no domain
             tiers[1].append((length, fn.func_id))
