@@ -36,8 +36,9 @@ functions (the runtime's, some under its locks) stall the service, so the
 functions it calls per request are hit far less often in that window than
 they will be once it runs again, and going down to YOUNG_HEADROOM only would
 take one check per layer of them (on caddy, about ten checks, half a second at
-a few percent of its throughput; with SURGE_FACTOR 4 instead of 2, `'runtime.*'`
-kept 60-72% of caddy's throughput in the first 5 s of load, with 2 66-80%).
+a few percent of its throughput). SURGE_FACTOR 2 or 4 made no difference
+above this VM's noise: `'runtime.*'` kept 60-90% of caddy's throughput in the
+first 5 s of load with 4 (5 runs), 62-80% with 2 (4 runs).
 Once nothing has been detached
 for YOUNG_S, it checks every CHECK_PERIOD_S. A check is cheap: one per-CPU
 map read, the traced processes' schedstat, and a copy of the per-function
