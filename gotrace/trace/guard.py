@@ -382,9 +382,8 @@ def _in_runtime_packages(name: str) -> bool:
 def likely_hot_first(functions) -> list[int]:
     """Ids of the functions the guard is likely to detach, the likeliest first: those of the runtime's packages
     (_HOT_PRONE_PACKAGES), then the rest of the standard library; the shortest first within each (from the entry
-    site to the last return). The tracer
-    attaches them in chunks of their own as far as its file descriptors allow, so that detaching one is quick
-    (gotrace.bpf.uprobes.plan_chunks)."""
+    site to the last return). The tracer attaches them first, in chunks of their own as far as its file
+    descriptors allow, so that detaching one is quick (gotrace.bpf.uprobes.plan_chunks)."""
     tiers: tuple[list[tuple[int, int]], list[tuple[int, int]]] = ([], [])
     for fn in functions:
         package = package_of(fn.name)
