@@ -78,6 +78,7 @@ GUARD_NICE = -10
 ATTACH_PAUSE_MAX_S = 1.0
 ATTACH_DUTY = 0.25
 BUSY_SHARE_OF_CPU = 0.2
+HOT_ATTACH_CHECK_PERIOD_S = 0.02
 _RANK_BLOCK_FUNCS = 256  # functions per block compared at once when looking for the ones hit in a window
 # The packages a Go service runs on every request and in every garbage collection: the runtime and what it rests
 # on. Tracing '*' on caddy under load, 618 of the 799 functions the guard detached were in these packages (3,124 of
@@ -281,17 +282,17 @@ class CostGuard:
         detached some of them nothing more is attached until a window is back within the budget
         (ATTACH_PAUSE_MAX_S at most): registering more while hot probes fire stalls the service far beyond the
         traps' own cost. The likely hot ones (attached first: gotrace.bpf.uprobes.plan_chunks) go at full
-        speed: the sooner they are all on, the sooner the guard has detached those that are hot, and the
-        shorter the stall their surge causes. (On caddy under load, tracing '*': pacing the standard
+        speed, checked every HOT_ATTACH_CHECK_PERIOD_S: the sooner they are all on and checked, the sooner the
+        guard has detached those that are hot, and the shorter the stall their surge causes. (On caddy under load, tracing '*': pacing the standard
         library's functions too, after the runtime's, left a 2 s stall and then 8 s at 62-73% of the
         throughput; at full speed, a 4 s stall and the rest at 82% or more, the attach 10 s shorter.)"""
         worked_s = time.monotonic() - self._chunk_done_at  # attaching the chunk took this long
-        found = self.check(period_s=YOUNG_CHECK_PERIOD_S)
+        likely_hot = not self._hot_ids.isdisjoint(func_ids)
+        found = self.check(period_s=HOT_ATTACH_CHECK_PERIOD_S if likely_hot and self._busy() else
+                           YOUNG_CHECK_PERIOD_S)
         rounds = [found] if found else []
-        window = self.last_window
-        busy = (window is not None and window.interval_s > 0
-                and window.target_cpu_ns / (window.interval_s * 1e9) >= BUSY_SHARE_OF_CPU)
-        if busy and self._hot_ids.isdisjoint(func_ids):
+        busy = self._busy()
+        if busy and not likely_hot:
             paused_until = time.monotonic() + ATTACH_PAUSE_MAX_S
             while found and time.monotonic() < paused_until:
                 time.sleep(YOUNG_CHECK_PERIOD_S)
@@ -304,6 +305,12 @@ class CostGuard:
                 self._attach_debt_s = 0.0
         self._chunk_done_at = time.monotonic()
         return rounds
+
+    def _busy(self) -> bool:
+        """Whether the traced processes used BUSY_SHARE_OF_CPU of one CPU or more in the last window."""
+        window = self.last_window
+        return (window is not None and window.interval_s > 0
+                and window.target_cpu_ns / (window.interval_s * 1e9) >= BUSY_SHARE_OF_CPU)
 
     def take_detached(self) -> list[list[Detachment]]:
         """The detachments of the background checks not taken yet, one list per check."""
