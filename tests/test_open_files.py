@@ -174,15 +174,7 @@ def test_many_sites_detach_in_a_helper_that_leaves_nothing(small_functions):
         assert held.n_sites(held.units) == len(vaddrs) == N_SITES >= uprobes.BACKGROUND_DETACH_MIN_SITES
         assert int3s(target.pid, vaddrs) == N_SITES
         tracer.close()
-        helper = held.detach_helper_pid
-        assert helper is not None
-        deadline = time.monotonic() + 300
-        while Path(f"/proc/{helper}").exists() and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert not Path(f"/proc/{helper}").exists(), "the detach helper did not finish within 300 s"
-        assert int3s(target.pid, vaddrs) == 0
-        out, _ = target.communicate(b"\n", timeout=60)
-        assert target.returncode == 0 and out.decode().strip() == expected_sum()
+        assert_helper_leaves_nothing(held.detach_helper_pid, target, vaddrs, 300)
     finally:
         target.kill()
         target.wait()
@@ -210,15 +202,7 @@ def test_many_uprobe_multi_links_detach_in_a_paced_helper_that_leaves_nothing(sm
         assert tracer.attached_by == "uprobe_multi"
         assert int3s(target.pid, vaddrs) == N_SITES
         tracer.close()
-        helper = held.detach_helper_pid
-        assert helper is not None
-        deadline = time.monotonic() + 120
-        while Path(f"/proc/{helper}").exists() and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert not Path(f"/proc/{helper}").exists(), "the detach helper did not finish within 120 s"
-        assert int3s(target.pid, vaddrs) == 0
-        out, _ = target.communicate(b"\n", timeout=60)
-        assert target.returncode == 0 and out.decode().strip() == expected_sum()
+        assert_helper_leaves_nothing(held.detach_helper_pid, target, vaddrs, 120)
     finally:
         target.kill()
         target.wait()
@@ -254,6 +238,19 @@ def test_close_paced_closes_every_fd_and_keeps_to_its_share():
     for fd in fds:
         with pytest.raises(OSError):
             os.fstat(fd)
+
+
+def assert_helper_leaves_nothing(helper: int | None, target: subprocess.Popen, vaddrs: list[int],
+                                 timeout_s: int) -> None:
+    """The detach helper exits within timeout_s, leaving no int3 in the target, whose results are then right."""
+    assert helper is not None
+    deadline = time.monotonic() + timeout_s
+    while Path(f"/proc/{helper}").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not Path(f"/proc/{helper}").exists(), f"the detach helper did not finish within {timeout_s} s"
+    assert int3s(target.pid, vaddrs) == 0
+    out, _ = target.communicate(b"\n", timeout=60)
+    assert target.returncode == 0 and out.decode().strip() == expected_sum()
 
 
 def int3s(pid: int, vaddrs: list[int]) -> int:

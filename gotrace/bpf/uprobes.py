@@ -176,7 +176,7 @@ def _helper(keep: set[int], work: Callable[[], None]) -> None:
 
 
 def close_paced(fds: Sequence[int], cpu_share: float) -> None:
-    """Close fds (links) roughly in the order given, from up to _CLOSE_THREADS threads, keeping this process's
+    """Close fds (links) roughly in the order given, from up to _PACED_CLOSE_THREADS threads, keeping this process's
     CPU time to cpu_share of one CPU over the whole: removing a probe is kernel work in the closing thread's
     time (the grace periods waited for after it are not), and on a service under load it competes with the
     service for its CPUs and for its mmap lock."""
@@ -236,7 +236,7 @@ class UprobeSet:
     def close(self, *, wait: bool | None = None, first_cookies: Iterable[int] = ()) -> None:
         """Detach every site.
 
-        Fewer uprobe_multi links go at once, here. Perf-event sites go one by one, slowly
+        uprobe_multi links go at once. Perf-event sites go one by one, slowly
         (see the module's docstring): wait=True detaches them before
         returning; wait=False leaves them to a detached helper process
         (`detach_helper_pid`) and returns at once; None (default) waits only
