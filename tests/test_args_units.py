@@ -27,7 +27,7 @@ from gotrace.binary.gotypes import (
     Kind, Param, Signature, basic, interface_type, map_of, pointer_to, slice_of, string_type, struct_of,
 )
 from gotrace.capture.sigparse import parse_signature
-from gotrace.capture.values import Interface, Pointer, Scalar, Struct, Text, decode_call
+from gotrace.capture.values import Interface, Pointer, Scalar, Struct, Text, Unavailable, decode_call, side_snapshot
 
 C = probes_header.constant
 
@@ -71,9 +71,14 @@ def test_sig_errors_say_what_is_wrong(text, message):
 # -- plans --------------------------------------------------------------------------
 
 
-def _model(ops, regs: dict[str, int], memory: dict[int, bytes], sp: int, limit: int) -> bytes:
-    """What probes/args.bpf.c's gt_capture does, in Python: the region (status bytes first)."""
-    buf = bytearray(limit + C("GT_ARGS_SLACK"))
+def _model(ops, regs: dict[str, int], memory: dict[int, bytes], sp: int, limit: int,
+           buf: bytearray | None = None) -> bytes:
+    """What probes/args.bpf.c's gt_capture does, in Python: the region (status bytes first).
+
+    buf: the per-CPU buffer as an earlier call left it (the BPF side clears only the status bytes)."""
+    if buf is None:
+        buf = bytearray(limit + C("GT_ARGS_SLACK"))
+    buf[:len(ops)] = bytes(len(ops))
     word = lambda at: int.from_bytes(buf[at:at + 8], "little")  # noqa: E731
 
     def read(addr: int, n: int) -> bytes | None:
@@ -124,6 +129,7 @@ def _model(ops, regs: dict[str, int], memory: dict[int, bytes], sp: int, limit: 
             n = 4096 - (addr & 4095)
             data = read(addr, n)
         if data is None:
+            buf[at:at + n] = bytes(n)  # bpf_probe_read_user clears what it could not read
             buf[i] = fault
             continue
         buf[at:at + n] = data
@@ -313,6 +319,28 @@ def test_a_map_whose_first_bucket_is_empty_shows_the_second(version):
                   0x6000: _bucket([]) + _bucket([(4, 40), (9, 90)]) + bytes(2 * 144)}
     _, call = _run(sig, {"RAX": 0x5000}, {}, memory, layouts=Layouts(version))
     assert format_value(dict(call.args)["m"]) == "map[int]int{4: 40, 9: 90, ...(len=20)}"
+
+
+def test_a_swiss_map_never_reads_a_group_an_earlier_call_found():
+    """Both ways to a Swiss map's first group (small map, table 0) end in one word of the per-CPU buffer; a
+    way that does not finish must not leave there the address the previous call wrote."""
+    sig = Signature("main.f", (Param("m", map_of(basic(Kind.INT), basic(Kind.INT))),), ())
+    plan = plan_function(sig, "amd64", Limits(2, 8, 16), Layouts((1, 25, 0)))
+    table_map = {0x5000: struct.pack("<QQQQ", 20, 0, 0x7000, 1), 0x7000: struct.pack("<Q", 0x7100),
+                 0x7100: struct.pack("<HHHBxQQQ", 20, 32, 8, 0, 0, 0x6000, 3),
+                 0x6000: _swiss_group([(4, 40)]) + _swiss_group([(9, 90)]) + bytes(2 * len(_swiss_group([])))}
+    buf = bytearray(plan.entry.extent + C("GT_ARGS_SLACK"))
+    first = _model(plan.entry.ops, {"RAX": 0x5000}, table_map, 0x7000, plan.entry.extent, buf)
+    decoded = lambda region: dict(decode_call(CallRecord(0, 1, 1, 0, 5, 0x401000, region), plan,  # noqa: E731
+                                              types=None, load_bias=0, wall_offset_ns=0).args)["m"]
+    assert format_value(decoded(first)) == "map[int]int{4: 40, 9: 90, ...(len=20)}"
+    # The old groups stay readable; the same map with its directory unreadable, then a small map whose
+    # group is unreadable.
+    for memory in ({k: v for k, v in table_map.items() if k != 0x7000},
+                   {0x5000: struct.pack("<QQQQ", 3, 0, 0x9000, 0), 0x6000: table_map[0x6000]}):
+        region = _model(plan.entry.ops, {"RAX": 0x5000}, memory, 0x7000, plan.entry.extent, buf)
+        assert isinstance(side_snapshot(plan.entry, region).get(0x6000, 8), Unavailable)
+        assert format_value(decoded(region)).endswith("(len=20)}" if memory[0x5000][0] == 20 else "(len=3)}")
 
 
 @pytest.mark.parametrize("version", [(1, 23, 0), (1, 25, 0)])

@@ -18,12 +18,13 @@ stored at `src`", conditions and lengths taken from words already read.
 * slice: the first --max-elems elements (never past the length), then each
   element's own pointers;
 * pointer: the pointee (its type's size), then its pointers;
-* map: the header; the first two groups (Swiss tables, Go 1.24+: the small
-  map's group, or table 0's first two groups, each read only when the header
-  says it is there) or the first two buckets and the first one's overflow
-  (hash buckets, up to 1.23); then each slot's key and value pointers. A
-  second group or bucket that the map does not have is read but never
-  decoded (the decoder knows the map's size from the header and table).
+* map: the header; the first group (Swiss tables, Go 1.24+: the small map's
+  group or table 0's first, into one block whichever the header says) or the
+  first bucket (hash buckets, up to 1.23); then each slot's key and value
+  pointers. With the room left over once everything else is planned: the
+  second group or bucket, then the first bucket's overflow. A second group or
+  bucket that the map does not have is read but never decoded (the decoder
+  knows the map's size from the header and table).
 * interface: the concrete type (an itab's type word), then up to
   IFACE_VALUE_BYTES of the value (what the data word points to), and for
   each of its first IFACE_CHASE_WORDS words, --str-len bytes behind it.
@@ -43,6 +44,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections import deque
+from functools import partial
 from dataclasses import dataclass, field
 
 from gotrace import header as probes_header
@@ -219,6 +221,7 @@ class _SideBuilder:
         # Reads planned only once every value is followed (they may take only what is left), each a
         # function that queues what it reads.
         self.spare: deque = deque()
+        self.spare_last: deque = deque()  # the same, once every `spare` read is planned
 
     def alloc(self, size: int) -> int | None:
         start = (self.cursor + 7) // 8 * 8
@@ -292,12 +295,12 @@ class _SideBuilder:
         for value in values:
             if value.base is not None:
                 self._walk(value.type, value.base, 0, self.dep_for(value.base), queue, value.unreadable)
-        while queue or self.spare:
+        while queue or self.spare or self.spare_last:
             while queue:
                 item = queue.popleft()
                 self._walk(item.gotype, item.offset, item.depth, item.dep, queue, (), item.extra)
-            if self.spare:
-                self.spare.popleft()(queue)
+            if self.spare or self.spare_last:
+                (self.spare or self.spare_last).popleft()(queue)
 
     def _can_follow(self, depth: int, extra: int) -> bool:
         return depth + 1 <= self.limits.depth + extra
@@ -382,25 +385,37 @@ class _SideBuilder:
         layout = map_layout(key, elem, self.layouts.version, self.layouts.experiments)
         group = min(layout.group_size, self.max_read)
         regions: list[tuple[int, int]] = []  # (op index, block) of groups or buckets
-        # The second group or bucket, as (region offset of the pointer to the first, its op), read only once
-        # everything else has been planned: with 20 entries in 4 buckets, the first is empty once in 300 calls.
-        second: tuple[int, int] | None = None
+        # Reads that take only what is left once everything else is planned, each as (region offset of the
+        # pointer to read through, its op, offset from it): the second group or bucket, the likelier to hold
+        # entries (with 20 entries in 4, the first is empty once in 300 calls), before the first bucket's
+        # overflow (there only when it holds more than 8).
+        second: tuple[int, int, int] | None = None
+        overflow: tuple[int, int, int] | None = None
         if layout.swiss:
             got = self.read(SWISS_HEADER_BYTES, src=off, dep=dep)
             if got is None:
                 return
             h_op, h = got
-            small = self.read(group, src=h + 16, dep=h_op, len_src=h + 24, flags=_const("GT_OPF_IF_ZERO"))
+            # The group's address goes to one word, W, whichever way the map keeps it, so that one block
+            # (and one set of reads for its slots) serves both ways. W is set to 1 first (the byte count
+            # of a 1-byte read), so a way that does not finish leaves an address that faults, never one
+            # from an earlier call; a read that faults leaves 0.
+            fresh = self.read(1, src=off, dep=dep, flags=_const("GT_OPF_LEN_PREFIX"))
+            if fresh is None or len(self.side.ops) + 4 > self.max_ops:
+                return
+            w_op, w = fresh
+            # A small map (dirLen 0): dirPtr is its group.
+            self.add(Op(self.deref, dst=w, size=PTR_SIZE, src=off, offset=16, dep=h_op, len_src=h + 24,
+                        flags=_const("GT_OPF_IF_ZERO")))
+            # Otherwise table 0 (the first directory entry), then its groups' address.
             table_ptr = self.read(PTR_SIZE, src=h + 16, dep=h_op, len_src=h + 24, flags=_const("GT_OPF_IF_NONZERO"))
-            if small is not None:
-                regions.append(small)
             if table_ptr is not None:
-                table = self.read(TABLE_BYTES, src=table_ptr[1], dep=table_ptr[0])
-                if table is not None:
-                    first = self.read(group, src=table[1] + 16, dep=table[0])
-                    if first is not None:
-                        regions.append(first)
-                        second = (table[1] + 16, table[0])
+                self.read(TABLE_BYTES, src=table_ptr[1], dep=table_ptr[0])  # for the decoder: groups.lengthMask
+                self.add(Op(self.deref, dst=w, size=PTR_SIZE, src=table_ptr[1], offset=16, dep=table_ptr[0]))
+            first = self.read(group, src=w, dep=w_op)
+            if first is not None:
+                regions.append(first)
+                second = (w, first[0], layout.group_size)
         else:
             got = self.read(BUCKETS_HEADER_BYTES, src=off, dep=dep)
             if got is None:
@@ -409,20 +424,22 @@ class _SideBuilder:
             bucket0 = self.read(group, src=h + 16, dep=h_op)
             if bucket0 is not None:
                 regions.append(bucket0)
+                second = (h + 16, h_op, layout.group_size)
                 if layout.overflow_offset + PTR_SIZE <= group:
-                    overflow = self.read(group, src=bucket0[1] + layout.overflow_offset, dep=bucket0[0])
-                    if overflow is not None:
-                        regions.append(overflow)
-                second = (h + 16, h_op)
+                    overflow = (bucket0[1] + layout.overflow_offset, bucket0[0], 0)
         key_type = pointer_to(key) if layout.key_indirect else key
         elem_type = pointer_to(elem) if layout.elem_indirect else elem
         self._slots(regions, layout, key_type, elem_type, group, depth, queue)
-        if second is not None:
-            def read_second(later: deque) -> None:
-                got = self.read(group, src=second[0], dep=second[1], offset=layout.group_size)
-                if got is not None:
-                    self._slots([got], layout, key_type, elem_type, group, depth, later)
-            self.spare.append(read_second)
+        for later, where in ((self.spare, second), (self.spare_last, overflow)):
+            if where is not None:
+                later.append(partial(self._spare_group, where, group, layout, key_type, elem_type, depth))
+
+    def _spare_group(self, where: tuple[int, int, int], group: int, layout, key_type: GoType, elem_type: GoType,
+                     depth: int, queue: deque) -> None:
+        src, dep, offset = where
+        got = self.read(group, src=src, dep=dep, offset=offset)
+        if got is not None:
+            self._slots([got], layout, key_type, elem_type, group, depth, queue)
 
     @staticmethod
     def _slots(regions: list[tuple[int, int]], layout, key_type: GoType, elem_type: GoType, group: int,

@@ -34,7 +34,12 @@ KNOWN_ERROR_TYPES = frozenset({"*errors.errorString", "*fmt.wrapError", "*fmt.wr
 
 IMAGE_BASE = 1 << 62  # where a side's region is in the snapshot: above every user address
 NOT_CAPTURED = "not captured (the capture budget ran out: lower --depth, --max-elems or --str-len)"
-NOT_IN_FIRST_GROUPS = "not captured (none is in the groups or buckets gotrace reads: the first two)"
+
+
+def not_in_groups(read: int) -> str:
+    """Why a map shows no entry when the `read` groups or buckets gotrace read hold none."""
+    which = "the first group or bucket, the only one" if read == 1 else f"the {read} groups or buckets"
+    return f"not captured (none is in {which} gotrace read)"
 
 # -- decoded values -------------------------------------------------------------
 
@@ -479,7 +484,9 @@ class Decoder:
         if length == 0:
             return Map(t, 0, [], address)
         groups: list[int] = []  # addresses of the groups or buckets to look in
-        second = None  # the second group or bucket: read only with the budget left over, so never `missing`
+        # Those read only with the capture's left-over room: the second group or bucket, the first bucket's
+        # overflow. Never `missing`; their entries are shown only while whole.
+        spare: set[int] = set()
         if layout.swiss:
             directory, dir_len = _Q.unpack_from(header, 16)[0], _Q.unpack_from(header, 24)[0]
             if dir_len == 0:
@@ -492,29 +499,32 @@ class Decoder:
                         groups.append(data)
                         length_mask = self.snap.word(table + 24)  # the table's groups, less one
                         if not isinstance(length_mask, Unavailable) and length_mask >= 1:
-                            second = data + layout.group_size
+                            groups.append(data + layout.group_size)
+                            spare.add(data + layout.group_size)
         else:
             buckets = _Q.unpack_from(header, 16)[0]
             groups.append(buckets)
             overflow = self.snap.word(buckets + layout.overflow_offset)
             if not isinstance(overflow, Unavailable) and overflow:
                 groups.append(overflow)
+                spare.add(overflow)
             if header[9] >= 1:  # B: the map has 2**B buckets
-                second = buckets + layout.group_size
+                groups.append(buckets + layout.group_size)
+                spare.add(buckets + layout.group_size)
         key_type = pointer_to(t.key) if layout.key_indirect else t.key
         elem_type = pointer_to(t.elem) if layout.elem_indirect else t.elem
         entries: list = []
         missing = None
-        looked = False  # some group or bucket was read
-        for group in groups + ([second] if second is not None else []):
+        looked = 0  # groups or buckets read
+        for group in groups:
             if len(entries) >= self.limits.max_elems:
                 break
             tags = self.snap.get(group, 8)
             if isinstance(tags, Unavailable):
-                if group != second:
+                if group not in spare:
                     missing = tags
                 continue
-            looked = True
+            looked += 1
             for slot in range(MAP_SLOTS):
                 tag = tags[slot]
                 full = tag < 0x80 if layout.swiss else tag >= 5  # ctrl: bit 7 clear; tophash >= minTopHash
@@ -532,13 +542,13 @@ class Decoder:
                     key = key.target if key.target is not None else Unavailable(NOT_CAPTURED)
                 if layout.elem_indirect and isinstance(value, Pointer):
                     value = value.target if value.target is not None else Unavailable(NOT_CAPTURED)
-                if group == second and not (_complete(key) and _complete(value)):
+                if group in spare and not (_complete(key) and _complete(value)):
                     break  # the left-over budget ran out in this bucket: its entries so far are shown whole
                 entries.append((key, value))
                 if len(entries) >= self.limits.max_elems:
                     break
         if not entries and missing is None and length:
-            missing = Unavailable(NOT_IN_FIRST_GROUPS if looked else NOT_CAPTURED)
+            missing = Unavailable(not_in_groups(looked) if looked else NOT_CAPTURED)
         return Map(t, length, entries, address, missing=missing if len(entries) < min(length, self.limits.max_elems)
                    else None)
 
