@@ -387,6 +387,13 @@ struct gt_args_rate {
  * once, never twice, never lost. A detached function's entry is
  * GT_GEN_DETACHED: nothing counts for it while its traps are removed. */
 #define GT_GEN_DETACHED 4294967295
+/* gt_active[func_id] = generation | GT_GEN_PROBATION: the function is on
+ * probation. Only its entry links exist; their hits are counted with their
+ * cost, and nothing else happens (no call is timed), so that the cost guard
+ * learns how often the function runs for the price of an entry hit (about a
+ * tenth of a timed call's) before it decides whether the function's calls
+ * may be timed. Link generations stay below it. */
+#define GT_GEN_PROBATION 2147483648
 
 /* ---- BPF programs only: the run's settings and the goroutine a probe hit runs on ----
  * Compiled where the build gives GT_CFG_ARCH (never in user-space builds of

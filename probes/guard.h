@@ -35,7 +35,8 @@ static __always_inline void gt_cost_add(__u32 which, __u64 n)
 /* Whether this hit of func_id (the cookie's low half) counts: a hit of the
  * traced process through a link of the function's active generation. When
  * it does, it is counted (which: GT_FC_ENTRIES or GT_FC_RETURNS) with its
- * cost. */
+ * cost. An entry hit of a function on probation (GT_GEN_PROBATION) is
+ * counted with its cost too, but does not count: 0. */
 static __always_inline int gt_counted_hit(struct pt_regs *ctx, __u32 func_id, __u32 which)
 {
     __u32 generation = (__u32)(bpf_get_attach_cookie(ctx) >> 32);
@@ -44,21 +45,27 @@ static __always_inline int gt_counted_hit(struct pt_regs *ctx, __u32 func_id, __
     __u32 *active;
     __u32 cost_index;
     __u64 *ns;
+    int counts = 1;
 
     if (!cfg || func_id >= cfg->nfuncs)
         return 0;
     if (cfg->target_tgid != 0 && (bpf_get_current_pid_tgid() >> 32) != cfg->target_tgid)
         return 0;
     active = bpf_map_lookup_elem(&gt_active, &func_id);
-    if (!active || *active != generation)
+    if (!active)
         return 0;
+    if (*active != generation) {
+        if (which != GT_FC_ENTRIES || *active != (generation | GT_GEN_PROBATION))
+            return 0;
+        counts = 0;
+    }
     gt_func_count(func_id, which);
     cost_index = which == GT_FC_ENTRIES ? func_id : cfg->nfuncs;
     ns = bpf_map_lookup_elem(&gt_hit_cost, &cost_index);
     gt_cost_add(GT_COST_HITS, 1);
     if (ns)
         gt_cost_add(GT_COST_NS, *ns);
-    return 1;
+    return counts;
 }
 
 /* A hit of a probe that is no traced function's (gotrace.h, GT_COST_FIXED_*): counted with its cost. */

@@ -35,8 +35,8 @@ from support.gobuild import REPO_ROOT as REPO
 from gotrace.binary.gobinary import GoBinary
 from gotrace.trace import cost
 from gotrace import header
-from gotrace.trace.guard import (CHECK_PERIOD_S, FLOOR_SHARE_OF_CPU, SURGE_HEADROOM, YOUNG_CHECK_PERIOD_S, YOUNG_S,
-                                 CostGuard, likely_hot_first)
+from gotrace.trace.guard import (CHECK_PERIOD_S, FLOOR_SHARE_OF_CPU, PROBATION_S, SURGE_HEADROOM,
+                                 YOUNG_CHECK_PERIOD_S, YOUNG_S, CostGuard, likely_hot_first)
 from gotrace.trace.latency import LatencyTracer
 from gotrace.trace.targetcpu import process_cpu_ns
 from gotrace.trace.tracer import traced_functions
@@ -206,6 +206,51 @@ def test_detaching_some_functions_keeps_the_others_exact(spawn, mode):
     assert sum(got.buckets.values()) == out.calls["main.fail"]
 
 
+@pytest.mark.bpf
+@pytest.mark.parametrize("mode", ["uprobe_multi", "perf_link"])
+def test_functions_on_probation_are_counted_then_timed_exactly_once_promoted(spawn, mode):
+    """On probation only a function's entry probe is attached: its hits are counted and no call is timed. Once
+    promoted (some functions of a chunk, then the rest), every call that enters is timed: none lost, none
+    counted twice, none unmatched; a call that entered on probation is never timed."""
+    binary = service()
+    names = [HANDLE, WORK, TRY_FAIL, "main.count", "main.fib", "main.grow"]
+    svc, pid = start_waiting_service(spawn, binary, "-forever", "-n", "100")
+    with GoBinary(binary) as gobin:
+        found = {fn.name: fn for fn in gobin.match(names)}
+        functions = traced_functions(gobin, [gobin.probe_sites(found[name]) for name in names])
+        tracer = LatencyTracer(gobin, functions, pid=pid, mode=mode)
+    tracer.probation_for = lambda func_ids: True
+    ids = {name: names.index(name) for name in names}
+    with tracer:
+        assert sorted(tracer.probation_ids()) == list(range(len(names)))
+        os.kill(pid, signal.SIGUSR1)
+        wait_for(lambda: tracer.hits()[0][ids[WORK]] > 1000, what="main.work's entries on probation")
+        time.sleep(0.2)
+        assert tracer.hits()[1] == [0] * len(names)  # no return probe
+        assert all(sum(c.buckets.values()) == 0 and c.unmatched == 0 for c in tracer.read(reset=False).values())
+        before = {}
+        for batch in ([ids[HANDLE], ids[WORK]], [ids[TRY_FAIL], ids["main.count"], ids["main.fib"], ids["main.grow"]]):
+            low = tracer.hits()[0]
+            tracer.promote(batch)
+            high = tracer.hits()[0]
+            before.update({func_id: (low[func_id], high[func_id]) for func_id in batch})
+            time.sleep(0.3)
+        assert tracer.probation_ids() == []
+        time.sleep(0.3)
+        svc.proc.send_signal(signal.SIGINT)
+        assert svc.finish(60) == 0, svc.stderr
+        counts = tracer.read(reset=False)
+    out = parse_service(svc.stdout)
+    for name in (HANDLE, WORK):
+        got = counts[ids[name]]
+        low, high = before[ids[name]]
+        timed = sum(got.buckets.values())
+        # the calls that entered after the switch, all timed: between (calls - entries by the end of promote())
+        # and (calls - entries before it)
+        assert out.calls[name] - high <= timed <= out.calls[name] - low, (name, low, high, timed, out.calls[name])
+        assert timed > 0 and (got.unmatched, got.in_flight) == (0, 0), name
+
+
 # -- the budget's arithmetic, on numbers given directly (no kernel) -----------------------------------------
 
 class _Fn:
@@ -224,6 +269,7 @@ class _Counters:
         self.functions = [_Fn(i, f"main.f{i}") for i in range(n)]
         self.entry, self.ret = [0] * n, [0] * n
         self.detached: set[int] = set()
+        self.promoted: list[int] = []
         self.hit_cost_ns = None
         self.fixed_hits, self.fixed_ns = 0, 0  # a probe that is no function's (latency's on runtime.goexit1)
 
@@ -253,6 +299,11 @@ class _Counters:
     def detach(self, func_ids) -> None:
         self.detached |= set(func_ids)
 
+    probation_for = None  # the guard's, when it has a budget
+
+    def promote(self, func_ids) -> None:
+        self.promoted += list(func_ids)
+
     def detached_ids(self):
         return set(self.detached)
 
@@ -265,10 +316,12 @@ class _Cpu:
         return self.ns
 
 
-def _guard(tmp_path, n: int, pct: float | None, *, young_s: float = YOUNG_S, attached: bool = True):
+def _guard(tmp_path, n: int, pct: float | None, *, young_s: float = YOUNG_S, attached: bool = True,
+           package: str = "main"):
     code = tmp_path / "code"
     code.write_bytes(b"\x55")  # every entry site a push
     tracer, cpu = _Counters(code, n), _Cpu()
+    tracer.functions = [_Fn(i, f"{package}.f{i}") for i in range(n)]
     guard = CostGuard(tracer, cost.HitCosts(1000, 10_000, 10_000, "given"), pct, cpu, young_s=young_s)
     guard.start()
     if attached:
@@ -360,6 +413,78 @@ def test_attaching_is_paced_only_while_the_target_is_busy_and_never_for_likely_h
     paused = chunk([1], 1.0)                # busy target, a function unlikely to be hot
     assert paused == pytest.approx(0.06 * (1 / guard_module.ATTACH_DUTY - 1), rel=0.5)
     assert chunk([3], 1.0) == 0            # busy, but a likely hot function: at full speed
+
+
+class _Clock:
+    """time for the guard: monotonic() as set, sleep() moves it on."""
+
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def test_probation_times_what_the_budget_has_room_for_and_detaches_the_rest(tmp_path, monkeypatch):
+    """Likely hot functions attached while the target is busy go on probation (entry probes only); PROBATION_S
+    later, a check ranks each by what timing its calls would cost, with the functions already timed by what
+    they cost, detaches the costliest as over budget, and times the calls of the others on probation."""
+    import gotrace.trace.guard as guard_module
+    clock = _Clock()
+    monkeypatch.setattr(guard_module, "time", clock)
+    guard, tracer, cpu = _guard(tmp_path, 5, 5.0, attached=False, package="runtime")
+    assert tracer.probation_for is not None
+    cpu.ns = 50_000_000  # one CPU busy for the first window (the guard measures it before the first chunk)
+    assert tracer.probation_for([0, 1, 2, 3]) is True and clock.now == pytest.approx(100.05)
+    # 0.3 s of probation at one busy CPU: 5,000, 1,000, 100 and 0 calls/s, entries only (a push: 1 us each);
+    # runtime.f4, timed (not on probation), 2,000 calls/s of 11 us
+    calls_per_s = [5_000, 1_000, 100, 0]
+    for seconds in (0.1, 0.2):
+        clock.now += seconds
+        cpu.ns += round(seconds * 1e9)
+        for func_id, rate in enumerate(calls_per_s):
+            tracer.entry[func_id] += round(rate * seconds)
+        tracer.add(4, round(2_000 * seconds))
+        if seconds == 0.1:
+            assert guard.check(force=True) == [] and tracer.promoted == []  # not yet PROBATION_S
+    assert 0.3 >= PROBATION_S
+    found = guard.check(force=True)
+    # Spent: 6.1 ms/s of entries and 22 ms/s of f4; timing the four adds 50 + 10 + 1 + 0 ms/s: 89.1 ms/s against
+    # a 50 ms/s budget, detached down to 50% of it (25 ms/s). Ranked: f0 55 ms/s timed, f4 22, f1 11, f2 1.1, f3 0.
+    assert [d.name for d in found] == ["runtime.f0", "runtime.f4"] and tracer.detached == {0, 4}
+    assert sorted(tracer.promoted) == [1, 2, 3]
+    assert found[0].hits_per_s == pytest.approx(10_000) and found[0].share_of_target == pytest.approx(0.055)
+    assert "timing its calls would cost 10,000 probe hits/s (about 5.5% of the target's CPU)" in found[0].reason
+    assert "over the --max-overhead budget of 5%" in found[1].reason
+    clock.now += 0.05
+    cpu.ns += 50_000_000
+    assert guard.check(force=True) == [] and len(tracer.promoted) == 3  # settled once
+
+
+def test_probation_times_everything_on_a_nearly_idle_target_and_nothing_when_not_busy(tmp_path, monkeypatch):
+    """No probation while the target is not busy, nor for functions not likely to be hot; and when the probes
+    would cost less than FLOOR_SHARE_OF_CPU of one CPU, every function on probation is timed."""
+    import gotrace.trace.guard as guard_module
+    clock = _Clock()
+    monkeypatch.setattr(guard_module, "time", clock)
+    guard, tracer, cpu = _guard(tmp_path, 3, 5.0, attached=False, package="runtime")
+    cpu.ns = 2_000_000  # 4% of one CPU: not busy
+    assert tracer.probation_for([0]) is False
+    _, other, other_cpu = _guard(tmp_path, 3, 5.0, attached=False)
+    other_cpu.ns = 50_000_000
+    assert other.probation_for([0]) is False  # main.f0: not likely hot
+    cpu.ns += 50_000_000
+    clock.now += 0.05
+    guard.check(force=True)
+    assert tracer.probation_for([1, 2]) is True
+    clock.now += 0.3
+    cpu.ns += 1_000_000  # it went quiet: a few calls cost less than FLOOR_SHARE_OF_CPU of one CPU
+    tracer.entry[1] += 30
+    assert guard.check(force=True) == [] and sorted(tracer.promoted) == [1, 2] and not tracer.detached
+    assert 30 * 11_000 / 0.3 < FLOOR_SHARE_OF_CPU * 1e9
 
 
 def test_likely_hot_functions_come_first():

@@ -390,7 +390,13 @@ SMALL_CHUNK_SITES = 8
 _FD_RESERVE = 256  # descriptors left for everything else
 ENOTSUPP = 524  # the kernel's own "not supported": an instruction a uprobe cannot be placed on
 REFUSED_SITE_ERRNOS = frozenset({ENOTSUPP, errno.EOPNOTSUPP})
-_GENERATION_LIMIT = 0xFFFFFFFE  # header GT_GEN_DETACHED (0xFFFFFFFF) is never a link's generation
+# Link generations stay below it: header GT_GEN_DETACHED (0xFFFFFFFF) and GT_GEN_PROBATION (the top bit) are
+# never a link's.
+_GENERATION_LIMIT = 0x7FFFFFFE
+
+
+def _next_generation(generation: int) -> int:
+    return generation + 1 if generation + 1 < _GENERATION_LIMIT else 1
 
 # set_generation(units, generation): write gt_active[unit] = generation for each unit.
 GenerationSetter = Callable[[Sequence[int], int], None]
@@ -399,9 +405,10 @@ GenerationSetter = Callable[[Sequence[int], int], None]
 class _Chunk:
     """Some units' sites in every program, attached together (one link per program, or per site)."""
 
-    def __init__(self, units: list[int], generation: int) -> None:
+    def __init__(self, units: list[int], generation: int, probation: bool = False) -> None:
         self.units = units
         self.generation = generation
+        self.probation = probation  # only the probation groups' links (DetachableSites)
         self.links: list[int] = []
         self.perf_events: list[int] = []
         self.unit_fds: dict[int, list[int]] = {}  # perf_link mode: each unit's own links and perf events
@@ -411,7 +418,7 @@ class _Chunk:
 
     def take_units(self, leaving: set[int]) -> _Chunk:
         """perf_link mode: the leaving units' fds, as a chunk of their own; this chunk keeps the others."""
-        gone = _Chunk([unit for unit in self.units if unit in leaving], self.generation)
+        gone = _Chunk([unit for unit in self.units if unit in leaving], self.generation, self.probation)
         for unit in gone.units:
             gone.links += self.unit_fds.pop(unit, [])
         kept = {fd for fds in self.unit_fds.values() for fd in fds}
@@ -428,12 +435,18 @@ class DetachableSites:
     attach_sites(). site_name(unit) names a unit in errors; detached_units()
     and refused (unit -> errno of the kernel's refusal) say what is not
     attached. close() detaches everything. Safe to close twice.
+
+    A chunk may be attached on probation (attach()'s probation_for): only
+    the links of probation_groups (the entry program's), its units' gt_active
+    entries being generation | GT_GEN_PROBATION (the programs count those
+    hits and do nothing else); promote(units) gives them all their links.
     """
 
     def __init__(self, binary_path: str, groups: Sequence[tuple[bytes, Sequence[tuple[int, int]]]], *,
                  pid: int | None, load_program: ProgramLoader, set_generation: GenerationSetter,
                  mode: str = "auto", site_name: Callable[[int], str] | None = None,
-                 chunk_sites: int = CHUNK_SITES, hot_first: Sequence[int] = ()) -> None:
+                 chunk_sites: int = CHUNK_SITES, hot_first: Sequence[int] = (),
+                 probation_groups: Sequence[int] = ()) -> None:
         if mode not in MODES:
             raise UsageError(f"attach mode must be one of {', '.join(MODES)}, not {mode!r}")
         self._attacher = _Attacher(str(binary_path), pid, load_program, site_name)
@@ -447,6 +460,7 @@ class DetachableSites:
         self._total_sites = total_sites
         self._chunk_sites = max(1, chunk_sites)
         self._hot_first = [unit for unit in dict.fromkeys(hot_first) if unit in self._unit_sites]
+        self._probation_groups = frozenset(probation_groups)
         self.requested_mode = mode
         self.mode: str | None = None  # "uprobe_multi" or "perf_link" once the first chunk is attached
         self._prog_fds: dict[bytes, int] = {}
@@ -473,6 +487,9 @@ class DetachableSites:
     def detached_units(self) -> set[int]:
         return set(self._detached)
 
+    def probation_units(self) -> list[int]:
+        return [unit for chunk in self._chunks if chunk.probation for unit in chunk.units]
+
     def n_sites(self, units) -> int:
         return sum(len(offsets) for unit in units for offsets in self._unit_sites.get(unit, ()))
 
@@ -482,10 +499,12 @@ class DetachableSites:
         return plan_chunks({unit: self.n_sites([unit]) for unit in self._unit_sites}, self._hot_first,
                            _fd_room(), max(1, len(self._programs)), self._chunk_sites)
 
-    def attach(self, after_chunk: Callable[[list[int]], None] | None = None) -> None:
+    def attach(self, after_chunk: Callable[[list[int]], None] | None = None,
+               probation_for: Callable[[list[int]], bool] | None = None) -> None:
         """Attach every unit, chunk by chunk, each chunk switched on once all its programs' links exist.
 
         after_chunk(units) runs after each chunk, given its units (a guard may detach some, or pause).
+        probation_for(units), asked before each chunk (with probation_groups): whether it goes on probation.
         A unit with a site the kernel refuses (an instruction it cannot probe)
         is left out and recorded in `refused`; any other refusal raises
         (UsageError or CapabilityError) with nothing left attached.
@@ -494,17 +513,19 @@ class DetachableSites:
             for units in self.plan_chunks():
                 units = [unit for unit in units if unit not in self._detached]
                 if units:
-                    self._attach_chunk(units, 1)
+                    self._attach_chunk(units, 1, bool(self._probation_groups and probation_for is not None
+                                                      and probation_for(units)))
                 if after_chunk is not None:
                     after_chunk(units)
         except BaseException:
             self.close()
             raise
 
-    def _attach_chunk(self, units: list[int], generation: int) -> _Chunk | None:
-        """Attach units as a chunk of `generation` and switch it on; units with refused sites are left out."""
+    def _attach_chunk(self, units: list[int], generation: int, probation: bool = False) -> _Chunk | None:
+        """Attach units as a chunk of `generation` (on probation: only the probation groups' links) and switch
+        it on; units with refused sites are left out."""
         while units:
-            chunk = _Chunk(units, generation)
+            chunk = _Chunk(units, generation, probation)
             try:
                 self._link_chunk(chunk)
             except _RefusedSite as refusal:
@@ -517,10 +538,14 @@ class DetachableSites:
             except BaseException:
                 _close_all(chunk.fds())
                 raise
-            self._set_generation(units, generation)
+            self._set_generation(units, generation | (header.constant("GT_GEN_PROBATION") if probation else 0))
             self._chunks.append(chunk)
             return chunk
         return None
+
+    def _groups_of(self, chunk: _Chunk) -> list[int]:
+        return [group for group in range(len(self._programs))
+                if not chunk.probation or group in self._probation_groups]
 
     def _program_fd(self, program: bytes, mode: str) -> int:
         if program not in self._prog_fds:
@@ -568,9 +593,10 @@ class DetachableSites:
                 cookies.append(generation << 32 | unit)
         return offsets, cookies
 
-    def _link_multi(self, chunk: _Chunk, mode: str) -> None:
+    def _link_multi(self, chunk: _Chunk, mode: str, groups: Sequence[int] | None = None) -> None:
         sys = self._attacher.sys
-        for group, program in enumerate(self._programs):
+        for group in self._groups_of(chunk) if groups is None else groups:
+            program = self._programs[group]
             offsets, cookies = self._group_sites(chunk.units, group, chunk.generation)
             if not offsets:
                 continue
@@ -583,11 +609,12 @@ class DetachableSites:
                     raise _RefusedSite(group, exc.errno) from None
                 raise
 
-    def _link_perf(self, chunk: _Chunk) -> None:
+    def _link_perf(self, chunk: _Chunk, groups: Sequence[int] | None = None) -> None:
         sys = self._attacher.sys
         pmu_type = kernel.uprobe_pmu_type()
         pid = -1 if self._attacher.pid is None else self._attacher.pid
-        for group, program in enumerate(self._programs):
+        for group in self._groups_of(chunk) if groups is None else groups:
+            program = self._programs[group]
             offsets, cookies = self._group_sites(chunk.units, group, chunk.generation)
             if not offsets:
                 continue
@@ -673,13 +700,68 @@ class DetachableSites:
             for chunk in affected:
                 survivors = [unit for unit in chunk.units if unit not in units]
                 if survivors:
-                    generation = chunk.generation + 1 if chunk.generation + 1 < _GENERATION_LIMIT else 1
-                    self._attach_chunk(survivors, generation)
+                    self._attach_chunk(survivors, _next_generation(chunk.generation), chunk.probation)
                 self._close_later(chunk)
                 closed += 1
         finally:
             for chunk in affected[closed:]:
                 self._close_later(chunk)
+
+    def promote(self, units) -> None:
+        """Give units on probation all their links, and time their calls. A chunk whose units all go gets the
+        links it lacks, then is switched on; otherwise new links for them (and new probation links for the
+        chunk's others), switched on, then the old ones closed."""
+        units = set(units) - self._detached
+        affected = [chunk for chunk in self._chunks if chunk.probation and not units.isdisjoint(chunk.units)]
+        for chunk in affected:
+            if set(chunk.units) <= units and self._complete(chunk):
+                continue
+            promoted = [unit for unit in chunk.units if unit in units]
+            generation = _next_generation(chunk.generation)
+            if self.mode == "perf_link":  # one link per site: the promoted units' own go
+                old = chunk.take_units(set(promoted))
+                if not chunk.units:
+                    self._chunks.remove(chunk)
+                try:
+                    self._attach_chunk(promoted, generation)
+                finally:
+                    self._close_later(old)
+                continue
+            self._chunks.remove(chunk)
+            try:
+                self._attach_chunk(promoted, generation)
+                rest = [unit for unit in chunk.units if unit not in units]
+                if rest:
+                    self._attach_chunk(rest, generation, probation=True)
+            finally:
+                self._close_later(chunk)
+
+    def _complete(self, chunk: _Chunk) -> bool:
+        """Link the groups a chunk on probation lacks and switch it on as a whole chunk; False (nothing changed)
+        when the kernel refuses one of the new sites."""
+        extra = _Chunk(list(chunk.units), chunk.generation)
+        lacking = [group for group in range(len(self._programs)) if group not in self._probation_groups]
+        try:
+            if self.mode == "perf_link":
+                self._link_perf(extra, lacking)
+            else:
+                self._link_multi(extra, "uprobe_multi", lacking)
+        except _RefusedSite:
+            self._close_later(extra)
+            return False
+        except OSError as exc:
+            _close_all(extra.fds())
+            raise self._attacher.error(exc, None) from None
+        except BaseException:
+            _close_all(extra.fds())
+            raise
+        chunk.links += extra.links
+        chunk.perf_events += extra.perf_events
+        for unit, fds in extra.unit_fds.items():
+            chunk.unit_fds.setdefault(unit, []).extend(fds)
+        chunk.probation = False
+        self._set_generation(chunk.units, chunk.generation)
+        return True
 
     def _executor(self):
         if self._pool is None:

@@ -45,6 +45,14 @@ map read, the traced processes' schedstat, and a copy of the per-function
 hits; the functions are ranked only when the budget is exceeded, and only
 those whose hits changed (compared block by block) are looked at.
 
+When the traced processes are busy as attaching starts, the functions likely
+to be hot (likely_hot_first) go on probation (_probation_for): their entry
+probes only, whose hits are counted and cost a tenth of a timed call's on a
+`push`. PROBATION_S later, a check ranks each by what timing its calls would
+cost, among the timed functions by what they cost, detaches the costliest as
+over budget and times the calls of the rest (Tracer.promote): a busy service
+pays for learning which runtime functions are hot at the entry's price.
+
 The background thread runs at nice GUARD_NICE (when gotrace may raise its
 priority, as root may): on a service that keeps every CPU busy, a check at
 the default priority waits behind the service's threads, and so does the
@@ -79,6 +87,7 @@ ATTACH_PAUSE_MAX_S = 1.0
 ATTACH_DUTY = 0.25
 BUSY_SHARE_OF_CPU = 0.2
 HOT_ATTACH_CHECK_PERIOD_S = 0.02
+PROBATION_S = 0.25
 _RANK_BLOCK_FUNCS = 256  # functions per block compared at once when looking for the ones hit in a window
 # The packages a Go service runs on every request and in every garbage collection: the runtime and what it rests
 # on. Tracing '*' on caddy under load, 618 of the 799 functions the guard detached were in these packages (3,124 of
@@ -99,10 +108,17 @@ class Detachment:
     max_overhead_pct: float
     noticed_at: float  # time.monotonic() at the end of the window that exceeded the budget
     detached_at: float  # time.monotonic() once its traps were removed
+    # Detached at the end of its probation: hits_per_s and share_of_target are what timing its calls would cost
+    # (its entry hits measured), more than the budget had room for.
+    on_probation: bool = False
 
     @property
     def reason(self) -> str:
         own = "" if self.share_of_target is None else f" (about {100 * self.share_of_target:.1f}% of the target's CPU)"
+        if self.on_probation:
+            return (f"timing its calls would cost {self.hits_per_s:,.0f} probe hits/s{own}, more than the "
+                    f"--max-overhead budget of {self.max_overhead_pct:g}% has room for (its entry probe's hits, "
+                    "counted on probation)")
         total = "" if self.total_share_of_target is None else f"{100 * self.total_share_of_target:.1f}% "
         return (f"{self.hits_per_s:,.0f} probe hits/s{own}; all probes cost {total}of the target's CPU, over the "
                 f"--max-overhead budget of {self.max_overhead_pct:g}%")
@@ -168,6 +184,10 @@ class CostGuard:
         if hot_first:
             tracer.hot_first = hot_first
         self._hot_ids = frozenset(hot_first)  # attached first, at full speed (after_chunk)
+        # func_id -> (time.monotonic() it went on probation, its entry hits then): see _probation_for()
+        self._probation: dict[int, tuple[float, int]] = {}
+        if max_overhead_pct and getattr(tracer, "RETURN_PROGRAM", None) is not None:
+            tracer.probation_for = self._probation_for
         self._last_totals = (0, 0, 0, 0)  # cost_totals()
         self._hits_base: bytes | None = None  # gt_func_counts at the last check
         self._totals = self._start = _Totals(time.monotonic(), 0, 0.0, 0)
@@ -306,6 +326,42 @@ class CostGuard:
         self._chunk_done_at = time.monotonic()
         return rounds
 
+    def _probation_for(self, func_ids) -> bool:
+        """Asked by the tracer before it attaches a chunk: whether these functions go on probation. Those likely
+        to be hot do when the traced processes are busy: for PROBATION_S only their entry probes are attached
+        and counted; then a check ranks each by what timing its calls would cost (its entry hits' rate, times
+        the cost of an entry and a return hit) with the others by what they cost, detaches as over budget, and
+        times the calls of those left (promotes them). An entry hit costs 0.6-0.8 us on a `push`, a timed call
+        11-12 us (its return instruction is stepped): learning which functions are hot costs a busy service a
+        tenth as much."""
+        if self._hot_ids.isdisjoint(func_ids):
+            return False
+        if self.last_window is None:  # attaching starts: how busy are they?
+            time.sleep(max(0.0, YOUNG_CHECK_PERIOD_S - (time.monotonic() - self._checked_at)))
+            self.check(force=True, act=False)
+        if not self._busy():
+            return False
+        now = time.monotonic()
+        for func_id in func_ids:
+            self._probation[func_id] = (now, 0)  # never attached before: no hit yet
+        return True
+
+    def _due_probation(self, now: float, hits_now: bytes) -> dict[int, float]:
+        """The functions on probation for PROBATION_S or more (taken off it), with their calls per second on it
+        (from their entry hits); those detached meanwhile left out."""
+        due = [func_id for func_id, (since, _) in self._probation.items() if now - since >= PROBATION_S]
+        if not due:
+            return {}
+        n, entries = header.constant("GT_FC_N"), header.constant("GT_FC_ENTRIES")
+        counts = memoryview(hits_now).cast("Q")
+        detached_ids = self.tracer.detached_ids()
+        calls: dict[int, float] = {}
+        for func_id in due:
+            since, base = self._probation.pop(func_id)
+            if func_id not in detached_ids:
+                calls[func_id] = (counts[func_id * n + entries] - base) / max(now - since, 1e-3)
+        return calls
+
     def _busy(self) -> bool:
         """Whether the traced processes used BUSY_SHARE_OF_CPU of one CPU or more in the last window."""
         window = self.last_window
@@ -345,14 +401,20 @@ class CostGuard:
         window = Overhead(window_s, hits, cost_ns, cpu_ns, fixed_hits)
         self.last_window = window
         hits_base, self._hits_base = self._hits_base, hits_now  # a ranking covers the same window as the totals
-        if (not act or self.max_overhead_pct is None or window_s <= 0 or window.share_of_cpu < FLOOR_SHARE_OF_CPU
-                or cpu_ns <= 0):
+        # Functions whose probation ends: what timing their calls adds (their return hits) counts as if it had
+        # been spent in this window; they are ranked by what timing them would cost in all.
+        due = self._due_probation(now, hits_now) if act else {}
+        added_ns = sum(due.values()) * self.costs.return_ns * window_s
+        if (not act or self.max_overhead_pct is None or window_s <= 0 or cpu_ns <= 0
+                or (window.cost_ns + added_ns) / (window_s * 1e9) < FLOOR_SHARE_OF_CPU):
+            self._promote(due)
             return []
         # The budget is for the traced functions' probes, what detaching can take back: the fixed probes'
         # share is in every estimate shown, never a reason to detach a function.
         budget_ns = self.max_overhead_pct / 100 * cpu_ns
-        cost_ns -= fixed_ns
+        cost_ns += added_ns - fixed_ns
         if cost_ns <= budget_ns:
+            self._promote(due)
             return []
         # Over budget: the functions whose probes cost the most in this window go first.
         detached_ids = self.tracer.detached_ids()
@@ -361,24 +423,38 @@ class CostGuard:
         if self.young(now):
             headroom = SURGE_HEADROOM if cost_ns > SURGE_FACTOR * budget_ns else YOUNG_HEADROOM
         excess_ns_per_s = (cost_ns - headroom * budget_ns) / window_s
-        for func_id, cost_per_s, hits_per_s in self._rank(hits_base, hits_now, window_s):
+        ranked = self._rank(hits_base, hits_now, window_s)
+        if due:
+            ranked = [item for item in ranked if item[0] not in due] + [
+                (func_id, calls * (self._entry_cost_ns[func_id] + self.costs.return_ns), 2 * calls)
+                for func_id, calls in due.items()]
+            ranked.sort(key=lambda item: -item[1])
+        for func_id, cost_per_s, hits_per_s in ranked:
             if excess_ns_per_s <= 0:
                 break
             if func_id in detached_ids:
                 continue
             victims.append((func_id, cost_per_s, hits_per_s))
             excess_ns_per_s -= cost_per_s
+        if victims:
+            self.tracer.detach([func_id for func_id, _, _ in victims])
+        self._promote({func_id: calls for func_id, calls in due.items()
+                       if func_id not in {victim for victim, _, _ in victims}})
         if not victims:
             return []
-        self.tracer.detach([func_id for func_id, _, _ in victims])
         done = time.monotonic()
         cpu_per_s = cpu_ns / window_s
         found = [Detachment(func_id, self.tracer.functions[func_id].name, hits_per_s, cost_per_s / cpu_per_s,
-                            window.share_of_target, self.max_overhead_pct, now, done)
+                            (window.cost_ns + added_ns) / cpu_ns, self.max_overhead_pct, now, done,
+                            on_probation=func_id in due)
                  for func_id, cost_per_s, hits_per_s in victims]
         self.detachments += found
         self._last_detached_at = done
         return found
+
+    def _promote(self, due: dict[int, float]) -> None:
+        if due:
+            self.tracer.promote(list(due))
 
 
 def _in_runtime_packages(name: str) -> bool:

@@ -148,6 +148,9 @@ class Tracer:
         self.fixed_hit_cost_ns: float | None = None
         self.after_chunk = None  # DETACHABLE: called with each chunk's func_ids once attached (the cost guard's)
         self.hot_first: list[int] = []  # DETACHABLE: ids likely to be detached, the likeliest first (the guard's)
+        # DETACHABLE with a return program: asked before each chunk is attached, whether its functions go on
+        # probation (entry probes only, their hits counted, nothing timed; promote() ends it). The guard's.
+        self.probation_for = None
         self._func_counts: memoryview | None = None  # DETACHABLE: gt_func_counts, shared with the kernel
         self.attached_by: str | None = None  # "uprobe_multi" or "perf_link", once attached
         self.timings_s: dict[str, float] = {}  # seconds per phase of attach(): prepare, bpf_compile, attach
@@ -276,10 +279,13 @@ class Tracer:
                 cost[len(self.functions)] = round(return_ns)
                 cost[len(self.functions) + 1] = round(self.fixed_hit_cost_ns or 0)
                 del cost
+            groups = self.site_groups()
             self._uprobes = uprobes.DetachableSites(
-                self.binary_path, self.site_groups(), pid=self.pid, load_program=self._loaded.load_program,
-                set_generation=self._set_generation, mode=self.mode, site_name=site_name, hot_first=self.hot_first)
-            self._uprobes.attach(after_chunk=lambda units: self.after_chunk and self.after_chunk(units))
+                self.binary_path, groups, pid=self.pid, load_program=self._loaded.load_program,
+                set_generation=self._set_generation, mode=self.mode, site_name=site_name, hot_first=self.hot_first,
+                probation_groups=self._probation_groups(groups))
+            self._uprobes.attach(after_chunk=lambda units: self.after_chunk and self.after_chunk(units),
+                                 probation_for=self.probation_for)
             self.refused = dict(self._uprobes.refused)
         else:
             self._uprobes = uprobes.attach_sites(
@@ -303,6 +309,20 @@ class Tracer:
         func_ids = list(dict.fromkeys(func_ids))  # in the caller's order: the costliest first
         self._uprobes.detach(func_ids)
         self.detached(set(func_ids))
+
+    def _probation_groups(self, groups: list[tuple[bytes, list]]) -> list[int]:
+        """Of site_groups(), those linked while a function is on probation: its entry's, when it has returns."""
+        if self.RETURN_PROGRAM is None:
+            return []
+        return [index for index, (program, _) in enumerate(groups) if program == self.ENTRY_PROGRAM]
+
+    def promote(self, func_ids) -> None:
+        """End these functions' probation: attach their return probes, and time their calls from now on."""
+        if isinstance(self._uprobes, uprobes.DetachableSites):
+            self._uprobes.promote(func_ids)
+
+    def probation_ids(self) -> list[int]:
+        return self._uprobes.probation_units() if isinstance(self._uprobes, uprobes.DetachableSites) else []
 
     def upkeep(self) -> None:
         """Housekeeping a program's maps need now and then while tracing (called from the cost guard's thread)."""
