@@ -428,10 +428,10 @@ class _Clock:
         self.now += seconds
 
 
-def test_probation_times_what_the_budget_has_room_for_and_detaches_the_rest(tmp_path, monkeypatch):
+def test_probation_detaches_what_would_cost_half_the_budget_and_times_the_rest(tmp_path, monkeypatch):
     """Likely hot functions attached while the target is busy go on probation (entry probes only); PROBATION_S
-    later, a check ranks each by what timing its calls would cost, with the functions already timed by what
-    they cost, detaches the costliest as over budget, and times the calls of the others on probation."""
+    later, a check detaches those whose calls, timed, would each cost more than half the budget, times the
+    others' calls, and goes on as any check with what is spent."""
     import gotrace.trace.guard as guard_module
     clock = _Clock()
     monkeypatch.setattr(guard_module, "time", clock)
@@ -440,20 +440,20 @@ def test_probation_times_what_the_budget_has_room_for_and_detaches_the_rest(tmp_
     cpu.ns = 50_000_000  # one CPU busy for the first window (the guard measures it before the first chunk)
     assert tracer.probation_for([0, 1, 2, 3]) is True and clock.now == pytest.approx(100.05)
     # 0.3 s of probation at one busy CPU: 5,000, 1,000, 100 and 0 calls/s, entries only (a push: 1 us each);
-    # runtime.f4, timed (not on probation), 2,000 calls/s of 11 us
+    # runtime.f4, timed (not on probation), 2,000 then 4,000 calls/s of 11 us
     calls_per_s = [5_000, 1_000, 100, 0]
     for seconds in (0.1, 0.2):
         clock.now += seconds
         cpu.ns += round(seconds * 1e9)
         for func_id, rate in enumerate(calls_per_s):
             tracer.entry[func_id] += round(rate * seconds)
-        tracer.add(4, round(2_000 * seconds))
+        tracer.add(4, round((2_000 if seconds == 0.1 else 4_000) * seconds))
         if seconds == 0.1:
             assert guard.check(force=True) == [] and tracer.promoted == []  # not yet PROBATION_S
     assert 0.3 >= PROBATION_S
     found = guard.check(force=True)
-    # Spent: 6.1 ms/s of entries and 22 ms/s of f4; timing the four adds 50 + 10 + 1 + 0 ms/s: 89.1 ms/s against
-    # a 50 ms/s budget, detached down to 50% of it (25 ms/s). Ranked: f0 55 ms/s timed, f4 22, f1 11, f2 1.1, f3 0.
+    # Timed, f0 would cost 55 ms/s: more than half the 50 ms/s budget; f1 11, f2 1.1, f3 0 are timed. Then the
+    # window: 6.1 ms/s of entries and 44 ms/s of f4, over budget: f4 goes (down to 50% of it, young).
     assert [d.name for d in found] == ["runtime.f0", "runtime.f4"] and tracer.detached == {0, 4}
     assert sorted(tracer.promoted) == [1, 2, 3]
     assert found[0].hits_per_s == pytest.approx(10_000) and found[0].share_of_target == pytest.approx(0.055)

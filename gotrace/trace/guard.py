@@ -48,10 +48,11 @@ those whose hits changed (compared block by block) are looked at.
 When the traced processes are busy as attaching starts, the functions likely
 to be hot (likely_hot_first) go on probation (_probation_for): their entry
 probes only, whose hits are counted and cost a tenth of a timed call's on a
-`push`. PROBATION_S later, a check ranks each by what timing its calls would
-cost, among the timed functions by what they cost, detaches the costliest as
-over budget and times the calls of the rest (Tracer.promote): a busy service
-pays for learning which runtime functions are hot at the entry's price.
+`push`. PROBATION_S later, a check detaches those whose calls, timed, would
+each cost more than PROBATION_MAX_BUDGET_SHARE of the budget by itself, and
+times the calls of the others (Tracer.promote), which the checks then watch
+like any: a busy service is spared the stall of timing the calls of its
+hottest runtime functions until the guard has seen them.
 
 The background thread runs at nice GUARD_NICE (when gotrace may raise its
 priority, as root may): on a service that keeps every CPU busy, a check at
@@ -88,6 +89,7 @@ ATTACH_DUTY = 0.25
 BUSY_SHARE_OF_CPU = 0.2
 HOT_ATTACH_CHECK_PERIOD_S = 0.02
 PROBATION_S = 0.25
+PROBATION_MAX_BUDGET_SHARE = 0.5
 _RANK_BLOCK_FUNCS = 256  # functions per block compared at once when looking for the ones hit in a window
 # The packages a Go service runs on every request and in every garbage collection: the runtime and what it rests
 # on. Tracing '*' on caddy under load, 618 of the 799 functions the guard detached were in these packages (3,124 of
@@ -116,8 +118,8 @@ class Detachment:
     def reason(self) -> str:
         own = "" if self.share_of_target is None else f" (about {100 * self.share_of_target:.1f}% of the target's CPU)"
         if self.on_probation:
-            return (f"timing its calls would cost {self.hits_per_s:,.0f} probe hits/s{own}, more than the "
-                    f"--max-overhead budget of {self.max_overhead_pct:g}% has room for (its entry probe's hits, "
+            return (f"timing its calls would cost {self.hits_per_s:,.0f} probe hits/s{own}, more than half the "
+                    f"--max-overhead budget of {self.max_overhead_pct:g}% by itself (its entry probe's hits, "
                     "counted on probation)")
         total = "" if self.total_share_of_target is None else f"{100 * self.total_share_of_target:.1f}% "
         return (f"{self.hits_per_s:,.0f} probe hits/s{own}; all probes cost {total}of the target's CPU, over the "
@@ -329,9 +331,8 @@ class CostGuard:
     def _probation_for(self, func_ids) -> bool:
         """Asked by the tracer before it attaches a chunk: whether these functions go on probation. Those likely
         to be hot do when the traced processes are busy: for PROBATION_S only their entry probes are attached
-        and counted; then a check ranks each by what timing its calls would cost (its entry hits' rate, times
-        the cost of an entry and a return hit) with the others by what they cost, detaches as over budget, and
-        times the calls of those left (promotes them). An entry hit costs 0.6-0.8 us on a `push`, a timed call
+        and counted; then a check detaches those whose calls, timed, would cost more than half the budget each
+        (_settle_probation), and times the others' calls (promotes them). An entry hit costs 0.6-0.8 us on a `push`, a timed call
         11-12 us (its return instruction is stepped): learning which functions are hot costs a busy service a
         tenth as much."""
         if self._hot_ids.isdisjoint(func_ids):
@@ -401,21 +402,17 @@ class CostGuard:
         window = Overhead(window_s, hits, cost_ns, cpu_ns, fixed_hits)
         self.last_window = window
         hits_base, self._hits_base = self._hits_base, hits_now  # a ranking covers the same window as the totals
-        # Functions whose probation ends: what timing their calls adds (their return hits) counts as if it had
-        # been spent in this window; they are ranked by what timing them would cost in all.
-        due = self._due_probation(now, hits_now) if act else {}
-        added_ns = sum(due.values()) * self.costs.return_ns * window_s
-        if (not act or self.max_overhead_pct is None or window_s <= 0 or cpu_ns <= 0
-                or (window.cost_ns + added_ns) / (window_s * 1e9) < FLOOR_SHARE_OF_CPU):
-            self._promote(due)
-            return []
+        settled = self._settle_probation(due=self._due_probation(now, hits_now) if act else {}, now=now,
+                                         window_s=window_s, cpu_ns=cpu_ns, window=window)
+        if (not act or self.max_overhead_pct is None or window_s <= 0 or window.share_of_cpu < FLOOR_SHARE_OF_CPU
+                or cpu_ns <= 0):
+            return settled
         # The budget is for the traced functions' probes, what detaching can take back: the fixed probes'
         # share is in every estimate shown, never a reason to detach a function.
         budget_ns = self.max_overhead_pct / 100 * cpu_ns
-        cost_ns += added_ns - fixed_ns
+        cost_ns -= fixed_ns
         if cost_ns <= budget_ns:
-            self._promote(due)
-            return []
+            return settled
         # Over budget: the functions whose probes cost the most in this window go first.
         detached_ids = self.tracer.detached_ids()
         victims = []
@@ -423,38 +420,55 @@ class CostGuard:
         if self.young(now):
             headroom = SURGE_HEADROOM if cost_ns > SURGE_FACTOR * budget_ns else YOUNG_HEADROOM
         excess_ns_per_s = (cost_ns - headroom * budget_ns) / window_s
-        ranked = self._rank(hits_base, hits_now, window_s)
-        if due:
-            ranked = [item for item in ranked if item[0] not in due] + [
-                (func_id, calls * (self._entry_cost_ns[func_id] + self.costs.return_ns), 2 * calls)
-                for func_id, calls in due.items()]
-            ranked.sort(key=lambda item: -item[1])
-        for func_id, cost_per_s, hits_per_s in ranked:
+        for func_id, cost_per_s, hits_per_s in self._rank(hits_base, hits_now, window_s):
             if excess_ns_per_s <= 0:
                 break
             if func_id in detached_ids:
                 continue
             victims.append((func_id, cost_per_s, hits_per_s))
             excess_ns_per_s -= cost_per_s
-        if victims:
-            self.tracer.detach([func_id for func_id, _, _ in victims])
-        self._promote({func_id: calls for func_id, calls in due.items()
-                       if func_id not in {victim for victim, _, _ in victims}})
         if not victims:
-            return []
+            return settled
+        self.tracer.detach([func_id for func_id, _, _ in victims])
         done = time.monotonic()
         cpu_per_s = cpu_ns / window_s
         found = [Detachment(func_id, self.tracer.functions[func_id].name, hits_per_s, cost_per_s / cpu_per_s,
-                            (window.cost_ns + added_ns) / cpu_ns, self.max_overhead_pct, now, done,
-                            on_probation=func_id in due)
+                            window.share_of_target, self.max_overhead_pct, now, done)
                  for func_id, cost_per_s, hits_per_s in victims]
         self.detachments += found
         self._last_detached_at = done
-        return found
+        return settled + found
 
-    def _promote(self, due: dict[int, float]) -> None:
-        if due:
-            self.tracer.promote(list(due))
+    def _settle_probation(self, due: dict[int, float], now: float, window_s: float, cpu_ns: int,
+                          window: Overhead) -> list[Detachment]:
+        """End the probation of `due` (func_id -> calls per second on it): detach those whose calls, timed,
+        would cost more than PROBATION_MAX_BUDGET_SHARE of the budget each by itself (the costliest first), and
+        time the others' calls (the regular checks then watch what they all cost)."""
+        if not due:
+            return []
+        cpu_per_s = cpu_ns / window_s if window_s > 0 else 0.0
+        limit_ns_per_s = (self.max_overhead_pct or 0) / 100 * cpu_per_s * PROBATION_MAX_BUDGET_SHARE
+        timed = {func_id: calls * (self._entry_cost_ns[func_id] + self.costs.return_ns)
+                 for func_id, calls in due.items()}
+        # (never one that would cost less than FLOOR_SHARE_OF_CPU of one CPU)
+        limit_ns_per_s = max(limit_ns_per_s, FLOOR_SHARE_OF_CPU * 1e9)
+        victims = sorted((func_id for func_id, ns in timed.items() if self.max_overhead_pct and ns > limit_ns_per_s),
+                         key=lambda func_id: -timed[func_id])
+        if victims:
+            self.tracer.detach(victims)
+        promoted = [func_id for func_id in due if func_id not in set(victims)]
+        if promoted:
+            self.tracer.promote(promoted)
+        if not victims:
+            return []
+        done = time.monotonic()
+        found = [Detachment(func_id, self.tracer.functions[func_id].name, 2 * due[func_id],
+                            timed[func_id] / cpu_per_s, window.share_of_target, self.max_overhead_pct, now, done,
+                            on_probation=True)
+                 for func_id in victims]
+        self.detachments += found
+        self._last_detached_at = done
+        return found
 
 
 def _in_runtime_packages(name: str) -> bool:
