@@ -457,7 +457,8 @@ def test_probation_detaches_what_would_cost_half_the_budget_and_times_the_rest(t
     assert [d.name for d in found] == ["runtime.f0", "runtime.f4"] and tracer.detached == {0, 4}
     assert sorted(tracer.promoted) == [1, 2, 3]
     assert found[0].hits_per_s == pytest.approx(10_000) and found[0].share_of_target == pytest.approx(0.055)
-    assert "timing its calls would cost 10,000 probe hits/s (about 5.5% of the target's CPU)" in found[0].reason
+    assert ("timing its calls would cost 10,000 probe hits/s (about 5.5% of the target's CPU), more than 50% of "
+            "the --max-overhead budget of 5% by itself") in found[0].reason
     assert "over the --max-overhead budget of 5%" in found[1].reason
     clock.now += 0.05
     cpu.ns += 50_000_000

@@ -111,16 +111,16 @@ class Detachment:
     noticed_at: float  # time.monotonic() at the end of the window that exceeded the budget
     detached_at: float  # time.monotonic() once its traps were removed
     # Detached at the end of its probation: hits_per_s and share_of_target are what timing its calls would cost
-    # (its entry hits measured), more than the budget had room for.
+    # (from its entry hits), more than PROBATION_MAX_BUDGET_SHARE of the budget.
     on_probation: bool = False
 
     @property
     def reason(self) -> str:
         own = "" if self.share_of_target is None else f" (about {100 * self.share_of_target:.1f}% of the target's CPU)"
         if self.on_probation:
-            return (f"timing its calls would cost {self.hits_per_s:,.0f} probe hits/s{own}, more than half the "
-                    f"--max-overhead budget of {self.max_overhead_pct:g}% by itself (its entry probe's hits, "
-                    "counted on probation)")
+            return (f"timing its calls would cost {self.hits_per_s:,.0f} probe hits/s{own}, more than "
+                    f"{100 * PROBATION_MAX_BUDGET_SHARE:g}% of the --max-overhead budget of {self.max_overhead_pct:g}% "
+                    "by itself (from its entry probe's hits, counted on probation)")
         total = "" if self.total_share_of_target is None else f"{100 * self.total_share_of_target:.1f}% "
         return (f"{self.hits_per_s:,.0f} probe hits/s{own}; all probes cost {total}of the target's CPU, over the "
                 f"--max-overhead budget of {self.max_overhead_pct:g}%")
@@ -332,9 +332,9 @@ class CostGuard:
         """Asked by the tracer before it attaches a chunk: whether these functions go on probation. Those likely
         to be hot do when the traced processes are busy: for PROBATION_S only their entry probes are attached
         and counted; then a check detaches those whose calls, timed, would cost more than half the budget each
-        (_settle_probation), and times the others' calls (promotes them). An entry hit costs 0.6-0.8 us on a `push`, a timed call
-        11-12 us (its return instruction is stepped): learning which functions are hot costs a busy service a
-        tenth as much."""
+        (_settle_probation), and times the others' calls (promotes them). An entry hit costs 0.6-0.8 us on a
+        `push`, a timed call 11-12 us (its return instruction is stepped): learning which functions are hot costs
+        a busy service a tenth as much."""
         if self._hot_ids.isdisjoint(func_ids):
             return False
         if self.last_window is None:  # attaching starts: how busy are they?
@@ -456,15 +456,16 @@ class CostGuard:
                          key=lambda func_id: -timed[func_id])
         if victims:
             self.tracer.detach(victims)
-        promoted = [func_id for func_id in due if func_id not in set(victims)]
+        leaving = set(victims)
+        promoted = [func_id for func_id in due if func_id not in leaving]
         if promoted:
             self.tracer.promote(promoted)
         if not victims:
             return []
         done = time.monotonic()
         found = [Detachment(func_id, self.tracer.functions[func_id].name, 2 * due[func_id],
-                            timed[func_id] / cpu_per_s, window.share_of_target, self.max_overhead_pct, now, done,
-                            on_probation=True)
+                            timed[func_id] / cpu_per_s if cpu_per_s > 0 else None, window.share_of_target,
+                            self.max_overhead_pct, now, done, on_probation=True)
                  for func_id in victims]
         self.detachments += found
         self._last_detached_at = done
