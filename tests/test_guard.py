@@ -174,19 +174,28 @@ def test_default_guard_detaches_a_hot_function_for_real(tmp_path, spawn):
     assert fn["detached"] is True and 0 < fn["count"] < 2_000_000
 
 
+SERVICE_FUNCTIONS = (HANDLE, WORK, TRY_FAIL, "main.count", "main.fib", "main.grow")
+
+
+def _traced_service(spawn, mode: str):
+    """The test service, waiting for SIGUSR1 and then running until SIGINT, and a LatencyTracer (not attached)
+    of SERVICE_FUNCTIONS in it (func_id = index): (the service, its pid, the tracer)."""
+    binary = service()
+    svc, pid = start_waiting_service(spawn, binary, "-forever", "-n", "100")
+    with GoBinary(binary) as gobin:
+        found = {fn.name: fn for fn in gobin.match(SERVICE_FUNCTIONS)}
+        functions = traced_functions(gobin, [gobin.probe_sites(found[name]) for name in SERVICE_FUNCTIONS])
+        return svc, pid, LatencyTracer(gobin, functions, pid=pid, mode=mode)
+
+
 @pytest.mark.bpf
 @pytest.mark.parametrize("mode", ["uprobe_multi", "perf_link"])
 def test_detaching_some_functions_keeps_the_others_exact(spawn, mode):
     """Three detachments while the service runs, each re-creating the links of the functions that stay
     (uprobe_multi), or closing the detached functions' own (perf-event links, Linux before 6.6): the others
     count exactly the service's calls, none lost, none twice, none unmatched."""
-    binary = service()
-    names = [HANDLE, WORK, TRY_FAIL, "main.count", "main.fib", "main.grow"]
-    svc, pid = start_waiting_service(spawn, binary, "-forever", "-n", "100")
-    with GoBinary(binary) as gobin:
-        found = {fn.name: fn for fn in gobin.match(names)}
-        functions = traced_functions(gobin, [gobin.probe_sites(found[name]) for name in names])
-        tracer = LatencyTracer(gobin, functions, pid=pid, mode=mode)
+    names = list(SERVICE_FUNCTIONS)
+    svc, pid, tracer = _traced_service(spawn, mode)
     with tracer:
         assert tracer.attached_by == mode
         os.kill(pid, signal.SIGUSR1)
@@ -212,13 +221,8 @@ def test_functions_on_probation_are_counted_then_timed_exactly_once_promoted(spa
     """On probation only a function's entry probe is attached: its hits are counted and no call is timed. Once
     promoted (some functions of a chunk, then the rest), every call that enters is timed: none lost, none
     counted twice, none unmatched; a call that entered on probation is never timed."""
-    binary = service()
-    names = [HANDLE, WORK, TRY_FAIL, "main.count", "main.fib", "main.grow"]
-    svc, pid = start_waiting_service(spawn, binary, "-forever", "-n", "100")
-    with GoBinary(binary) as gobin:
-        found = {fn.name: fn for fn in gobin.match(names)}
-        functions = traced_functions(gobin, [gobin.probe_sites(found[name]) for name in names])
-        tracer = LatencyTracer(gobin, functions, pid=pid, mode=mode)
+    names = list(SERVICE_FUNCTIONS)
+    svc, pid, tracer = _traced_service(spawn, mode)
     tracer.probation_for = lambda func_ids: True
     ids = {name: names.index(name) for name in names}
     with tracer:

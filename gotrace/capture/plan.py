@@ -401,7 +401,7 @@ class _SideBuilder:
             # of a 1-byte read), so a way that does not finish leaves an address that faults, never one
             # from an earlier call; a read that faults leaves 0.
             fresh = self.read(1, src=off, dep=dep, flags=_const("GT_OPF_LEN_PREFIX"))
-            if fresh is None or len(self.side.ops) + 4 > self.max_ops:
+            if fresh is None:
                 return
             w_op, w = fresh
             # A small map (dirLen 0): dirPtr is its group.

@@ -186,8 +186,8 @@ class CostGuard:
         if hot_first:
             tracer.hot_first = hot_first
         self._hot_ids = frozenset(hot_first)  # attached first, at full speed (after_chunk)
-        # func_id -> (time.monotonic() it went on probation, its entry hits then): see _probation_for()
-        self._probation: dict[int, tuple[float, int]] = {}
+        # func_id -> time.monotonic() it went on probation (never attached before: no entry hit then)
+        self._probation: dict[int, float] = {}
         if max_overhead_pct and getattr(tracer, "RETURN_PROGRAM", None) is not None:
             tracer.probation_for = self._probation_for
         self._last_totals = (0, 0, 0, 0)  # cost_totals()
@@ -305,9 +305,10 @@ class CostGuard:
         (ATTACH_PAUSE_MAX_S at most): registering more while hot probes fire stalls the service far beyond the
         traps' own cost. The likely hot ones (attached first: gotrace.bpf.uprobes.plan_chunks) go at full
         speed, checked every HOT_ATTACH_CHECK_PERIOD_S: the sooner they are all on and checked, the sooner the
-        guard has detached those that are hot, and the shorter the stall their surge causes. (On caddy under load, tracing '*': pacing the standard
-        library's functions too, after the runtime's, left a 2 s stall and then 8 s at 62-73% of the
-        throughput; at full speed, a 4 s stall and the rest at 82% or more, the attach 10 s shorter.)"""
+        guard has detached those that are hot, and the shorter the stall their surge causes. (On caddy under
+        load, tracing '*': pacing the standard library's functions too, after the runtime's, left a 2 s stall
+        and then 8 s at 62-73% of the throughput; at full speed, a 4 s stall and the rest at 82% or more, the
+        attach 10 s shorter.)"""
         worked_s = time.monotonic() - self._chunk_done_at  # attaching the chunk took this long
         likely_hot = not self._hot_ids.isdisjoint(func_ids)
         found = self.check(period_s=HOT_ATTACH_CHECK_PERIOD_S if likely_hot and self._busy() else
@@ -342,15 +343,13 @@ class CostGuard:
             self.check(force=True, act=False)
         if not self._busy():
             return False
-        now = time.monotonic()
-        for func_id in func_ids:
-            self._probation[func_id] = (now, 0)  # never attached before: no hit yet
+        self._probation.update(dict.fromkeys(func_ids, time.monotonic()))
         return True
 
     def _due_probation(self, now: float, hits_now: bytes) -> dict[int, float]:
         """The functions on probation for PROBATION_S or more (taken off it), with their calls per second on it
         (from their entry hits); those detached meanwhile left out."""
-        due = [func_id for func_id, (since, _) in self._probation.items() if now - since >= PROBATION_S]
+        due = [func_id for func_id, since in self._probation.items() if now - since >= PROBATION_S]
         if not due:
             return {}
         n, entries = header.constant("GT_FC_N"), header.constant("GT_FC_ENTRIES")
@@ -358,9 +357,9 @@ class CostGuard:
         detached_ids = self.tracer.detached_ids()
         calls: dict[int, float] = {}
         for func_id in due:
-            since, base = self._probation.pop(func_id)
+            since = self._probation.pop(func_id)
             if func_id not in detached_ids:
-                calls[func_id] = (counts[func_id * n + entries] - base) / max(now - since, 1e-3)
+                calls[func_id] = counts[func_id * n + entries] / max(now - since, 1e-3)
         return calls
 
     def _busy(self) -> bool:
@@ -402,8 +401,7 @@ class CostGuard:
         window = Overhead(window_s, hits, cost_ns, cpu_ns, fixed_hits)
         self.last_window = window
         hits_base, self._hits_base = self._hits_base, hits_now  # a ranking covers the same window as the totals
-        settled = self._settle_probation(due=self._due_probation(now, hits_now) if act else {}, now=now,
-                                         window_s=window_s, cpu_ns=cpu_ns, window=window)
+        settled = self._settle_probation(self._due_probation(now, hits_now) if act else {}, now, window)
         if (not act or self.max_overhead_pct is None or window_s <= 0 or window.share_of_cpu < FLOOR_SHARE_OF_CPU
                 or cpu_ns <= 0):
             return settled
@@ -439,14 +437,13 @@ class CostGuard:
         self._last_detached_at = done
         return settled + found
 
-    def _settle_probation(self, due: dict[int, float], now: float, window_s: float, cpu_ns: int,
-                          window: Overhead) -> list[Detachment]:
+    def _settle_probation(self, due: dict[int, float], now: float, window: Overhead) -> list[Detachment]:
         """End the probation of `due` (func_id -> calls per second on it): detach those whose calls, timed,
         would cost more than PROBATION_MAX_BUDGET_SHARE of the budget each by itself (the costliest first), and
         time the others' calls (the regular checks then watch what they all cost)."""
         if not due:
             return []
-        cpu_per_s = cpu_ns / window_s if window_s > 0 else 0.0
+        cpu_per_s = window.target_cpu_ns / window.interval_s if window.interval_s > 0 else 0.0
         limit_ns_per_s = (self.max_overhead_pct or 0) / 100 * cpu_per_s * PROBATION_MAX_BUDGET_SHARE
         timed = {func_id: calls * (self._entry_cost_ns[func_id] + self.costs.return_ns)
                  for func_id, calls in due.items()}
