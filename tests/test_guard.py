@@ -35,8 +35,8 @@ from support.gobuild import REPO_ROOT as REPO
 from gotrace.binary.gobinary import GoBinary
 from gotrace.trace import cost
 from gotrace import header
-from gotrace.trace.guard import (CHECK_PERIOD_S, FLOOR_SHARE_OF_CPU, PROBATION_S, SURGE_HEADROOM,
-                                 YOUNG_CHECK_PERIOD_S, YOUNG_S, CostGuard, likely_hot_first)
+from gotrace.trace.guard import (CHECK_PERIOD_S, FLOOR_SHARE_OF_CPU, IDLE_PROBATION_MIN_FUNCS, PROBATION_S,
+                                 SURGE_HEADROOM, YOUNG_CHECK_PERIOD_S, YOUNG_S, CostGuard, likely_hot_first)
 from gotrace.trace.latency import LatencyTracer
 from gotrace.trace.targetcpu import process_cpu_ns
 from gotrace.trace.tracer import traced_functions
@@ -321,12 +321,13 @@ class _Cpu:
 
 
 def _guard(tmp_path, n: int, pct: float | None, *, young_s: float = YOUNG_S, attached: bool = True,
-           package: str = "main"):
+           package: str = "main", service: bool = False):
     code = tmp_path / "code"
     code.write_bytes(b"\x55")  # every entry site a push
     tracer, cpu = _Counters(code, n), _Cpu()
     tracer.functions = [_Fn(i, f"{package}.f{i}") for i in range(n)]
-    guard = CostGuard(tracer, cost.HitCosts(1000, 10_000, 10_000, "given"), pct, cpu, young_s=young_s)
+    guard = CostGuard(tracer, cost.HitCosts(1000, 10_000, 10_000, "given"), pct, cpu, young_s=young_s,
+                      service=service)
     guard.start()
     if attached:
         guard.attached()
@@ -456,22 +457,29 @@ def test_probation_detaches_what_would_cost_half_the_budget_and_times_the_rest(t
             assert guard.check(force=True) == [] and tracer.promoted == []  # not yet PROBATION_S
     assert 0.3 >= PROBATION_S
     found = guard.check(force=True)
-    # Timed, f0 would cost 55 ms/s: more than half the 50 ms/s budget; f1 11, f2 1.1, f3 0 are timed. Then the
-    # window: 6.1 ms/s of entries and 44 ms/s of f4, over budget: f4 goes (down to 50% of it, young).
+    # Timed, f0 would cost 55 ms/s: more than half the 50 ms/s budget; f1 11 and f2 1.1 are timed, f3 (never
+    # called) stays on probation. Then the window: 6.1 ms/s of entries and 44 ms/s of f4, over budget: f4 goes
+    # (down to 50% of it, young).
     assert [d.name for d in found] == ["runtime.f0", "runtime.f4"] and tracer.detached == {0, 4}
-    assert sorted(tracer.promoted) == [1, 2, 3]
+    assert tracer.promoted == [2, 1]  # the cheapest first
     assert found[0].hits_per_s == pytest.approx(10_000) and found[0].share_of_target == pytest.approx(0.055)
     assert ("timing its calls would cost 10,000 probe hits/s (about 5.5% of the target's CPU), more than 50% of "
             "the --max-overhead budget of 5% by itself") in found[0].reason
     assert "over the --max-overhead budget of 5%" in found[1].reason
     clock.now += 0.05
     cpu.ns += 50_000_000
-    assert guard.check(force=True) == [] and len(tracer.promoted) == 3  # settled once
+    assert guard.check(force=True) == [] and len(tracer.promoted) == 2  # settled once
+    # f3 is called: PROBATION_S after it started over, it is timed
+    clock.now += 0.2
+    cpu.ns += 200_000_000
+    tracer.entry[3] += 10
+    assert guard.check(force=True) == [] and tracer.promoted == [2, 1, 3]
 
 
-def test_probation_times_everything_on_a_nearly_idle_target_and_nothing_when_not_busy(tmp_path, monkeypatch):
-    """No probation while the target is not busy, nor for functions not likely to be hot; and when the probes
-    would cost less than FLOOR_SHARE_OF_CPU of one CPU, every function on probation is timed."""
+def test_probation_lasts_until_the_target_has_been_busy_and_starts_over_while_it_is_not(tmp_path, monkeypatch):
+    """No probation for a command gotrace starts while it is not busy, nor for functions not likely to be hot. A
+    function on probation is settled only once the target has been busy (BUSY_SHARE_OF_CPU) for PROBATION_S;
+    after PROBATION_RESTART_S of a quieter target its probation starts over, its calls counted from then on."""
     import gotrace.trace.guard as guard_module
     clock = _Clock()
     monkeypatch.setattr(guard_module, "time", clock)
@@ -485,11 +493,54 @@ def test_probation_times_everything_on_a_nearly_idle_target_and_nothing_when_not
     clock.now += 0.05
     guard.check(force=True)
     assert tracer.probation_for([1, 2]) is True
+    # it goes quiet: 2,000 calls of runtime.f1 in 1.1 s (their entries under FLOOR_SHARE_OF_CPU of one CPU), the
+    # target at 0.1% of a CPU: no settling, then a restart
+    for seconds in (0.3, 0.8):
+        clock.now += seconds
+        cpu.ns += 1_000_000
+        tracer.entry[1] += 1_000
+        assert guard.check(force=True) == [] and tracer.promoted == [] and not tracer.detached
+    assert 0.3 + 0.8 >= guard_module.PROBATION_RESTART_S
+    # then busy for 0.3 s, 30 calls: 100 calls/s, 1.1 ms/s timed (counted from 2,030 calls: 74 ms/s, over half
+    # of the 50 ms/s budget: detached); runtime.f2, never called, stays on probation
     clock.now += 0.3
-    cpu.ns += 1_000_000  # it went quiet: a few calls cost less than FLOOR_SHARE_OF_CPU of one CPU
+    cpu.ns += 300_000_000
     tracer.entry[1] += 30
-    assert guard.check(force=True) == [] and sorted(tracer.promoted) == [1, 2] and not tracer.detached
-    assert 30 * 11_000 / 0.3 < FLOOR_SHARE_OF_CPU * 1e9
+    assert guard.check(force=True) == [] and tracer.promoted == [1] and not tracer.detached
+
+
+def test_promotions_go_in_batches_the_cheapest_first(tmp_path, monkeypatch):
+    """At most PROMOTE_MAX_PER_CHECK functions are promoted per check, the cheapest to time first; the others stay
+    on probation and go at the next checks."""
+    import gotrace.trace.guard as guard_module
+    clock = _Clock()
+    monkeypatch.setattr(guard_module, "time", clock)
+    monkeypatch.setattr(guard_module, "PROMOTE_MAX_PER_CHECK", 2)
+    guard, tracer, cpu = _guard(tmp_path, 5, 5.0, attached=False, package="runtime")
+    cpu.ns = 50_000_000
+    assert tracer.probation_for([0, 1, 2, 3, 4]) is True
+    clock.now += 0.3
+    cpu.ns += 300_000_000
+    for func_id, calls in enumerate([40, 10, 30, 20, 50]):
+        tracer.entry[func_id] += calls
+    rounds = []
+    for _ in range(3):
+        guard.check(force=True)
+        rounds.append(list(tracer.promoted))
+        clock.now += 0.05
+        cpu.ns += 50_000_000
+    assert rounds == [[1, 3], [1, 3, 2, 0], [1, 3, 2, 0, 4]] and not tracer.detached
+
+
+@pytest.mark.parametrize("n_hot", [IDLE_PROBATION_MIN_FUNCS - 1, IDLE_PROBATION_MIN_FUNCS])
+def test_a_service_goes_on_probation_while_idle_with_many_likely_hot_functions(tmp_path, monkeypatch, n_hot):
+    """In a service (-p, or every process of a binary), IDLE_PROBATION_MIN_FUNCS likely hot functions or more go
+    on probation while it is idle too: load may come at any time. Fewer are timed at once."""
+    import gotrace.trace.guard as guard_module
+    monkeypatch.setattr(guard_module, "time", _Clock())
+    guard, tracer, cpu = _guard(tmp_path, n_hot, 5.0, attached=False, package="runtime", service=True)
+    cpu.ns = 1_000_000  # idle
+    assert tracer.probation_for([0]) is (n_hot >= IDLE_PROBATION_MIN_FUNCS)
 
 
 def test_likely_hot_functions_come_first():

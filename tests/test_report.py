@@ -115,7 +115,7 @@ def test_json_has_exactly_the_contract_keys_and_values():
     assert set(fn) == {
         "name", "count", "mean_ns", "min_ns", "max_ns",
         "p50_ns", "p90_ns", "p99_ns", "p999_ns", "buckets", "unmatched",
-        "in_flight", "oldest_in_flight_ns", "detached", "untimed",
+        "in_flight", "oldest_in_flight_ns", "detached", "untimed", "on_probation",
     }  # fmt: skip
     assert fn["name"] == "main.work"
     assert fn["count"] == 111
@@ -150,7 +150,7 @@ def test_json_function_without_calls_appears_with_null_statistics():
     assert idle == {
         "name": "main.idle", "count": 0, "mean_ns": None, "min_ns": None, "max_ns": None,
         "p50_ns": None, "p90_ns": None, "p99_ns": None, "p999_ns": None, "buckets": [], "unmatched": 0,
-        "in_flight": 0, "oldest_in_flight_ns": None, "detached": False, "untimed": 0,
+        "in_flight": 0, "oldest_in_flight_ns": None, "detached": False, "untimed": 0, "on_probation": False,
     }  # fmt: skip
     assert work["count"] == 111
 
@@ -271,6 +271,23 @@ def test_idle_functions_are_one_line_and_functions_sort_by_total_time():
     listed = render_latency_text(functions[-3:], sort="name", verbose=True)
     assert [line for line in listed.splitlines() if line.startswith("main.")] == [
         "main.fast  1000 calls", "main.gone  no calls, detached by the cost guard", "main.slow  3 calls"]
+
+
+def test_functions_on_probation_are_one_line_apart_from_the_idle_ones():
+    """Functions on probation with nothing timed are summarized in a line of their own (not "had no calls"), and
+    listed with -v; one on probation is flagged in JSON."""
+    functions = [FunctionReport(f"runtime.f{i}", LatencyHistogram(), on_probation=True) for i in range(412)]
+    functions += [FunctionReport("main.idle", LatencyHistogram()),
+                  FunctionReport("main.fast", LatencyHistogram.from_values([1_000] * 10))]
+    text = render_latency_text(functions, sort="total", verbose=False)
+    assert [line for line in text.splitlines() if line.startswith(("main.", "runtime."))] == ["main.fast  10 calls"]
+    assert text.endswith("\n1 function had no calls (-v lists them)\n"
+                         "412 functions are on probation: counted, not timed until the cost guard has seen the "
+                         "service busy (-v lists them)\n")
+    listed = render_latency_text(functions[:1], sort="name", verbose=True)
+    assert listed.splitlines()[0] == "runtime.f0  no calls, on probation (not timed yet)"
+    report = latency_report_json(TARGET, 1.0, functions[:1])
+    assert report["functions"][0]["on_probation"] is True
 
 
 def test_saturated_last_bucket_is_open_ended():

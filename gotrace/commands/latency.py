@@ -63,7 +63,8 @@ def report_names(traced: list[FunctionProbes]) -> list[str]:
 
 
 def function_reports(names: list[str], counts: dict, detached: set[int] = frozenset(),
-                     refused: dict[int, int] | None = None) -> list[FunctionReport]:
+                     refused: dict[int, int] | None = None, on_probation: set[int] = frozenset()
+                     ) -> list[FunctionReport]:
     """Reports per traced function from the tracer's counts (func_id -> FunctionCounts); functions whose site
     the kernel refused are left out (they were reported as skipped)."""
     out = []
@@ -73,7 +74,8 @@ def function_reports(names: list[str], counts: dict, detached: set[int] = frozen
         c = counts.get(func_id)
         histogram = LatencyHistogram(dict(c.buckets) if c else {})
         out.append(FunctionReport(name, histogram, c.unmatched if c else 0, c.in_flight if c else 0,
-                                  c.oldest_in_flight_ns if c else None, func_id in detached, c.untimed if c else 0))
+                                  c.oldest_in_flight_ns if c else None, func_id in detached, c.untimed if c else 0,
+                                  on_probation=func_id in on_probation))
     return out
 
 
@@ -217,7 +219,8 @@ def latency(request: LatencyRequest) -> Iterator[object]:
             if request.by:
                 rows = split_reports(names, functions, counts, request.by, gobin.symbolizer)
             else:
-                rows = function_reports(names, counts, tracer.detached_ids(), tracer.refused)
+                rows = function_reports(names, counts, tracer.detached_ids(), tracer.refused,
+                                        tracer.called_on_probation())
             # --by rows stay grouped under their function, the busiest first (split_reports' order)
             return LatencyReport(frame, rows, sort="address" if request.by else request.sort, verbose=options.verbose,
                                  slow=slow_counts(tracer),

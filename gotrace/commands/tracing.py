@@ -113,7 +113,7 @@ def trace_session(target: Target, make_tracer: Callable[[], object], options: Tr
 
     def prepare(tracer) -> None:
         guard = CostGuard(tracer, cost.hit_costs(tracer), options.max_overhead_pct,
-                          TargetCpu(target.pid, tracer.binary_path))
+                          TargetCpu(target.pid, tracer.binary_path), service=target.command is None)
         guard.start()
         guards.append(guard)
 

@@ -13,7 +13,7 @@ from collections.abc import Iterable, Sequence
 
 from gotrace import header
 from gotrace.output.histogram import LatencyHistogram, bucket_bounds, bucket_midpoint, overflow_index
-from gotrace.output.report import ReportFrame, detached_line, idle_line
+from gotrace.output.report import ReportFrame, detached_line, idle_line, probation_line
 
 UNITS: dict[str, int] = {"ns": 1, "us": 1_000, "ms": 1_000_000, "s": 1_000_000_000}
 UNIT_CHOICES = ("auto", *UNITS)
@@ -41,6 +41,7 @@ class FunctionReport:
     oldest_in_flight_ns: int | None = None
     detached: bool = False  # by the cost guard: nothing is counted after that
     untimed: int = 0  # entered while the start map was full: not timed
+    on_probation: bool = False  # called, and the cost guard counts its calls (entry probes only), times none yet
     # --by caller / --by pid: this row holds the calls from one caller (a Go function, its call sites as
     # "file:line") or one process; a split row with neither holds the unmatched calls (no caller seen).
     split: str | None = None  # "caller" or "pid"
@@ -51,6 +52,11 @@ class FunctionReport:
     @property
     def idle(self) -> bool:
         return not (self.histogram.count() or self.in_flight or self.unmatched or self.untimed)
+
+    @property
+    def waiting(self) -> bool:
+        """On probation, with nothing timed to show."""
+        return self.on_probation and self.idle
 
 
 @dataclasses.dataclass(frozen=True)
@@ -169,6 +175,7 @@ def _function_json(function: FunctionReport) -> dict:
     out["oldest_in_flight_ns"] = None if function.oldest_in_flight_ns is None else int(function.oldest_in_flight_ns)
     out["detached"] = bool(function.detached)
     out["untimed"] = int(function.untimed)
+    out["on_probation"] = bool(function.on_probation)
     return out
 
 
@@ -260,12 +267,14 @@ def render_latency_text(
     _check_unit(unit)
     functions = sorted_functions(list(functions), sort)
     shown = functions if verbose else [f for f in functions if not f.idle]
-    idle = [] if verbose else [f.name for f in functions if f.idle and not f.detached]
+    idle = [] if verbose else [f.name for f in functions if f.idle and not f.detached and not f.on_probation]
     detached = [] if verbose else [f.name for f in functions if f.detached and f.idle]
+    waiting = [] if verbose else [f.name for f in functions if f.waiting and not f.detached]
     blocks = [_render_function(function, unit, width, ascii_bars) for function in shown]
-    if not blocks and not idle and not detached:
+    if not blocks and not idle and not detached and not waiting:
         return "No functions traced.\n"
-    tail = [line for line in (idle_line(idle, verbose), detached_line(detached, verbose)) if line]
+    tail = [line for line in (idle_line(idle, verbose), detached_line(detached, verbose),
+                              probation_line(waiting, verbose)) if line]
     text = "\n\n".join(blocks) + ("\n" if blocks else "")
     if tail:
         text += ("\n" if blocks else "") + "\n".join(tail) + "\n"
@@ -284,6 +293,8 @@ def _title(function: FunctionReport, count: int) -> str:
         calls += f", {function.untimed} not timed (over {header.constant('GT_START_ENTRIES'):,} calls open at once)"
     if function.detached:
         calls += ", detached by the cost guard"
+    elif function.on_probation:
+        calls += ", on probation (not timed yet)"
     return f"{function.name}{_split_label(function)}  {calls}"
 
 

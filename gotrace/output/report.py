@@ -98,6 +98,18 @@ def idle_line(names: list[str], listed: bool) -> str | None:
     return what + " (-v lists them)"
 
 
+def probation_line(names: list[str], listed: bool) -> str | None:
+    """ "412 functions are on probation: counted, not timed until ... (-v lists them)", or None when there are
+    none."""
+    if not names:
+        return None
+    what = (f"{len(names):,} function{'s are' if len(names) != 1 else ' is'} on probation: counted, not timed "
+            "until the cost guard has seen the service busy")
+    if listed or len(names) <= 3:
+        return what + ": " + ", ".join(names)
+    return what + " (-v lists them)"
+
+
 def detached_line(names: list[str], listed: bool) -> str | None:
     """ "3 functions were detached by the cost guard (-v lists them)", or None when there are none."""
     if not names:

@@ -45,14 +45,18 @@ map read, the traced processes' schedstat, and a copy of the per-function
 hits; the functions are ranked only when the budget is exceeded, and only
 those whose hits changed (compared block by block) are looked at.
 
-When the traced processes are busy as attaching starts, the functions likely
+When the traced processes are busy as attaching starts, or in a service
+traced with IDLE_PROBATION_MIN_FUNCS of them or more, the functions likely
 to be hot (likely_hot_first) go on probation (_probation_for): their entry
 probes only, whose hits are counted and cost a tenth of a timed call's on a
-`push`. PROBATION_S later, a check detaches those whose calls, timed, would
-each cost more than PROBATION_MAX_BUDGET_SHARE of the budget by itself, and
-times the calls of the others (Tracer.promote), which the checks then watch
-like any: a busy service is spared the stall of timing the calls of its
-hottest runtime functions until the guard has seen them.
+`push`. Once the processes have been busy for PROBATION_S, a check detaches
+those whose calls, timed, would each cost more than
+PROBATION_MAX_BUDGET_SHARE of the budget by itself, and times the calls of
+the others that were called (Tracer.promote, PROMOTE_MAX_PER_CHECK at a
+time), which the checks then watch like any: a busy service is spared the
+stall of timing the calls of its hottest runtime functions until the guard
+has seen them, and a service idle as tracing starts the stall when load
+comes.
 
 The background thread runs at nice GUARD_NICE (when gotrace may raise its
 priority, as root may): on a service that keeps every CPU busy, a check at
@@ -68,6 +72,7 @@ import contextlib
 import os
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from gotrace import header
@@ -90,6 +95,10 @@ BUSY_SHARE_OF_CPU = 0.2
 HOT_ATTACH_CHECK_PERIOD_S = 0.02
 PROBATION_S = 0.25
 PROBATION_MAX_BUDGET_SHARE = 0.5
+PROBATION_RESTART_S = 1.0
+PROMOTE_MAX_PER_CHECK = 256
+PROBATION_SCAN_S = 1.0
+IDLE_PROBATION_MIN_FUNCS = 64
 _RANK_BLOCK_FUNCS = 256  # functions per block compared at once when looking for the ones hit in a window
 # The packages a Go service runs on every request and in every garbage collection: the runtime and what it rests
 # on. Tracing '*' on caddy under load, 618 of the 799 functions the guard detached were in these packages (3,124 of
@@ -164,6 +173,17 @@ class _Totals:
     fixed_hits: int = 0
 
 
+@dataclass(frozen=True)
+class _Probation:
+    """A function on probation since `since` (time.monotonic()), its entry hits then, and when the traced processes'
+    CPU time was last taken before that (cpu_at), and what it was (cpu_ns)."""
+
+    since: float
+    entries: int
+    cpu_at: float
+    cpu_ns: int
+
+
 class CostGuard:
     """Estimates a tracer's overhead and, with a budget, detaches its costliest functions when it is exceeded.
 
@@ -171,7 +191,7 @@ class CostGuard:
     """
 
     def __init__(self, tracer, costs: HitCosts, max_overhead_pct: float | None, target_cpu: TargetCpu, *,
-                 young_s: float = YOUNG_S) -> None:
+                 young_s: float = YOUNG_S, service: bool = False) -> None:
         self.tracer = tracer
         self.costs = costs
         self.max_overhead_pct = max_overhead_pct or None
@@ -186,10 +206,14 @@ class CostGuard:
         if hot_first:
             tracer.hot_first = hot_first
         self._hot_ids = frozenset(hot_first)  # attached first, at full speed (after_chunk)
-        # func_id -> time.monotonic() it went on probation (never attached before: no entry hit then)
-        self._probation: dict[int, float] = {}
+        self._probation: dict[int, _Probation] = {}  # the functions on probation
+        self._probation_scanned_at = float("-inf")  # _due_probation(): when it last looked at all of them
+        self._promote_next: set[int] = set()  # due, left for the next check (PROMOTE_MAX_PER_CHECK)
         if max_overhead_pct and getattr(tracer, "RETURN_PROGRAM", None) is not None:
             tracer.probation_for = self._probation_for
+        # service: the traced processes ran before tracing (-p, or every process running the binary), load may
+        # come at any time; with that many likely hot functions, they go on probation even while it is idle
+        self._probation_while_idle = service and len(hot_first) >= IDLE_PROBATION_MIN_FUNCS
         self._last_totals = (0, 0, 0, 0)  # cost_totals()
         self._hits_base: bytes | None = None  # gt_func_counts at the last check
         self._totals = self._start = _Totals(time.monotonic(), 0, 0.0, 0)
@@ -240,30 +264,33 @@ class CostGuard:
 
     def _rank(self, base: bytes | None, now: bytes, window_s: float) -> list[tuple[int, float, float]]:
         """(func_id, cost in ns/s, hits/s) of the functions hit between two copies of gt_func_counts, costliest
-        first. Only blocks of _RANK_BLOCK_FUNCS functions whose bytes changed are decoded: in a window, few
-        of 60,000 functions are hit."""
-        if base is None:
-            base = bytes(len(now))
+        first."""
         n = header.constant("GT_FC_N")
         entries, returns = header.constant("GT_FC_ENTRIES"), header.constant("GT_FC_RETURNS")
-        counts, before = memoryview(now).cast("Q"), memoryview(base).cast("Q")
-        block_bytes = _RANK_BLOCK_FUNCS * n * 8
-        n_funcs = min(len(self._entry_cost_ns), len(counts) // n)
+        counts, before = memoryview(now).cast("Q"), memoryview(base or bytes(len(now))).cast("Q")
         return_ns = self.costs.return_ns
         since_s = max(window_s, 1e-3)
         ranked = []
-        for start in range(0, len(now), block_bytes):
-            if now[start:start + block_bytes] == base[start:start + block_bytes]:
-                continue
-            first = start // (n * 8)
-            for func_id in range(first, min(first + _RANK_BLOCK_FUNCS, n_funcs)):
-                e = counts[func_id * n + entries] - before[func_id * n + entries]
-                r = counts[func_id * n + returns] - before[func_id * n + returns]
-                if e or r:
-                    ranked.append((func_id, (e * self._entry_cost_ns[func_id] + r * return_ns) / since_s,
-                                   (e + r) / since_s))
+        for func_id in self._maybe_hit(base, now):
+            e = counts[func_id * n + entries] - before[func_id * n + entries]
+            r = counts[func_id * n + returns] - before[func_id * n + returns]
+            if e or r:
+                ranked.append((func_id, (e * self._entry_cost_ns[func_id] + r * return_ns) / since_s,
+                               (e + r) / since_s))
         ranked.sort(key=lambda item: -item[1])
         return ranked
+
+    def _maybe_hit(self, base: bytes | None, now: bytes) -> Iterator[int]:
+        """Ids of the functions that may have been hit between two copies of gt_func_counts: those of the blocks
+        of _RANK_BLOCK_FUNCS functions whose bytes changed (in a window, few of 60,000 functions are hit)."""
+        n = header.constant("GT_FC_N")
+        block_bytes = _RANK_BLOCK_FUNCS * n * 8
+        n_funcs = min(len(self._entry_cost_ns), len(now) // (n * 8))
+        for start in range(0, len(now), block_bytes):
+            if base is not None and now[start:start + block_bytes] == base[start:start + block_bytes]:
+                continue
+            first = start // (n * 8)
+            yield from range(first, min(first + _RANK_BLOCK_FUNCS, n_funcs))
 
     def overhead_since(self, mark: _Totals) -> Overhead:
         now = self._totals
@@ -331,36 +358,65 @@ class CostGuard:
 
     def _probation_for(self, func_ids) -> bool:
         """Asked by the tracer before it attaches a chunk: whether these functions go on probation. Those likely
-        to be hot do when the traced processes are busy: for PROBATION_S only their entry probes are attached
-        and counted; then a check detaches those whose calls, timed, would cost more than half the budget each
-        (_settle_probation), and times the others' calls (promotes them). An entry hit costs 0.6-0.8 us on a
-        `push`, a timed call 11-12 us (its return instruction is stepped): learning which functions are hot costs
-        a busy service a tenth as much."""
+        to be hot do when the traced processes are busy, or, in a service (-p, or every process running the
+        binary) traced with IDLE_PROBATION_MIN_FUNCS of them or more, even while it is idle: only their entry
+        probes are attached, and their calls counted; once the processes have been busy for PROBATION_S, a
+        check detaches those whose calls, timed, would cost more than half the budget each (_settle_probation),
+        and times the others' calls (promotes them). An entry hit costs 0.6-0.8 us on a `push`, a timed call
+        11-12 us (its return instruction is stepped): learning which functions are hot costs a busy service a
+        tenth as much. (When load starts on an idle caddy traced with `'runtime.*'`, its worst half-second
+        went from 4-6% of the untraced throughput to 48-78% with probation while idle.)"""
         if self._hot_ids.isdisjoint(func_ids):
             return False
         if self.last_window is None:  # attaching starts: how busy are they?
             time.sleep(max(0.0, YOUNG_CHECK_PERIOD_S - (time.monotonic() - self._checked_at)))
             self.check(force=True, act=False)
-        if not self._busy():
+        if not (self._busy() or self._probation_while_idle):
             return False
-        self._probation.update(dict.fromkeys(func_ids, time.monotonic()))
+        # never attached before: no entry hit yet; busy or not is measured from the last check on
+        on = _Probation(time.monotonic(), 0, self._checked_at, self._last_target_cpu_ns)
+        self._probation.update(dict.fromkeys(func_ids, on))
         return True
 
-    def _due_probation(self, now: float, hits_now: bytes) -> dict[int, float]:
-        """The functions on probation for PROBATION_S or more (taken off it), with their calls per second on it
-        (from their entry hits); those detached meanwhile left out."""
-        due = [func_id for func_id, since in self._probation.items() if now - since >= PROBATION_S]
-        if not due:
+    def _due_probation(self, now: float, hits_base: bytes | None, hits_now: bytes, target_cpu_ns: int
+                       ) -> dict[int, tuple[float, _Probation]]:
+        """The functions whose probation is over (taken off it), with their calls per second on it (from their
+        entry hits): those called while on it for PROBATION_S or more while the traced processes used
+        BUSY_SHARE_OF_CPU of a CPU or more. The others on it that long start over (their calls and the processes'
+        CPU counted from now): when not called (timing a function that is not called would only cost the
+        registering of its return probes), after PROBATION_RESTART_S when the processes were less busy. Those
+        detached meanwhile are left out. Only the functions hit since the last check are looked at, and all of
+        them every PROBATION_SCAN_S (on `'*'`, some 12,000 functions are on probation, most never called)."""
+        if not self._probation:
             return {}
         n, entries = header.constant("GT_FC_N"), header.constant("GT_FC_ENTRIES")
         counts = memoryview(hits_now).cast("Q")
+        if now - self._probation_scanned_at >= PROBATION_SCAN_S:
+            self._probation_scanned_at = now
+            looked_at = list(self._probation)
+        else:
+            looked_at = [func_id for func_id in self._maybe_hit(hits_base, hits_now)
+                         if func_id in self._probation and func_id not in self._promote_next]
+            looked_at += [func_id for func_id in self._promote_next if func_id in self._probation]
+        self._promote_next = set()
+        if not looked_at:
+            return {}
         detached_ids = self.tracer.detached_ids()
-        calls: dict[int, float] = {}
-        for func_id in due:
-            since = self._probation.pop(func_id)
-            if func_id not in detached_ids:
-                calls[func_id] = counts[func_id * n + entries] / max(now - since, 1e-3)
-        return calls
+        due: dict[int, tuple[float, _Probation]] = {}
+        for func_id in looked_at:
+            on = self._probation[func_id]
+            on_s = now - on.since
+            if func_id in detached_ids:
+                del self._probation[func_id]
+            elif on_s >= PROBATION_S:
+                calls = counts[func_id * n + entries] - on.entries
+                busy = (target_cpu_ns - on.cpu_ns) / (max(now - on.cpu_at, 1e-3) * 1e9) >= BUSY_SHARE_OF_CPU
+                if busy and calls:
+                    del self._probation[func_id]
+                    due[func_id] = (calls / on_s, on)
+                elif busy or on_s >= PROBATION_RESTART_S:
+                    self._probation[func_id] = _Probation(now, counts[func_id * n + entries], now, target_cpu_ns)
+        return due
 
     def _busy(self) -> bool:
         """Whether the traced processes used BUSY_SHARE_OF_CPU of one CPU or more in the last window."""
@@ -401,7 +457,8 @@ class CostGuard:
         window = Overhead(window_s, hits, cost_ns, cpu_ns, fixed_hits)
         self.last_window = window
         hits_base, self._hits_base = self._hits_base, hits_now  # a ranking covers the same window as the totals
-        settled = self._settle_probation(self._due_probation(now, hits_now) if act else {}, now, window)
+        settled = self._settle_probation(self._due_probation(now, hits_base, hits_now, target_cpu_ns) if act else {},
+                                         now, window)
         if (not act or self.max_overhead_pct is None or window_s <= 0 or window.share_of_cpu < FLOOR_SHARE_OF_CPU
                 or cpu_ns <= 0):
             return settled
@@ -437,12 +494,18 @@ class CostGuard:
         self._last_detached_at = done
         return settled + found
 
-    def _settle_probation(self, due: dict[int, float], now: float, window: Overhead) -> list[Detachment]:
-        """End the probation of `due` (func_id -> calls per second on it): detach those whose calls, timed,
-        would cost more than PROBATION_MAX_BUDGET_SHARE of the budget each by itself (the costliest first), and
-        time the others' calls (the regular checks then watch what they all cost)."""
-        if not due:
+    def _settle_probation(self, settling: dict[int, tuple[float, _Probation]], now: float, window: Overhead
+                          ) -> list[Detachment]:
+        """End the probation of the functions settling (func_id -> (calls per second on it, its probation)):
+        detach those whose calls, timed, would cost more than PROBATION_MAX_BUDGET_SHARE of the budget each by
+        itself (the costliest first), and time the others' calls (the regular checks then watch what they all
+        cost), PROMOTE_MAX_PER_CHECK of them at most, the cheapest first: the others stay on probation until a
+        later check. (Promoting registers return probes, and on a busy service registering takes its mmap lock:
+        when load met caddy traced with `'*'`, promoting 11,604 functions at once took 1.1 s, with caddy at 0-6%
+        of its throughput.)"""
+        if not settling:
             return []
+        due = {func_id: calls for func_id, (calls, _) in settling.items()}
         cpu_per_s = window.target_cpu_ns / window.interval_s if window.interval_s > 0 else 0.0
         limit_ns_per_s = (self.max_overhead_pct or 0) / 100 * cpu_per_s * PROBATION_MAX_BUDGET_SHARE
         timed = {func_id: calls * (self._entry_cost_ns[func_id] + self.costs.return_ns)
@@ -454,9 +517,12 @@ class CostGuard:
         if victims:
             self.tracer.detach(victims)
         leaving = set(victims)
-        promoted = [func_id for func_id in due if func_id not in leaving]
+        promoted = sorted((func_id for func_id in due if func_id not in leaving), key=lambda func_id: timed[func_id])
+        for func_id in promoted[PROMOTE_MAX_PER_CHECK:]:
+            self._probation[func_id] = settling[func_id][1]
+            self._promote_next.add(func_id)
         if promoted:
-            self.tracer.promote(promoted)
+            self.tracer.promote(promoted[:PROMOTE_MAX_PER_CHECK])
         if not victims:
             return []
         done = time.monotonic()

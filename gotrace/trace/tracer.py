@@ -324,6 +324,14 @@ class Tracer:
     def probation_ids(self) -> list[int]:
         return self._uprobes.probation_units() if isinstance(self._uprobes, uprobes.DetachableSites) else []
 
+    def called_on_probation(self) -> set[int]:
+        """Ids of the functions on probation that have been called (their entry hits are counted; none timed)."""
+        ids = self.probation_ids()
+        if not ids or self._func_counts is None:
+            return set()
+        n, entries = header.constant("GT_FC_N"), header.constant("GT_FC_ENTRIES")
+        return {func_id for func_id in ids if self._func_counts[func_id * n + entries]}
+
     def upkeep(self) -> None:
         """Housekeeping a program's maps need now and then while tracing (called from the cost guard's thread)."""
 
