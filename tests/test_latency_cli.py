@@ -212,7 +212,8 @@ def check_contract(doc: dict) -> dict[str, dict]:
     assert isinstance(doc["functions"], list) and doc["functions"]
     by_name = {}
     for fn in doc["functions"]:
-        assert set(fn) == {"name", *_INT_FIELDS, "buckets", "oldest_in_flight_ns", "detached"}, sorted(fn)
+        assert set(fn) == {"name", *_INT_FIELDS, "buckets", "oldest_in_flight_ns", "detached", "on_probation"}, \
+            sorted(fn)
         assert isinstance(fn["name"], str) and fn["name"] not in by_name
         for key in _INT_FIELDS:
             if key in _STAT_FIELDS and not fn["count"]:
@@ -221,6 +222,7 @@ def check_contract(doc: dict) -> dict[str, dict]:
                 assert _is_int(fn[key]) and fn[key] >= 0, (fn["name"], key, fn[key])
         assert (fn["oldest_in_flight_ns"] is None) == (fn["in_flight"] == 0), fn
         assert isinstance(fn["detached"], bool)
+        assert isinstance(fn["on_probation"], bool) and not (fn["on_probation"] and fn["count"]), fn
         assert isinstance(fn["buckets"], list)
         previous_high = 0
         for bucket in fn["buckets"]:
