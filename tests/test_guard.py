@@ -527,8 +527,8 @@ def test_promotions_go_in_batches_the_cheapest_first(tmp_path, monkeypatch):
     for _ in range(3):
         guard.check(force=True)
         rounds.append(list(tracer.promoted))
-        clock.now += 0.05
-        cpu.ns += 50_000_000
+        clock.now += YOUNG_CHECK_PERIOD_S
+        cpu.ns += round(YOUNG_CHECK_PERIOD_S * 1e9)
     assert rounds == [[1, 3], [1, 3, 2, 0], [1, 3, 2, 0, 4]] and not tracer.detached
 
 

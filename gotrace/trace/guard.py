@@ -97,7 +97,7 @@ PROBATION_S = 0.25
 PROBATION_MAX_BUDGET_SHARE = 0.5
 PROBATION_RESTART_S = 1.0
 PROMOTE_MAX_PER_CHECK = 256
-PROBATION_SCAN_S = 1.0
+PROBATION_CHECK_PERIOD_S = 0.04  # under YOUNG_CHECK_PERIOD_S: every young check, every other while attaching
 IDLE_PROBATION_MIN_FUNCS = 64
 _RANK_BLOCK_FUNCS = 256  # functions per block compared at once when looking for the ones hit in a window
 # The packages a Go service runs on every request and in every garbage collection: the runtime and what it rests
@@ -207,7 +207,8 @@ class CostGuard:
             tracer.hot_first = hot_first
         self._hot_ids = frozenset(hot_first)  # attached first, at full speed (after_chunk)
         self._probation: dict[int, _Probation] = {}  # the functions on probation
-        self._probation_scanned_at = float("-inf")  # _due_probation(): when it last looked at all of them
+        self._probation_checked_at = float("-inf")  # _due_probation(): when it last looked
+        self._probation_base: bytes | None = None  # _due_probation(): gt_func_counts then
         self._promote_next: set[int] = set()  # due, left for the next check (PROMOTE_MAX_PER_CHECK)
         if max_overhead_pct and getattr(tracer, "RETURN_PROGRAM", None) is not None:
             tracer.probation_for = self._probation_for
@@ -378,27 +379,24 @@ class CostGuard:
         self._probation.update(dict.fromkeys(func_ids, on))
         return True
 
-    def _due_probation(self, now: float, hits_base: bytes | None, hits_now: bytes, target_cpu_ns: int
-                       ) -> dict[int, tuple[float, _Probation]]:
+    def _due_probation(self, now: float, hits_now: bytes, target_cpu_ns: int) -> dict[int, tuple[float, _Probation]]:
         """The functions whose probation is over (taken off it), with their calls per second on it (from their
         entry hits): those called while on it for PROBATION_S or more while the traced processes used
         BUSY_SHARE_OF_CPU of a CPU or more. The others on it that long start over (their calls and the processes'
         CPU counted from now): when not called (timing a function that is not called would only cost the
         registering of its return probes), after PROBATION_RESTART_S when the processes were less busy. Those
-        detached meanwhile are left out. Only the functions hit since the last check are looked at, and all of
-        them every PROBATION_SCAN_S (on `'*'`, some 12,000 functions are on probation, most never called)."""
-        if not self._probation:
+        detached meanwhile are left out. Every PROBATION_CHECK_PERIOD_S at most, it looks only at the functions
+        hit since it last looked (and those left to promote): on `'*'`, some 12,000 functions are on probation,
+        most never called, and looking at them all at every check took 30% of a CPU. (So a function called, and
+        then no more, stays on probation; and one called after a quiet spell starts over then.)"""
+        if not self._probation or now - self._probation_checked_at < PROBATION_CHECK_PERIOD_S:
             return {}
         n, entries = header.constant("GT_FC_N"), header.constant("GT_FC_ENTRIES")
         counts = memoryview(hits_now).cast("Q")
-        if now - self._probation_scanned_at >= PROBATION_SCAN_S:
-            self._probation_scanned_at = now
-            looked_at = list(self._probation)
-        else:
-            looked_at = [func_id for func_id in self._maybe_hit(hits_base, hits_now)
-                         if func_id in self._probation and func_id not in self._promote_next]
-            looked_at += [func_id for func_id in self._promote_next if func_id in self._probation]
-        self._promote_next = set()
+        looked_at = [func_id for func_id in self._maybe_hit(self._probation_base, hits_now)
+                     if func_id in self._probation and func_id not in self._promote_next]
+        looked_at += [func_id for func_id in self._promote_next if func_id in self._probation]
+        self._probation_checked_at, self._probation_base, self._promote_next = now, hits_now, set()
         if not looked_at:
             return {}
         detached_ids = self.tracer.detached_ids()
@@ -457,7 +455,7 @@ class CostGuard:
         window = Overhead(window_s, hits, cost_ns, cpu_ns, fixed_hits)
         self.last_window = window
         hits_base, self._hits_base = self._hits_base, hits_now  # a ranking covers the same window as the totals
-        due = self._due_probation(now, hits_base, hits_now, target_cpu_ns) if act else {}
+        due = self._due_probation(now, hits_now, target_cpu_ns) if act else {}
         settled = self._settle_probation(due, now, window)
         if (not act or self.max_overhead_pct is None or window_s <= 0 or window.share_of_cpu < FLOOR_SHARE_OF_CPU
                 or cpu_ns <= 0):
