@@ -393,9 +393,8 @@ class CostGuard:
             return {}
         n, entries = header.constant("GT_FC_N"), header.constant("GT_FC_ENTRIES")
         counts = memoryview(hits_now).cast("Q")
-        looked_at = [func_id for func_id in self._maybe_hit(self._probation_base, hits_now)
-                     if func_id in self._probation and func_id not in self._promote_next]
-        looked_at += [func_id for func_id in self._promote_next if func_id in self._probation]
+        looked_at = {func_id for func_id in self._maybe_hit(self._probation_base, hits_now)
+                     if func_id in self._probation} | (self._promote_next & self._probation.keys())
         self._probation_checked_at, self._probation_base, self._promote_next = now, hits_now, set()
         if not looked_at:
             return {}
@@ -503,11 +502,10 @@ class CostGuard:
         of its throughput.)"""
         if not settling:
             return []
-        due = {func_id: calls for func_id, (calls, _) in settling.items()}
         cpu_per_s = window.target_cpu_ns / window.interval_s if window.interval_s > 0 else 0.0
         limit_ns_per_s = (self.max_overhead_pct or 0) / 100 * cpu_per_s * PROBATION_MAX_BUDGET_SHARE
         timed = {func_id: calls * (self._entry_cost_ns[func_id] + self.costs.return_ns)
-                 for func_id, calls in due.items()}
+                 for func_id, (calls, _) in settling.items()}
         # (never one that would cost less than FLOOR_SHARE_OF_CPU of one CPU)
         limit_ns_per_s = max(limit_ns_per_s, FLOOR_SHARE_OF_CPU * 1e9)
         victims = sorted((func_id for func_id, ns in timed.items() if self.max_overhead_pct and ns > limit_ns_per_s),
@@ -515,7 +513,8 @@ class CostGuard:
         if victims:
             self.tracer.detach(victims)
         leaving = set(victims)
-        promoted = sorted((func_id for func_id in due if func_id not in leaving), key=lambda func_id: timed[func_id])
+        promoted = sorted((func_id for func_id in settling if func_id not in leaving),
+                          key=lambda func_id: timed[func_id])
         for func_id in promoted[PROMOTE_MAX_PER_CHECK:]:
             self._probation[func_id] = settling[func_id][1]
             self._promote_next.add(func_id)
@@ -524,7 +523,7 @@ class CostGuard:
         if not victims:
             return []
         done = time.monotonic()
-        found = [Detachment(func_id, self.tracer.functions[func_id].name, 2 * due[func_id],
+        found = [Detachment(func_id, self.tracer.functions[func_id].name, 2 * settling[func_id][0],
                             timed[func_id] / cpu_per_s if cpu_per_s > 0 else None, window.share_of_target,
                             self.max_overhead_pct, now, done, on_probation=True)
                  for func_id in victims]
