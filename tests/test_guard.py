@@ -35,12 +35,13 @@ from support.gobuild import REPO_ROOT as REPO
 from gotrace.binary.gobinary import GoBinary
 from gotrace.trace import cost
 from gotrace import header
-from gotrace.trace.guard import (CHECK_PERIOD_S, FLOOR_SHARE_OF_CPU, IDLE_PROBATION_MIN_FUNCS, PROBATION_S,
+from gotrace.trace.guard import (CHECK_PERIOD_S, DEFER_RETURNS_MIN_FUNCS, FLOOR_SHARE_OF_CPU, IDLE_PROBATION_MIN_FUNCS,
+                                 PROBATION_S,
                                  SURGE_HEADROOM, YOUNG_CHECK_PERIOD_S, YOUNG_S, CostGuard, likely_hot_first)
 from gotrace.trace.latency import LatencyTracer
 from gotrace.trace.targetcpu import process_cpu_ns
 from gotrace.trace.tracer import traced_functions
-from test_latency_cli import (HANDLE, TRY_FAIL, UPROBE_INSN, WORK, file_bytes, parse_service, process_bytes, ret_sites, service,
+from test_latency_cli import (HANDLE, SERVE_HTTP, TRY_FAIL, UPROBE_INSN, WORK, file_bytes, parse_service, process_bytes, ret_sites, service,
                               start_waiting_service)
 
 HOT = "main.hot"
@@ -253,6 +254,51 @@ def test_functions_on_probation_are_counted_then_timed_exactly_once_promoted(spa
         # and (calls - entries before it)
         assert out.calls[name] - high <= timed <= out.calls[name] - low, (name, low, high, timed, out.calls[name])
         assert timed > 0 and (got.unmatched, got.in_flight) == (0, 0), name
+
+
+@pytest.mark.bpf
+def test_a_service_traced_with_thousands_of_functions_gets_return_probes_only_where_called(tmp_path, spawn):
+    """`'*'` on the test service (over DEFER_RETURNS_MIN_FUNCS functions) with -p: only entry probes are
+    registered while attaching; the functions its requests call get their return probes once called, and their
+    later calls are timed; main.(*Server).ServeHTTP, never called in -mode loop, never gets its return probes.
+    Every call timed is one the service made; none of the service's own is unmatched or left in flight."""
+    binary = tmp_path / "service"
+    shutil.copy2(service(), binary)  # its own inode: no other run on this machine probes it
+    functions = json.loads(subprocess.run(gotrace("funcs", "--json", binary, "*"), capture_output=True, text=True,
+                                          check=True).stdout)["functions"]
+    assert sum(fn["traceable"] for fn in functions) >= DEFER_RETURNS_MIN_FUNCS
+    serve_returns = [vaddr for vaddr, _ in ret_sites(binary, [SERVE_HTTP])]
+    work_sites = ret_sites(binary, [WORK])
+    work_returns = [vaddr for vaddr, _ in work_sites]
+    original = file_bytes(binary, [offset for _, offset in ret_sites(binary, [SERVE_HTTP])])
+    int3 = UPROBE_INSN[gobuild.NATIVE_ARCH]
+    svc, pid = start_waiting_service(spawn, binary, "-forever", "-n", "100", "-sleep-us", "200")
+    tracer = spawn(gotrace("latency", "-p", pid, "*", "--json", "--max-overhead", "100"))
+    tracer.wait_line("stderr", r"^Tracing \d+ functions ", timeout=120)
+    assert process_bytes(pid, serve_returns + work_returns) == original + file_bytes(
+        binary, [offset for _, offset in work_sites])  # no return probe yet: nothing was called
+    os.kill(pid, signal.SIGUSR1)
+    wait_for(lambda: process_bytes(pid, work_returns) == [int3] * len(work_returns), 30,
+             "main.work's return probes")
+    time.sleep(1.0)
+    assert process_bytes(pid, serve_returns) == original  # never called: never any return probe
+    svc.proc.send_signal(signal.SIGINT)
+    assert svc.finish(60) == 0, svc.stderr
+    assert tracer.finish(60) == 0, tracer.stderr
+    out = parse_service(svc.stdout)
+    report = [json.loads(line) for line in tracer.stdout.splitlines() if line.startswith("{")][-1]
+    assert report["final"] is True
+    by_name = {fn["name"]: fn for fn in report["functions"]}
+    for name in (HANDLE, WORK):
+        fn = by_name[name]
+        assert 0 < fn["count"] <= out.calls[name] and not fn["detached"] and not fn["on_probation"], fn
+    assert by_name[SERVE_HTTP]["count"] == 0 and not by_name[SERVE_HTTP]["on_probation"]
+    # (the runtime's scheduler functions that switch goroutines and never return, execute, park_m, newstack...,
+    # are unmatched with or without this: tracing `'*'` includes them)
+    service_own = [fn for fn in report["functions"] if fn["name"].startswith("main.")]
+    assert sum(fn["count"] for fn in service_own) > 0
+    assert [(fn["name"], fn["unmatched"], fn["in_flight"]) for fn in service_own
+            if fn["unmatched"] or fn["in_flight"]] == []
 
 
 # -- the budget's arithmetic, on numbers given directly (no kernel) -----------------------------------------
@@ -541,6 +587,48 @@ def test_a_service_goes_on_probation_while_idle_with_many_likely_hot_functions(t
     guard, tracer, cpu = _guard(tmp_path, n_hot, 5.0, attached=False, package="runtime", service=True)
     cpu.ns = 1_000_000  # idle
     assert tracer.probation_for([0]) is (n_hot >= IDLE_PROBATION_MIN_FUNCS)
+
+
+@pytest.mark.parametrize("service, n", [(True, DEFER_RETURNS_MIN_FUNCS), (True, DEFER_RETURNS_MIN_FUNCS - 1),
+                                        (False, DEFER_RETURNS_MIN_FUNCS)])
+def test_tracing_thousands_of_functions_in_a_service_times_each_once_it_has_been_called(tmp_path, monkeypatch,
+                                                                                      service, n):
+    """In a service traced with DEFER_RETURNS_MIN_FUNCS functions or more, those not likely hot go on probation
+    until they are called, idle or not: PROBATION_S after its first call a function is timed, or detached when
+    timing it would cost more than half the budget, its calls per second counted from the check before that
+    call (not from when it was attached). A function never called is never timed (its return probes never
+    registered). Fewer functions, or a command: no probation for them."""
+    import gotrace.trace.guard as guard_module
+    clock = _Clock()
+    monkeypatch.setattr(guard_module, "time", clock)
+    guard, tracer, cpu = _guard(tmp_path, n, 5.0, attached=False, service=service)
+    cpu.ns = 1_000_000  # idle
+    deferred = service and n >= DEFER_RETURNS_MIN_FUNCS
+    assert tracer.probation_for([0, 1, 2]) is deferred
+    if not deferred:
+        return
+    guard.attached()
+
+    def tick(seconds: float) -> list:
+        clock.now += seconds
+        cpu.ns += round(seconds * 10e6)  # 1% of a CPU
+        return guard.check(force=True)
+
+    assert tick(5.0) == [] and tracer.promoted == []  # nothing called
+    # main.f0 called 10 times, main.f2 200 (their entries 2 ms/s, under the floor of half a percent of one CPU on
+    # an idle service): not timed at once
+    tracer.entry[0] += 10
+    tracer.entry[2] += 200
+    assert tick(0.1) == [] and tracer.promoted == [] and not tracer.detached
+    # no more calls; PROBATION_S after the check before them: main.f0 (40 calls/s, 0.44 ms/s timed) is timed;
+    # main.f2 (800 calls/s, 8.8 ms/s timed, over the floor) is detached (counted from its attaching, 5.25 s
+    # before, it would have been 0.4 ms/s); main.f1 stays on probation
+    found = tick(PROBATION_S - 0.1)
+    assert tracer.promoted == [0] and tracer.detached == {2}
+    assert [d.name for d in found] == ["main.f2"] and found[0].hits_per_s == pytest.approx(2 * 200 / PROBATION_S)
+    for _ in range(3):
+        tick(1.0)
+    assert tracer.promoted == [0] and tracer.detached == {2}  # main.f1, never called, never timed
 
 
 def test_likely_hot_functions_come_first():

@@ -282,8 +282,8 @@ def test_functions_on_probation_are_one_line_apart_from_the_idle_ones():
     text = render_latency_text(functions, sort="total", verbose=False)
     assert [line for line in text.splitlines() if line.startswith(("main.", "runtime."))] == ["main.fast  10 calls"]
     assert text.endswith("\n1 function had no calls (-v lists them)\n"
-                         "412 functions are on probation: counted, not timed until the cost guard has seen the "
-                         "service busy (-v lists them)\n")
+                         "412 functions are on probation: counted, not timed until the cost guard has seen what "
+                         "timing them costs (-v lists them)\n")
     listed = render_latency_text(functions[:1], sort="name", verbose=True)
     assert listed.splitlines()[0] == "runtime.f0  no calls, on probation (not timed yet)"
     report = latency_report_json(TARGET, 1.0, functions[:1])

@@ -104,7 +104,7 @@ def probation_line(names: list[str], listed: bool) -> str | None:
     if not names:
         return None
     what = (f"{len(names):,} function{'s are' if len(names) != 1 else ' is'} on probation: counted, not timed "
-            "until the cost guard has seen the service busy")
+            "until the cost guard has seen what timing them costs")
     if listed or len(names) <= 3:
         return what + ": " + ", ".join(names)
     return what + " (-v lists them)"

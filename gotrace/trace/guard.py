@@ -99,6 +99,7 @@ PROBATION_RESTART_S = 1.0
 PROMOTE_MAX_PER_CHECK = 256
 PROBATION_CHECK_PERIOD_S = 0.04  # under YOUNG_CHECK_PERIOD_S: every young check, every other while attaching
 IDLE_PROBATION_MIN_FUNCS = 64
+DEFER_RETURNS_MIN_FUNCS = 4096
 _RANK_BLOCK_FUNCS = 256  # functions per block compared at once when looking for the ones hit in a window
 # The packages a Go service runs on every request and in every garbage collection: the runtime and what it rests
 # on. Tracing '*' on caddy under load, 618 of the 799 functions the guard detached were in these packages (3,124 of
@@ -182,6 +183,7 @@ class _Probation:
     entries: int
     cpu_at: float
     cpu_ns: int
+    until_called: bool = False  # not likely hot: it ends PROBATION_S after the function is first called
 
 
 class CostGuard:
@@ -209,12 +211,14 @@ class CostGuard:
         self._probation: dict[int, _Probation] = {}  # the functions on probation
         self._probation_checked_at = float("-inf")  # _due_probation(): when it last looked
         self._probation_base: bytes | None = None  # _due_probation(): gt_func_counts then
-        self._promote_next: set[int] = set()  # due, left for the next check (PROMOTE_MAX_PER_CHECK)
+        self._look_next: set[int] = set()  # due, left for the next check (PROMOTE_MAX_PER_CHECK), or called
         if max_overhead_pct and getattr(tracer, "RETURN_PROGRAM", None) is not None:
             tracer.probation_for = self._probation_for
         # service: the traced processes ran before tracing (-p, or every process running the binary), load may
         # come at any time; with that many likely hot functions, they go on probation even while it is idle
         self._probation_while_idle = service and len(hot_first) >= IDLE_PROBATION_MIN_FUNCS
+        # and with that many functions, every function's return probes wait until it is called (_probation_for)
+        self._defer_returns = service and len(tracer.functions) >= DEFER_RETURNS_MIN_FUNCS
         self._last_totals = (0, 0, 0, 0)  # cost_totals()
         self._hits_base: bytes | None = None  # gt_func_counts at the last check
         self._totals = self._start = _Totals(time.monotonic(), 0, 0.0, 0)
@@ -366,52 +370,76 @@ class CostGuard:
         and times the others' calls (promotes them). An entry hit costs 0.6-0.8 us on a `push`, a timed call
         11-12 us (its return instruction is stepped): learning which functions are hot costs a busy service a
         tenth as much. (When load starts on an idle caddy traced with `'runtime.*'`, its worst half-second
-        went from 4-6% of the untraced throughput to 56-86% with probation while idle.)"""
-        if self._hot_ids.isdisjoint(func_ids):
+        went from 4-6% of the untraced throughput to 56-86% with probation while idle.)
+
+        In a service traced with DEFER_RETURNS_MIN_FUNCS functions or more, the others go on probation too,
+        until they are called (until_called): PROBATION_S after its first call, busy or not, a function is
+        settled as above. Most of them are never called, and their return probes are never registered:
+        registering a probe takes the service's mmap lock for writing, and every probe hit and page fault of
+        the service waits for it. (`'*'` on caddy: 60,588 functions, 167,620 probe sites, of which the 62,000
+        entries only are registered while attaching; under load about 800 functions are called.)"""
+        if not self._hot_ids.isdisjoint(func_ids):
+            if self.last_window is None:  # attaching starts: how busy are they?
+                time.sleep(max(0.0, YOUNG_CHECK_PERIOD_S - (time.monotonic() - self._checked_at)))
+                self.check(force=True, act=False)
+            if self._busy() or self._probation_while_idle:
+                # never attached before: no entry hit yet; busy or not is measured from the last check on
+                on = _Probation(time.monotonic(), 0, self._checked_at, self._last_target_cpu_ns)
+                self._probation.update(dict.fromkeys(func_ids, on))
+                return True
+        if not self._defer_returns:
             return False
-        if self.last_window is None:  # attaching starts: how busy are they?
-            time.sleep(max(0.0, YOUNG_CHECK_PERIOD_S - (time.monotonic() - self._checked_at)))
-            self.check(force=True, act=False)
-        if not (self._busy() or self._probation_while_idle):
-            return False
-        # never attached before: no entry hit yet; busy or not is measured from the last check on
-        on = _Probation(time.monotonic(), 0, self._checked_at, self._last_target_cpu_ns)
+        on = _Probation(time.monotonic(), 0, self._checked_at, self._last_target_cpu_ns, until_called=True)
         self._probation.update(dict.fromkeys(func_ids, on))
         return True
 
     def _due_probation(self, now: float, hits_now: bytes, target_cpu_ns: int) -> dict[int, tuple[float, _Probation]]:
         """The functions whose probation is over (taken off it), with their calls per second on it (from their
         entry hits): those called while on it for PROBATION_S or more while the traced processes used
-        BUSY_SHARE_OF_CPU of a CPU or more. The others on it that long start over (their calls and the processes'
-        CPU counted from now): when not called (timing a function that is not called would only cost the
-        registering of its return probes), after PROBATION_RESTART_S when the processes were less busy. Those
-        detached meanwhile are left out. Every PROBATION_CHECK_PERIOD_S at most, it looks only at the functions
-        hit since it last looked (and those left to promote): on `'*'`, some 12,000 functions are on probation,
-        most never called, and looking at them all at every check took 30% of a CPU. (So a function called, and
-        then no more, stays on probation; and one called after a quiet spell starts over then.)"""
+        BUSY_SHARE_OF_CPU of a CPU or more (until_called: PROBATION_S after they were first called, busy or
+        not). The others on it that long start over (their calls and the processes' CPU counted from now): when
+        not called (timing a function that is not called would only cost the registering of its return probes),
+        after PROBATION_RESTART_S when the processes were less busy. Those detached meanwhile are left out. Every
+        PROBATION_CHECK_PERIOD_S at most, it looks only at the functions hit since it last looked (and those left
+        to promote, and those called until_called and not due yet): on `'*'`, some 12,000 likely hot functions
+        are on probation, most never called, and looking at them all at every check took 30% of a CPU. (So a
+        function called, and then no more, stays on probation; and one called after a quiet spell starts over
+        then.)"""
         if not self._probation or now - self._probation_checked_at < PROBATION_CHECK_PERIOD_S:
             return {}
         n, entries = header.constant("GT_FC_N"), header.constant("GT_FC_ENTRIES")
         counts = memoryview(hits_now).cast("Q")
         looked_at = {func_id for func_id in self._maybe_hit(self._probation_base, hits_now)
-                     if func_id in self._probation} | (self._promote_next & self._probation.keys())
-        self._probation_checked_at, self._probation_base, self._promote_next = now, hits_now, set()
+                     if func_id in self._probation} | (self._look_next & self._probation.keys())
+        last_looked_at = self._probation_checked_at
+        self._probation_checked_at, self._probation_base, self._look_next = now, hits_now, set()
         if not looked_at:
             return {}
         detached_ids = self.tracer.detached_ids()
         due: dict[int, tuple[float, _Probation]] = {}
         for func_id in looked_at:
             on = self._probation[func_id]
-            on_s = now - on.since
+            calls = counts[func_id * n + entries] - on.entries
             if func_id in detached_ids:
                 del self._probation[func_id]
-            elif on_s >= PROBATION_S:
-                calls = counts[func_id * n + entries] - on.entries
+            elif on.until_called:
+                if not calls:
+                    continue
+                if now - on.since >= PROBATION_RESTART_S and last_looked_at > on.since:
+                    # first called since it was last looked at: its calls per second are counted from then
+                    on = self._probation[func_id] = _Probation(last_looked_at, on.entries, on.cpu_at, on.cpu_ns,
+                                                               until_called=True)
+                if now - on.since >= PROBATION_S:
+                    del self._probation[func_id]
+                    due[func_id] = (calls / (now - on.since), on)
+                else:
+                    self._look_next.add(func_id)
+            elif now - on.since >= PROBATION_S:
                 busy = (target_cpu_ns - on.cpu_ns) / (max(now - on.cpu_at, 1e-3) * 1e9) >= BUSY_SHARE_OF_CPU
                 if busy and calls:
                     del self._probation[func_id]
-                    due[func_id] = (calls / on_s, on)
-                elif busy or on_s >= PROBATION_RESTART_S:
+                    due[func_id] = (calls / (now - on.since), on)
+                elif busy or now - on.since >= PROBATION_RESTART_S:
                     self._probation[func_id] = _Probation(now, counts[func_id * n + entries], now, target_cpu_ns)
         return due
 
@@ -517,7 +545,7 @@ class CostGuard:
                           key=lambda func_id: timed[func_id])
         for func_id in promoted[PROMOTE_MAX_PER_CHECK:]:
             self._probation[func_id] = settling[func_id][1]
-            self._promote_next.add(func_id)
+            self._look_next.add(func_id)
         if promoted:
             self.tracer.promote(promoted[:PROMOTE_MAX_PER_CHECK])
         if not victims:
