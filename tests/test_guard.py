@@ -41,8 +41,8 @@ from gotrace.trace.guard import (CHECK_PERIOD_S, DEFER_RETURNS_MIN_FUNCS, FLOOR_
 from gotrace.trace.latency import LatencyTracer
 from gotrace.trace.targetcpu import process_cpu_ns
 from gotrace.trace.tracer import traced_functions
-from test_latency_cli import (HANDLE, SERVE_HTTP, TRY_FAIL, UPROBE_INSN, WORK, file_bytes, parse_service, process_bytes, ret_sites, service,
-                              start_waiting_service)
+from test_latency_cli import (HANDLE, SERVE_HTTP, TRY_FAIL, UPROBE_INSN, WORK, file_bytes, parse_service, process_bytes,
+                              ret_sites, service, start_waiting_service)
 
 HOT = "main.hot"
 

@@ -13,6 +13,7 @@ from gotrace.commands.target import open_traced, tracing_target
 from gotrace.output.args import ArgsSummary
 from gotrace.output.events import BpfSource, Skipped, Started, Timings
 from gotrace.trace.args import ArgsFunction, ArgsTracer
+from gotrace.trace.priority import yielding
 from gotrace.trace.session import Ending, attached
 from gotrace.trace.tracer import traced_functions
 
@@ -51,10 +52,11 @@ def args(request: ArgsRequest) -> Iterator[object]:
     started = time.perf_counter()
     target, patterns = tracing_target(request.args, request.pid, request.command)
     with open_traced(target) as gobin:
-        types = RuntimeTypes.of(gobin)
-        limits = Limits(request.depth, request.max_elems, request.str_len)
-        plan = plan_args(gobin, patterns, sig=request.sigs, limits=limits, types=types)
-        functions = args_functions(gobin, plan)
+        with yielding():  # CPU-bound: the traced service goes first
+            types = RuntimeTypes.of(gobin)
+            limits = Limits(request.depth, request.max_elems, request.str_len)
+            plan = plan_args(gobin, patterns, sig=request.sigs, limits=limits, types=types)
+            functions = args_functions(gobin, plan)
         analysed = time.perf_counter()
 
         def make_tracer() -> ArgsTracer:

@@ -14,6 +14,7 @@ from gotrace.output.count import CountReport, FunctionCount
 from gotrace.output.events import BpfSource, Skipped
 from gotrace.output.report import ReportFrame
 from gotrace.trace.count import CountTracer
+from gotrace.trace.priority import yielding
 from gotrace.trace.tracer import traced_functions
 
 # Reasons that keep a function from being timed but not from being counted: counting needs only the entry
@@ -62,11 +63,13 @@ def count(request: CountRequest) -> Iterator[object]:
     options = request.options
     target, patterns = tracing_target(request.args, options.pid, options.command)
     with open_traced(target) as gobin:
-        plan = plan_count(gobin, patterns)
-        names = report_names(plan.counted)
+        with yielding():  # CPU-bound: the traced service goes first
+            plan = plan_count(gobin, patterns)
+            names = report_names(plan.counted)
+            functions = traced_functions(gobin, plan.counted)
 
         def make_tracer() -> CountTracer:
-            return CountTracer(gobin, traced_functions(gobin, plan.counted), pid=target.pid)
+            return CountTracer(gobin, functions, pid=target.pid)
 
         if request.print_bpf:
             yield BpfSource(make_tracer().bpf_source())

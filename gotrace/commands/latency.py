@@ -24,6 +24,7 @@ from gotrace.output.prometheus import MetricsSnapshot, SeriesCounts
 from gotrace.output.report import ReportFrame
 from gotrace.output.slow import SlowCall, SlowCounts
 from gotrace.trace.latency import LatencyTracer, SlowRecord
+from gotrace.trace.priority import yielding
 from gotrace.trace.tracer import TracedFunction, traced_functions
 
 DEFAULT_STACK_DEPTH = 16
@@ -177,11 +178,11 @@ def latency(request: LatencyRequest) -> Iterator[object]:
     options = request.options
     target, patterns = tracing_target(request.args, options.pid, options.command)
     with open_traced(target) as gobin, contextlib.ExitStack() as cleanup:
-        plan = plan_latency(gobin, patterns)
-        names = report_names(plan.traced)
+        with yielding():  # CPU-bound: the traced service goes first
+            plan = plan_latency(gobin, patterns)
+            names = report_names(plan.traced)
+            functions = traced_functions(gobin, plan.traced)
         analysed = time.perf_counter()
-
-        functions = traced_functions(gobin, plan.traced)
 
         def make_tracer() -> LatencyTracer:
             return LatencyTracer(gobin, functions, pid=target.pid, slow_ns=request.slow_ns or 0,

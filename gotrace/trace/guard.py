@@ -77,6 +77,7 @@ from dataclasses import dataclass
 
 from gotrace import header
 from gotrace.binary.dwarfinfo import package_of
+from gotrace.trace.priority import set_thread_nice
 from gotrace.trace.cost import HitCosts, site_kinds
 from gotrace.trace.targetcpu import TargetCpu
 
@@ -309,7 +310,7 @@ class CostGuard:
         stop = threading.Event()
 
         def run() -> None:
-            _raise_priority(GUARD_NICE)
+            set_thread_nice(GUARD_NICE)  # when gotrace may raise it (root may)
             while not stop.wait(self.period_s() if period_s is None else period_s):
                 self.tracer.upkeep()
                 found = self.check(force=True)
@@ -579,10 +580,3 @@ def likely_hot_first(functions) -> list[int]:
         elif "." not in package.split("/", 1)[0] and package != "main":  # the standard library: no domain
             tiers[1].append((length, fn.func_id))
     return [func_id for tier in tiers for _, func_id in sorted(tier)]
-
-
-def _raise_priority(nice: int) -> None:
-    """Give the calling thread (on Linux, nice is per thread) the niceness `nice`, if gotrace is allowed to;
-    threads it starts later inherit it."""
-    with contextlib.suppress(OSError, AttributeError):
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), nice)
