@@ -10,7 +10,13 @@ wrk with 2 threads and 2 keep-alive connections (Debian's wrk), or, without
 wrk, a Python client with 2 threads (far slower). caddy is a private copy,
 so that nothing else on the machine traces it by path.
 
-    sudo scripts/guard-bench [--seconds 10] [--command latency] [PATTERN...]
+With --from-launch, the load runs all along instead (wrk in 1-s rounds), and
+the traced figure covers gotrace's whole stay: from its launch (reading the
+binary, attaching) through --seconds of tracing to the end of its probes'
+removal (its "gotrace-detach" helper gone), each part on its own too. This
+is what a service under steady load pays for one gotrace run.
+
+    sudo scripts/guard-bench [--seconds 10] [--command latency] [--from-launch] [PATTERN...]
 """
 
 from __future__ import annotations
@@ -93,6 +99,83 @@ def load(port: int, seconds: float) -> float:
     return sum(counts) / (time.monotonic() - began)
 
 
+class Rounds:
+    """Load in rounds of ROUND_S (wrk, or the Python client) until stopped: (start, end, req/s) of each, on
+    time.monotonic()."""
+
+    ROUND_S = 1
+
+    def __init__(self, port: int) -> None:
+        self.port, self.rounds = port, []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            began = time.monotonic()
+            rps = load(self.port, self.ROUND_S)
+            self.rounds.append((began, time.monotonic(), rps))
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def rate(self, start: float, end: float) -> float | None:
+        """Mean req/s of the rounds whose middle lies in [start, end)."""
+        inside = [rps for began, ended, rps in self.rounds if start <= (began + ended) / 2 < end]
+        return statistics.mean(inside) if inside else None
+
+
+def helper_running() -> bool:
+    """Whether a gotrace-detach helper (removing probes after gotrace exited) is still running."""
+    for comm in Path("/proc").glob("[0-9]*/comm"):
+        try:
+            if comm.read_text().strip() == "gotrace-detach":
+                return True
+        except OSError:
+            pass
+    return False
+
+
+def from_launch(command: str, pid: int, pattern: str, port: int, seconds: float) -> dict:
+    """Traced under load all along (Rounds): the rates from launch to the last probe removed, and by part."""
+    rounds = Rounds(port)
+    time.sleep(3 * Rounds.ROUND_S)  # the load runs before gotrace comes
+    launched = time.monotonic()
+    proc = subprocess.Popen([*GOTRACE, command, "-p", str(pid), pattern, "--json"], cwd=REPO, text=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    tracing = None
+    lines = []
+    for line in proc.stderr:
+        lines.append(line)
+        if line.startswith("Tracing "):
+            tracing = time.monotonic()
+            break
+    if tracing is None:
+        proc.wait()
+        rounds.stop()
+        return {"error": "".join(lines)[-500:]}
+    drain = threading.Thread(target=lambda: lines.extend(proc.stderr), daemon=True)
+    drain.start()
+    time.sleep(seconds)
+    stopping = time.monotonic()
+    proc.send_signal(signal.SIGINT)
+    proc.wait(300)
+    exited = time.monotonic()
+    while helper_running() and time.monotonic() - exited < 300:
+        time.sleep(0.1)
+    done = time.monotonic()
+    time.sleep(2 * Rounds.ROUND_S)
+    rounds.stop()
+    drain.join(30)
+    return {"whole": rounds.rate(launched, done), "start": rounds.rate(launched, tracing),
+            "tracing": rounds.rate(tracing, stopping), "stop": rounds.rate(stopping, done),
+            "start_s": tracing - launched, "stop_s": done - stopping, "whole_s": done - launched,
+            "detached": sum(int(m.group(1).replace(",", "")) for line in lines
+                            if (m := re.match(r"gotrace: detached ([\d,]+) function", line)))}
+
+
 def process_cpu_s(pid: int) -> float:
     """CPU seconds (user and system, all threads) a process has used so far."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
@@ -148,6 +231,8 @@ def main() -> None:
     parser.add_argument("patterns", nargs="*", default=PATTERNS)
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--command", default="latency", choices=["latency", "count"])
+    parser.add_argument("--from-launch", action="store_true",
+                        help="load all along; measure from gotrace's launch to its probes' removal")
     args = parser.parse_args()
     binary = find_caddy()
     if binary is None:
@@ -165,6 +250,25 @@ def main() -> None:
             before = load(port, args.seconds)
             print(f"untraced: {before:,.0f} req/s")
             for pattern in args.patterns:
+                if args.from_launch:
+                    r = from_launch(args.command, caddy.pid, pattern, port, args.seconds)
+                    after = load(port, args.seconds)
+                    print(f"untraced: {after:,.0f} req/s")
+                    if "error" in r:
+                        print(f"{args.command} {pattern!r}: gotrace failed: {r['error']}")
+                    else:
+                        base = statistics.mean([before, after])
+
+                        def part(rate: float | None) -> str:
+                            return f"{rate:,.0f} = {100 * rate / base:.0f}%" if rate else "no round"
+
+                        print(f"{args.command} {pattern!r}, from launch to the last probe removed "
+                              f"({r['whole_s']:.1f} s): {part(r['whole'])} of untraced {base:,.0f} req/s; "
+                              f"start-up {r['start_s']:.1f} s: {part(r['start'])}; tracing {args.seconds:g} s: "
+                              f"{part(r['tracing'])}; stopping {r['stop_s']:.1f} s: {part(r['stop'])}; "
+                              f"{r['detached']:,} functions detached")
+                    before = after
+                    continue
                 r = traced(args.command, caddy.pid, pattern, port, args.seconds)
                 after = load(port, args.seconds)
                 print(f"untraced: {after:,.0f} req/s")

@@ -261,3 +261,37 @@ def int3s(pid: int, vaddrs: list[int]) -> int:
             mem.seek(vaddr)
             n += mem.read(1) == b"\xcc"
         return n
+
+
+def test_the_helper_closes_only_after_gotrace_has_closed_its_own_copies():
+    """The close that drops a link's last reference is the slow one (it removes the probes and waits for a grace
+    period): _detach_in_background closes gotrace's copies of the fds before it returns, and the helper starts
+    its work only after that, so that its closes are the last ones. Pipes stand in for the links; the helper
+    reports which of them gotrace still held when its work began."""
+    from gotrace.bpf import uprobes
+
+    report_r, report_w = os.pipe()
+    stand_ins = [fd for _ in range(50) for fd in os.pipe()]
+    parent = os.getpid()
+
+    def work() -> None:
+        held = []
+        for fd in stand_ins:
+            try:
+                if os.stat(f"/proc/{parent}/fd/{fd}").st_ino == os.fstat(fd).st_ino:
+                    held.append(fd)
+            except FileNotFoundError:
+                pass
+        os.write(report_w, json.dumps({"held": held, "mine": len([fd for fd in stand_ins if os.fstat(fd)])}).encode())
+
+    helper = uprobes._detach_in_background([(report_w, -1), *((fd, -1) for fd in stand_ins)], work)
+    assert helper > 0
+    for fd in (report_w, *stand_ins):  # closed here before it returned
+        with pytest.raises(OSError):
+            os.fstat(fd)
+    chunks = []
+    while chunk := os.read(report_r, 65536):  # EOF once the helper has exited
+        chunks.append(chunk)
+    os.close(report_r)
+    report = json.loads(b"".join(chunks))
+    assert report == {"held": [], "mine": len(stand_ins)}
