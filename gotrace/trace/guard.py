@@ -56,7 +56,9 @@ the others that were called (Tracer.promote, PROMOTE_MAX_PER_CHECK at a
 time), which the checks then watch like any: a busy service is spared the
 stall of timing the calls of its hottest runtime functions until the guard
 has seen them, and a service idle as tracing starts the stall when load
-comes.
+comes. In a service traced with DEFER_RETURNS_MIN_FUNCS functions or more,
+the others go on probation too, until they are called: the return probes of
+the functions never called are never registered (_probation_for).
 
 The background thread runs at nice GUARD_NICE (when gotrace may raise its
 priority, as root may): on a service that keeps every CPU busy, a check at
@@ -77,8 +79,8 @@ from dataclasses import dataclass
 
 from gotrace import header
 from gotrace.binary.dwarfinfo import package_of
-from gotrace.trace.priority import set_thread_nice
 from gotrace.trace.cost import HitCosts, site_kinds
+from gotrace.trace.priority import set_thread_nice
 from gotrace.trace.targetcpu import TargetCpu
 
 CHECK_PERIOD_S = 0.25
