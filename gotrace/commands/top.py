@@ -21,6 +21,7 @@ from gotrace.output.events import Skipped
 from gotrace.output.histogram import LatencyHistogram
 from gotrace.output.top import TopRow, TopSnapshot
 from gotrace.trace.latency import LatencyTracer
+from gotrace.trace.priority import yielding
 from gotrace.trace.session import Ending, attached, intervals
 from gotrace.trace.tracer import traced_functions
 
@@ -65,11 +66,12 @@ def top(request: TopRequest) -> Iterator[object]:
     final TopSnapshot (its `ended` says why) when the trace ends."""
     target, patterns = tracing_target(request.args, request.pid, request.command)
     with open_traced(target) as gobin:
-        plan = plan_latency(gobin, patterns)
-        names = report_names(plan.traced)
+        with yielding():  # CPU-bound: the traced service goes first
+            plan = plan_latency(gobin, patterns)
+            names = report_names(plan.traced)
+            functions = traced_functions(gobin, plan.traced)
         for skipped in plan.skipped:
             yield Skipped(skipped.function.name, skipped.reason)
-        functions = traced_functions(gobin, plan.traced)
         floor_ns = host_floor().ns
 
         def make_tracer() -> LatencyTracer:
