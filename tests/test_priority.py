@@ -49,3 +49,15 @@ def test_commands_read_the_binary_at_the_analysis_priority(monkeypatch, own_nice
     monkeypatch.setattr(module, planner, watched)
     (source,) = command(request)
     assert seen == [ANALYSIS_NICE] and thread_nice() == own_nice and source.text
+
+
+def test_a_command_gotrace_starts_is_read_at_gotraces_own_priority(own_nice):
+    """-c: the command is held before exec until the probes are in place; nothing runs to yield to."""
+    from gotrace.commands.target import reading_priority
+    from gotrace.trace.session import Target
+
+    with reading_priority(Target("/bin/true", "/bin/true", command=["/bin/true"])):
+        assert thread_nice() == own_nice
+    with reading_priority(Target("/bin/true", "/bin/true", pid=1)):
+        assert thread_nice() == ANALYSIS_NICE
+    assert thread_nice() == own_nice

@@ -9,11 +9,10 @@ from dataclasses import dataclass
 from gotrace.binary.rtypes import RuntimeTypes
 from gotrace.capture.plan import DEFAULT_DEPTH, DEFAULT_MAX_ELEMS, DEFAULT_STR_LEN, ArgsPlan, Limits, plan_args
 from gotrace.capture.values import Call, decode_call
-from gotrace.commands.target import open_traced, tracing_target
+from gotrace.commands.target import open_traced, reading_priority, tracing_target
 from gotrace.output.args import ArgsSummary
 from gotrace.output.events import BpfSource, Skipped, Started, Timings
 from gotrace.trace.args import ArgsFunction, ArgsTracer
-from gotrace.trace.priority import yielding
 from gotrace.trace.session import Ending, attached
 from gotrace.trace.tracer import traced_functions
 
@@ -52,7 +51,7 @@ def args(request: ArgsRequest) -> Iterator[object]:
     started = time.perf_counter()
     target, patterns = tracing_target(request.args, request.pid, request.command)
     with open_traced(target) as gobin:
-        with yielding():  # CPU-bound: the traced service goes first
+        with reading_priority(target):
             types = RuntimeTypes.of(gobin)
             limits = Limits(request.depth, request.max_elems, request.str_len)
             plan = plan_args(gobin, patterns, sig=request.sigs, limits=limits, types=types)

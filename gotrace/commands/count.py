@@ -8,13 +8,12 @@ from dataclasses import dataclass, field, replace
 from gotrace.binary.gobinary import FunctionProbes, GoBinary
 from gotrace.binary.sites import REASON_ABI0, REASON_ASM, REASON_INDIRECT_JUMP, REASON_NEVER_RETURNS, REASON_TAIL_JUMP
 from gotrace.commands.latency import report_names
-from gotrace.commands.target import open_traced, tracing_target
+from gotrace.commands.target import open_traced, reading_priority, tracing_target
 from gotrace.commands.tracing import TraceOptions, nothing_to_trace, trace_session
 from gotrace.output.count import CountReport, FunctionCount
 from gotrace.output.events import BpfSource, Skipped
 from gotrace.output.report import ReportFrame
 from gotrace.trace.count import CountTracer
-from gotrace.trace.priority import yielding
 from gotrace.trace.tracer import traced_functions
 
 # Reasons that keep a function from being timed but not from being counted: counting needs only the entry
@@ -63,7 +62,7 @@ def count(request: CountRequest) -> Iterator[object]:
     options = request.options
     target, patterns = tracing_target(request.args, options.pid, options.command)
     with open_traced(target) as gobin:
-        with yielding():  # CPU-bound: the traced service goes first
+        with reading_priority(target):
             plan = plan_count(gobin, patterns)
             names = report_names(plan.counted)
             functions = traced_functions(gobin, plan.counted)

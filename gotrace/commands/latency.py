@@ -15,7 +15,7 @@ from gotrace.binary.symbolize import SourceFrame, Symbolizer
 from gotrace.commands.exporter import MetricsExporter
 from gotrace.commands.floor import cache_path as floor_cache_path
 from gotrace.commands.floor import host_floor
-from gotrace.commands.target import open_traced, tracing_target
+from gotrace.commands.target import open_traced, reading_priority, tracing_target
 from gotrace.commands.tracing import TraceOptions, nothing_to_trace, trace_session
 from gotrace.output.events import BpfSource, FloorMeasured, Skipped
 from gotrace.output.histogram import LatencyHistogram
@@ -24,7 +24,6 @@ from gotrace.output.prometheus import MetricsSnapshot, SeriesCounts
 from gotrace.output.report import ReportFrame
 from gotrace.output.slow import SlowCall, SlowCounts
 from gotrace.trace.latency import LatencyTracer, SlowRecord
-from gotrace.trace.priority import yielding
 from gotrace.trace.tracer import TracedFunction, traced_functions
 
 DEFAULT_STACK_DEPTH = 16
@@ -178,7 +177,7 @@ def latency(request: LatencyRequest) -> Iterator[object]:
     options = request.options
     target, patterns = tracing_target(request.args, options.pid, options.command)
     with open_traced(target) as gobin, contextlib.ExitStack() as cleanup:
-        with yielding():  # CPU-bound: the traced service goes first
+        with reading_priority(target):
             plan = plan_latency(gobin, patterns)
             names = report_names(plan.traced)
             functions = traced_functions(gobin, plan.traced)

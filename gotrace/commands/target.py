@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 
 from gotrace.binary.gobinary import GoBinary
 from gotrace.errors import CapabilityError, UsageError
+from gotrace.trace.priority import yielding
 from gotrace.trace.session import Target, parse_command
 
 
@@ -79,3 +81,11 @@ def open_traced(target: Target) -> GoBinary:
     if target.pid is not None and not target.command:
         return GoBinary.open(target.binary_path, display_path=f"pid {target.pid} ({target.display})")
     return GoBinary.open(target.binary_path, display_path=target.display)
+
+
+def reading_priority(target: Target) -> contextlib.AbstractContextManager:
+    """How to read the binary and plan (CPU-bound, seconds for '*'): at the analysis priority while the traced
+    processes run (-p, or every process of the binary), so that they go first; at gotrace's own for a -c
+    command, which is held before exec until the probes are in place: there is nothing to yield to, and a
+    lower priority would only let unrelated work (another gotrace's detach helper, say) delay the trace."""
+    return yielding() if target.command is None else contextlib.nullcontext()

@@ -16,12 +16,11 @@ from dataclasses import dataclass
 
 from gotrace.commands.floor import host_floor
 from gotrace.commands.latency import plan_latency, report_names
-from gotrace.commands.target import open_traced, tracing_target
+from gotrace.commands.target import open_traced, reading_priority, tracing_target
 from gotrace.output.events import Skipped
 from gotrace.output.histogram import LatencyHistogram
 from gotrace.output.top import TopRow, TopSnapshot
 from gotrace.trace.latency import LatencyTracer
-from gotrace.trace.priority import yielding
 from gotrace.trace.session import Ending, attached, intervals
 from gotrace.trace.tracer import traced_functions
 
@@ -66,7 +65,7 @@ def top(request: TopRequest) -> Iterator[object]:
     final TopSnapshot (its `ended` says why) when the trace ends."""
     target, patterns = tracing_target(request.args, request.pid, request.command)
     with open_traced(target) as gobin:
-        with yielding():  # CPU-bound: the traced service goes first
+        with reading_priority(target):
             plan = plan_latency(gobin, patterns)
             names = report_names(plan.traced)
             functions = traced_functions(gobin, plan.traced)
