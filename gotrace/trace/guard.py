@@ -406,8 +406,8 @@ class CostGuard:
         PROBATION_CHECK_PERIOD_S at most, it looks only at the functions hit since it last looked (and those left
         to promote, and those called until_called and not due yet): on `'*'`, some 12,000 likely hot functions
         are on probation, most never called, and looking at them all at every check took 30% of a CPU. (So a
-        function called, and then no more, stays on probation; and one called after a quiet spell starts over
-        then.)"""
+        likely hot function called, and then no more, stays on probation, and one called after a quiet spell
+        starts over then; an until_called one is looked at again until it is due.)"""
         if not self._probation or now - self._probation_checked_at < PROBATION_CHECK_PERIOD_S:
             return {}
         n, entries = header.constant("GT_FC_N"), header.constant("GT_FC_ENTRIES")
