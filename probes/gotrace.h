@@ -48,7 +48,8 @@
 #define GT_FC_ENTRIES 0 /* entry probe hits through a counting link (the cost guard's and `gotrace count`'s) */
 #define GT_FC_RETURNS 1 /* return probe hits through a counting link */
 #define GT_FC_UNTIMED 2 /* calls whose start could not be recorded: the start map was full */
-#define GT_FC_N 3
+#define GT_FC_PROBATION 3 /* entry hits while the function was on probation (GT_GEN_PROBATION): counted, not timed */
+#define GT_FC_N 4
 
 /* Global counters: gt_stats[GT_STAT_*]. */
 #define GT_STAT_NO_GOROUTINE 0          /* g register was 0 (assembly, cgo callback) */

@@ -36,7 +36,7 @@ static __always_inline void gt_cost_add(__u32 which, __u64 n)
  * traced process through a link of the function's active generation. When
  * it does, it is counted (which: GT_FC_ENTRIES or GT_FC_RETURNS) with its
  * cost. An entry hit of a function on probation (GT_GEN_PROBATION) is
- * counted with its cost too, but does not count: 0. */
+ * counted with its cost too, and in GT_FC_PROBATION, but does not count: 0. */
 static __always_inline int gt_counted_hit(struct pt_regs *ctx, __u32 func_id, __u32 which)
 {
     __u32 generation = (__u32)(bpf_get_attach_cookie(ctx) >> 32);
@@ -58,6 +58,7 @@ static __always_inline int gt_counted_hit(struct pt_regs *ctx, __u32 func_id, __
         if (which != GT_FC_ENTRIES || *active != (generation | GT_GEN_PROBATION))
             return 0;
         counts = 0;
+        gt_func_count(func_id, GT_FC_PROBATION);
     }
     gt_func_count(func_id, which);
     cost_index = which == GT_FC_ENTRIES ? func_id : cfg->nfuncs;

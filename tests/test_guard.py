@@ -221,7 +221,8 @@ def test_detaching_some_functions_keeps_the_others_exact(spawn, mode):
 def test_functions_on_probation_are_counted_then_timed_exactly_once_promoted(spawn, mode):
     """On probation only a function's entry probe is attached: its hits are counted and no call is timed. Once
     promoted (some functions of a chunk, then the rest), every call that enters is timed: none lost, none
-    counted twice, none unmatched; a call that entered on probation is never timed."""
+    counted twice, none unmatched; a call that entered on probation is never timed, but counted as a probation
+    call: timed and probation calls add up to the service's own count."""
     names = list(SERVICE_FUNCTIONS)
     svc, pid, tracer = _traced_service(spawn, mode)
     tracer.probation_for = lambda func_ids: True
@@ -254,6 +255,7 @@ def test_functions_on_probation_are_counted_then_timed_exactly_once_promoted(spa
         # and (calls - entries before it)
         assert out.calls[name] - high <= timed <= out.calls[name] - low, (name, low, high, timed, out.calls[name])
         assert timed > 0 and (got.unmatched, got.in_flight) == (0, 0), name
+        assert timed + got.probation_calls == out.calls[name], (name, timed, got.probation_calls)
 
 
 @pytest.mark.bpf
@@ -292,6 +294,7 @@ def test_a_service_traced_with_thousands_of_functions_gets_return_probes_only_wh
     for name in (HANDLE, WORK):
         fn = by_name[name]
         assert 0 < fn["count"] <= out.calls[name] and not fn["detached"] and not fn["on_probation"], fn
+        assert fn["count"] + fn["probation_calls"] == out.calls[name], fn  # each call timed or counted, once
     assert by_name[SERVE_HTTP]["count"] == 0 and not by_name[SERVE_HTTP]["on_probation"]
     # (the runtime's scheduler functions that switch goroutines and never return, execute, park_m, newstack...,
     # are unmatched with or without this: tracing `'*'` includes them)

@@ -144,8 +144,9 @@ def untraced_run(binary: str, *flags: str) -> ServiceOutput:
 # -- what gotrace prints -------------------------------------------------------------------------
 
 # Go names may hold single spaces: sync.OnceValue[go.shape.interface { Error() string }].func1
-_TITLE = re.compile(r"^(\S.*?)  (?:(\d+) calls?|no calls)(?:, (\d+) in flight \(oldest \S+\))?"
-                    r"(?:, (\d+) unmatched \(.*?\))?(?:, detached by the cost guard)?$")
+_TITLE = re.compile(r"^(\S.*?)  (?:(\d+) calls?|no calls|no timed calls)(?:, (\d+) in flight \(oldest \S+\))?"
+                    r"(?:, (\d+) unmatched \(.*?\))?(?:, on probation.*?|, \d+ counted on probation \(not timed\))?"
+                    r"(?:, detached by the cost guard)?$")
 _IDLE = re.compile(r"^([\d,]+) functions? had no calls(?: \(-v lists them\)|: (.*))$")
 
 
@@ -183,7 +184,7 @@ def parse_json_reports(stdout: str) -> list[dict]:
 
 
 _STAT_FIELDS = ("mean_ns", "min_ns", "max_ns", "p50_ns", "p90_ns", "p99_ns", "p999_ns")  # null without calls
-_INT_FIELDS = ("count", *_STAT_FIELDS, "unmatched", "in_flight", "untimed")
+_INT_FIELDS = ("count", *_STAT_FIELDS, "unmatched", "in_flight", "untimed", "probation_calls")
 
 
 def _is_int(value: object) -> bool:

@@ -115,7 +115,7 @@ def test_json_has_exactly_the_contract_keys_and_values():
     assert set(fn) == {
         "name", "count", "mean_ns", "min_ns", "max_ns",
         "p50_ns", "p90_ns", "p99_ns", "p999_ns", "buckets", "unmatched",
-        "in_flight", "oldest_in_flight_ns", "detached", "untimed", "on_probation",
+        "in_flight", "oldest_in_flight_ns", "detached", "untimed", "on_probation", "probation_calls",
     }  # fmt: skip
     assert fn["name"] == "main.work"
     assert fn["count"] == 111
@@ -151,6 +151,7 @@ def test_json_function_without_calls_appears_with_null_statistics():
         "name": "main.idle", "count": 0, "mean_ns": None, "min_ns": None, "max_ns": None,
         "p50_ns": None, "p90_ns": None, "p99_ns": None, "p999_ns": None, "buckets": [], "unmatched": 0,
         "in_flight": 0, "oldest_in_flight_ns": None, "detached": False, "untimed": 0, "on_probation": False,
+        "probation_calls": 0,
     }  # fmt: skip
     assert work["count"] == 111
 
@@ -288,6 +289,32 @@ def test_functions_on_probation_are_one_line_apart_from_the_idle_ones():
     assert listed.splitlines()[0] == "runtime.f0  no calls, on probation (not timed yet)"
     report = latency_report_json(TARGET, 1.0, functions[:1])
     assert report["functions"][0]["on_probation"] is True
+
+
+def test_functions_called_only_on_probation_are_not_said_to_have_had_no_calls():
+    """A function promoted after calls counted on probation, none timed since, is summarized apart from the
+    idle ones and from those still on probation; -v and JSON give its count of calls counted on probation."""
+    functions = [FunctionReport(f"main.p{i}", LatencyHistogram(), probation_calls=i + 1) for i in range(5)]
+    functions += [FunctionReport("main.idle", LatencyHistogram()),
+                  FunctionReport("main.waiting", LatencyHistogram(), on_probation=True, probation_calls=2),
+                  FunctionReport("main.both", LatencyHistogram.from_values([1_000] * 10), probation_calls=4)]
+    text = render_latency_text(functions, sort="total", verbose=False)
+    assert [line for line in text.splitlines() if line.startswith("main.")] == [
+        "main.both  10 calls, 4 counted on probation (not timed)"]
+    assert text.endswith("\n1 function had no calls (-v lists them)\n"
+                         "1 function is on probation: counted, not timed until the cost guard has seen what "
+                         "timing them costs: main.waiting\n"
+                         "5 functions were called only while on probation: counted, not timed (-v lists them)\n")
+    listed = render_latency_text(functions, sort="name", verbose=True)
+    titles = [line for line in listed.splitlines() if line.startswith("main.")]
+    assert "main.p2  no timed calls, 3 counted on probation (not timed)" in titles
+    assert "main.waiting  no timed calls, on probation: 2 counted, not timed yet" in titles
+    assert "main.idle  no calls" in titles
+    report = latency_report_json(TARGET, 1.0, functions)
+    by_name = {fn["name"]: fn for fn in report["functions"]}
+    assert (by_name["main.p4"]["count"], by_name["main.p4"]["probation_calls"]) == (0, 5)
+    assert (by_name["main.both"]["count"], by_name["main.both"]["probation_calls"]) == (10, 4)
+    assert by_name["main.idle"]["probation_calls"] == 0
 
 
 def test_saturated_last_bucket_is_open_ended():

@@ -75,7 +75,8 @@ def function_reports(names: list[str], counts: dict, detached: set[int] = frozen
         histogram = LatencyHistogram(dict(c.buckets) if c else {})
         out.append(FunctionReport(name, histogram, c.unmatched if c else 0, c.in_flight if c else 0,
                                   c.oldest_in_flight_ns if c else None, func_id in detached, c.untimed if c else 0,
-                                  on_probation=func_id in on_probation))
+                                  on_probation=func_id in on_probation,
+                                  probation_calls=c.probation_calls if c else 0))
     return out
 
 

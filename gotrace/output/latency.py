@@ -13,7 +13,7 @@ from collections.abc import Iterable, Sequence
 
 from gotrace import header
 from gotrace.output.histogram import LatencyHistogram, bucket_bounds, bucket_midpoint, overflow_index
-from gotrace.output.report import ReportFrame, detached_line, idle_line, probation_line
+from gotrace.output.report import ReportFrame, counted_only_line, detached_line, idle_line, probation_line
 
 UNITS: dict[str, int] = {"ns": 1, "us": 1_000, "ms": 1_000_000, "s": 1_000_000_000}
 UNIT_CHOICES = ("auto", *UNITS)
@@ -42,6 +42,7 @@ class FunctionReport:
     detached: bool = False  # by the cost guard: nothing is counted after that
     untimed: int = 0  # entered while the start map was full: not timed
     on_probation: bool = False  # called, and the cost guard counts its calls (entry probes only), times none yet
+    probation_calls: int = 0  # calls counted (entry probe only), not timed, while the function was on probation
     # --by caller / --by pid: this row holds the calls from one caller (a Go function, its call sites as
     # "file:line") or one process; a split row with neither holds the unmatched calls (no caller seen).
     split: str | None = None  # "caller" or "pid"
@@ -55,8 +56,8 @@ class FunctionReport:
 
     @property
     def waiting(self) -> bool:
-        """On probation, with nothing timed to show."""
-        return self.on_probation and self.idle
+        """Called only on probation (counted, not timed), or on probation now, with nothing timed to show."""
+        return (self.on_probation or self.probation_calls > 0) and self.idle
 
 
 @dataclasses.dataclass(frozen=True)
@@ -176,6 +177,7 @@ def _function_json(function: FunctionReport) -> dict:
     out["detached"] = bool(function.detached)
     out["untimed"] = int(function.untimed)
     out["on_probation"] = bool(function.on_probation)
+    out["probation_calls"] = int(function.probation_calls)
     return out
 
 
@@ -267,14 +269,15 @@ def render_latency_text(
     _check_unit(unit)
     functions = sorted_functions(list(functions), sort)
     shown = functions if verbose else [f for f in functions if not f.idle]
-    idle = [] if verbose else [f.name for f in functions if f.idle and not f.detached and not f.on_probation]
+    idle = [] if verbose else [f.name for f in functions if f.idle and not f.detached and not f.waiting]
     detached = [] if verbose else [f.name for f in functions if f.detached and f.idle]
-    waiting = [] if verbose else [f.name for f in functions if f.waiting and not f.detached]
+    waiting = [] if verbose else [f.name for f in functions if f.waiting and f.on_probation and not f.detached]
+    counted = [] if verbose else [f.name for f in functions if f.waiting and not f.on_probation and not f.detached]
     blocks = [_render_function(function, unit, width, ascii_bars) for function in shown]
-    if not blocks and not idle and not detached and not waiting:
+    if not blocks and not idle and not detached and not waiting and not counted:
         return "No functions traced.\n"
     tail = [line for line in (idle_line(idle, verbose), detached_line(detached, verbose),
-                              probation_line(waiting, verbose)) if line]
+                              probation_line(waiting, verbose), counted_only_line(counted, verbose)) if line]
     text = "\n\n".join(blocks) + ("\n" if blocks else "")
     if tail:
         text += ("\n" if blocks else "") + "\n".join(tail) + "\n"
@@ -282,7 +285,10 @@ def render_latency_text(
 
 
 def _title(function: FunctionReport, count: int) -> str:
-    calls = f"{count} call{'' if count == 1 else 's'}" if count else "no calls"
+    if count:
+        calls = f"{count} call{'' if count == 1 else 's'}"
+    else:
+        calls = "no timed calls" if function.probation_calls else "no calls"
     if function.in_flight:
         calls += f", {function.in_flight} in flight"
         if function.oldest_in_flight_ns is not None:
@@ -291,10 +297,13 @@ def _title(function: FunctionReport, count: int) -> str:
         calls += f", {function.unmatched} unmatched ({_UNMATCHED_NOTE})"
     if function.untimed:
         calls += f", {function.untimed} not timed (over {header.constant('GT_START_ENTRIES'):,} calls open at once)"
+    counted = function.probation_calls
+    if function.on_probation and not function.detached:
+        calls += f", on probation: {counted} counted, not timed yet" if counted else ", on probation (not timed yet)"
+    elif counted:
+        calls += f", {counted} counted on probation (not timed)"
     if function.detached:
         calls += ", detached by the cost guard"
-    elif function.on_probation:
-        calls += ", on probation (not timed yet)"
     return f"{function.name}{_split_label(function)}  {calls}"
 
 

@@ -110,6 +110,18 @@ def probation_line(names: list[str], listed: bool) -> str | None:
     return what + " (-v lists them)"
 
 
+def counted_only_line(names: list[str], listed: bool) -> str | None:
+    """ "12 functions were called only while on probation: counted, not timed (-v lists them)", or None when
+    there are none: functions the cost guard has since given their return probes, no call of them timed yet."""
+    if not names:
+        return None
+    what = (f"{len(names):,} function{'s were' if len(names) != 1 else ' was'} called only while on probation: "
+            "counted, not timed")
+    if listed or len(names) <= 3:
+        return what + ": " + ", ".join(names)
+    return what + " (-v lists them)"
+
+
 def detached_line(names: list[str], listed: bool) -> str | None:
     """ "3 functions were detached by the cost guard (-v lists them)", or None when there are none."""
     if not names:

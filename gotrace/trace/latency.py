@@ -8,7 +8,9 @@ space. Every call whose start was recorded is in exactly one of: returned
 (in the histogram), unwound (panic, runtime.Goexit), in flight (its start
 still in a slot of gt_start_slots or in gt_starts). A probe on runtime.goexit1 notes goroutines that end;
 sweep() removes the starts they left and counts them as unwound. A call
-whose start found the start map full is counted as untimed. This module
+whose start found the start map full is counted as untimed; an entry hit
+of a function on probation (the cost guard's) is counted as a probation
+call, never timed. This module
 reads those maps two ways:
 
 * read(reset=...): per function, all processes together, since the last
@@ -116,6 +118,7 @@ class FunctionCounts:
     in_flight: int = 0  # calls entered and not yet returned at the read
     oldest_in_flight_ns: int | None = None  # how long the oldest of them has been running
     untimed: int = 0  # calls whose start could not be recorded (the start map was full), since the last reset
+    probation_calls: int = 0  # calls counted (entry probe only), not timed, while on probation, since the last reset
     processes: dict[int, dict[int, int]] = field(default_factory=dict)  # tgid -> its buckets (the same calls)
     # by="caller": caller's return address minus the function's entry site (a difference of ELF vaddrs too)
     # -> its buckets (the same calls, all processes)
@@ -450,11 +453,13 @@ class LatencyTracer(Tracer):
             counts.in_flight += n
             age_ns = max(0, now_ns - oldest_ns)
             counts.oldest_in_flight_ns = max(counts.oldest_in_flight_ns or 0, age_ns)
-        i_untimed = header.constant("GT_FC_UNTIMED")
+        i_untimed, i_probation = header.constant("GT_FC_UNTIMED"), header.constant("GT_FC_PROBATION")
         for func_id, counts in result.items():
             counts.unmatched += swept.get(func_id, 0) - self._swept_base.get(func_id, 0)
             at = func_id * fc_n + i_untimed
             counts.untimed = fc_sums[at] - self._fc_base[at]
+            at = func_id * fc_n + i_probation
+            counts.probation_calls = fc_sums[at] - self._fc_base[at]
         if reset:
             self._hist_base = hist_now
             self._fc_base = fc_sums
