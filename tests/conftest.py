@@ -4,7 +4,8 @@ The helpers behind the fixtures live in tests/support/ (see its __init__).
 
 Isolation (support.hermetic): before anything imports gotrace, this file
 points GOTRACE_BPF_CACHE at a fresh directory of this session, so the
-session compiles and caches its own BPF programs (removed at the end).
+session compiles and caches its own BPF programs (removed at the end);
+GOTRACE_SITES_CACHE likewise, for the probe sites kept per binary.
 A test that traces every process of a binary (no pid) copies it first with
 the ``private_binary`` fixture and runs the program from the copy.
 
@@ -58,6 +59,7 @@ from support import hermetic
 
 # First, before any module imports gotrace (which reads the variable once).
 SESSION_BPF_CACHE = hermetic.use_private_bpf_cache()
+SESSION_SITES_CACHE = hermetic.use_private_sites_cache()
 
 from support import caddy as caddy_support  # noqa: E402
 from support import gobuild  # noqa: E402
@@ -66,6 +68,7 @@ from support.processes import Spawner  # noqa: E402
 
 def pytest_unconfigure(config):
     shutil.rmtree(SESSION_BPF_CACHE, ignore_errors=True)
+    shutil.rmtree(SESSION_SITES_CACHE, ignore_errors=True)
 
 
 class GoTarget(NamedTuple):

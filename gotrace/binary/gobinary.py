@@ -13,6 +13,7 @@ import functools
 import os
 from dataclasses import dataclass
 
+from gotrace.binary import sitecache
 from gotrace.binary.buildinfo import BuildInfo, read_buildinfo
 from gotrace.binary.elffile import ElfImage
 from gotrace.errors import BinaryError
@@ -115,6 +116,22 @@ class GoBinary:
     def probe_sites(self, fn: GoFunction) -> FunctionProbes:
         code = read_code(self.elf, fn)
         return FunctionProbes(fn, find_probe_sites(code, fn.entry_vaddr, self.arch, name=fn.name, is_asm=fn.is_asm))
+
+    def probe_sites_of(self, fns: list[GoFunction]) -> list[FunctionProbes]:
+        """probe_sites() of each function, in order; for many functions (sitecache.MIN_FUNCTIONS), those found
+        by an earlier run on the same binary's bytes are read from the cache instead, and the others added."""
+        if len(fns) < sitecache.MIN_FUNCTIONS:
+            return [self.probe_sites(fn) for fn in fns]
+        cache = sitecache.SiteCache.open(self.path, self.arch)
+        out = []
+        for fn in fns:
+            sites = cache.get(fn.entry_vaddr)
+            if sites is None:
+                sites = self.probe_sites(fn).sites
+                cache.put(fn.entry_vaddr, sites)
+            out.append(FunctionProbes(fn, sites))
+        cache.save()
+        return out
 
     def is_assembly(self, fn: GoFunction) -> bool:
         """True for assembly (ABI0) code: what `.symtab` names `NAME.abi0`, as far as

@@ -572,8 +572,7 @@ def plan_args(gobin, patterns: list[str], *, sig=None, limits: Limits | None = N
             runtime_types = RuntimeTypes.of(gobin)
         return runtime_types
 
-    for fn in functions:
-        probes = gobin.probe_sites(fn)
+    for fn, probes in zip(functions, gobin.probe_sites_of(functions)):
         if not probes.traceable:
             skipped.append((fn.name, probes.reason))
             continue

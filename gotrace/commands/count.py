@@ -31,7 +31,7 @@ def plan_count(gobin: GoBinary, patterns: list[str]) -> CountPlan:
     """The functions among those matching `patterns` whose calls can be counted; PatternError when none can."""
     counted: list[FunctionProbes] = []
     skipped: list[FunctionProbes] = []
-    for p in (gobin.probe_sites(fn) for fn in gobin.match(patterns)):
+    for p in gobin.probe_sites_of(gobin.match(patterns)):
         if p.sites.entry_vaddr is None or p.reason not in COUNTABLE_REASONS:
             skipped.append(p)
         elif p.sites.entry_refused:

@@ -11,7 +11,7 @@ def describe_functions(gobin: GoBinary, patterns: list[str]) -> FuncListing:
     """The functions of gobin matching patterns (all when none), each with its probe sites and entry file offset."""
     functions = gobin.match(patterns) if patterns else gobin.all_functions()
     file_offsets = gobin.file_offsets([fn.entry_vaddr for fn in functions])
-    entries = [(gobin.probe_sites(fn), file_offset) for fn, file_offset in zip(functions, file_offsets)]
+    entries = list(zip(gobin.probe_sites_of(functions), file_offsets))
     return FuncListing(gobin.display_path, gobin.go_version, gobin.build.module_path, gobin.arch,
                        len(gobin.functions), tuple(patterns), entries)
 

@@ -44,7 +44,7 @@ class LatencyPlan:
 def plan_latency(gobin: GoBinary, patterns: list[str]) -> LatencyPlan:
     """The traceable functions among those matching `patterns`; PatternError when
     none is traceable, naming why."""
-    probes = [gobin.probe_sites(fn) for fn in gobin.match(patterns)]
+    probes = gobin.probe_sites_of(gobin.match(patterns))
     traced = [p for p in probes if p.traceable]
     skipped = [p for p in probes if not p.traceable]
     if not traced:

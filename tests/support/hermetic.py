@@ -10,6 +10,9 @@
   directory of its own through GOTRACE_BPF_CACHE (``use_private_bpf_cache``),
   so whether a program is compiled or loaded from the cache depends on
   this session alone; child processes inherit the variable.
+* gotrace keeps the probe sites of large analyses per binary content
+  (gotrace.binary.sitecache, default /var/cache/gotrace/sites): the session
+  keeps its own too (``use_private_sites_cache``, GOTRACE_SITES_CACHE).
 """
 
 from __future__ import annotations
@@ -21,12 +24,21 @@ from pathlib import Path
 
 BPF_CACHE_ENV = "GOTRACE_BPF_CACHE"
 """The environment variable gotrace.bpf.cache reads for its directory."""
+SITES_CACHE_ENV = "GOTRACE_SITES_CACHE"
+"""The environment variable gotrace.binary.sitecache reads for its directory."""
 
 def private_copy(binary: Path, directory: Path) -> Path:
     """A copy of `binary` in `directory`, with the same file name and its own inode."""
     copy = directory / binary.name
     shutil.copy2(binary, copy)
     return copy
+
+
+def use_private_sites_cache() -> Path:
+    """Create an empty directory for gotrace's kept probe sites and point GOTRACE_SITES_CACHE at it; its path."""
+    directory = Path(tempfile.mkdtemp(prefix="gotrace-tests-sites-cache-"))
+    os.environ[SITES_CACHE_ENV] = str(directory)
+    return directory
 
 
 def use_private_bpf_cache() -> Path:
