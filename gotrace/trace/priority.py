@@ -11,6 +11,11 @@ at nice 10, 12-15 s, caddy at 106-143% (noise: the same VM's untraced windows va
 at nice 0 takes its turn against the service's threads; at nice 10 (a tenth of their weight) it runs in what
 they leave idle. The probes are registered at nice 0 again: registering takes the service's mmap lock, and a
 thread holding it must not wait behind the service.
+
+On a quiet host, the priority buys less than that suggests: on the same VM idle but for caddy and its load, any
+busy thread cost caddy a quarter of its throughput, at nice 19 or SCHED_IDLE alike (73-76%, 6 runs of 4 s); the
+analysis took 8 s at nice 0 (caddy at 57-60%), 12-13 s at nice 10 (68%), 18-22 s at SCHED_IDLE (68-74%), 2
+runs each. What helps is not doing the work: gotrace.binary.sitecache keeps the answer for the next run.
 """
 
 from __future__ import annotations
