@@ -88,45 +88,40 @@ class ReportFrame:
         return self.stamp() + body if self.interval else body
 
 
-def idle_line(names: list[str], listed: bool) -> str | None:
-    """ "1,312 functions had no calls (-v lists them)", or None when there are none."""
+def _summary_line(names: list[str], what: str, listed: bool, inline_max: int = 3) -> str | None:
+    """ "<what>: a, b" when listed or when there are inline_max names or fewer, else "<what> (-v lists them)";
+    None when there are no names."""
     if not names:
         return None
-    what = f"{len(names):,} function{'s' if len(names) != 1 else ''} had no calls"
-    if listed:
+    if listed or len(names) <= inline_max:
         return what + ": " + ", ".join(names)
     return what + " (-v lists them)"
+
+
+def _functions(n: int, singular: str, plural: str) -> str:
+    """ "1 function is", "1,312 functions are" (the verb given for each)."""
+    return f"{n:,} function{singular}" if n == 1 else f"{n:,} function{plural}"
+
+
+def idle_line(names: list[str], listed: bool) -> str | None:
+    """ "1,312 functions had no calls (-v lists them)", or None when there are none."""
+    return _summary_line(names, _functions(len(names), "", "s") + " had no calls", listed, inline_max=0)
 
 
 def probation_line(names: list[str], listed: bool) -> str | None:
     """ "412 functions are on probation: counted, not timed until ... (-v lists them)", or None when there are
     none."""
-    if not names:
-        return None
-    what = (f"{len(names):,} function{'s are' if len(names) != 1 else ' is'} on probation: counted, not timed "
-            "until the cost guard has seen what timing them costs")
-    if listed or len(names) <= 3:
-        return what + ": " + ", ".join(names)
-    return what + " (-v lists them)"
+    return _summary_line(names, _functions(len(names), " is", "s are") + " on probation: counted, not timed "
+                         "until the cost guard has seen what timing them costs", listed)
 
 
 def counted_only_line(names: list[str], listed: bool) -> str | None:
     """ "12 functions were called only while on probation: counted, not timed (-v lists them)", or None when
     there are none: functions the cost guard has since given their return probes, no call of them timed yet."""
-    if not names:
-        return None
-    what = (f"{len(names):,} function{'s were' if len(names) != 1 else ' was'} called only while on probation: "
-            "counted, not timed")
-    if listed or len(names) <= 3:
-        return what + ": " + ", ".join(names)
-    return what + " (-v lists them)"
+    return _summary_line(names, _functions(len(names), " was", "s were") + " called only while on probation: "
+                         "counted, not timed", listed)
 
 
 def detached_line(names: list[str], listed: bool) -> str | None:
     """ "3 functions were detached by the cost guard (-v lists them)", or None when there are none."""
-    if not names:
-        return None
-    what = f"{len(names):,} function{'s were' if len(names) != 1 else ' was'} detached by the cost guard"
-    if listed or len(names) <= 3:
-        return what + ": " + ", ".join(names)
-    return what + " (-v lists them)"
+    return _summary_line(names, _functions(len(names), " was", "s were") + " detached by the cost guard", listed)
