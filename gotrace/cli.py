@@ -99,6 +99,9 @@ def guard_options(f):
                           "detach the costliest functions (0: only estimate). See the README.")(f)
     f = click.option("-i", "--interval", type=click.FloatRange(min=0, min_open=True), metavar="SECONDS",
                      help="Print a report every SECONDS (and reset).")(f)
+    f = click.option("--retry-detached", is_flag=True,
+                     help="Also probe the functions the cost guard detached in an earlier trace of this binary "
+                          "(left out by default unless named exactly; see the README).")(f)
     return f
 
 
@@ -157,8 +160,8 @@ class Duration(click.ParamType):
 @click.option("--by", type=click.Choice(["caller", "pid"]),
               help="One histogram per (function, immediate caller) or (function, process).")
 @click.option("--print-bpf", is_flag=True, hidden=True, help="Print the BPF C source and exit.")
-def latency_cmd(args, pid, command, duration, as_json, interval, max_overhead, verbose, unit, sort, prometheus,
-                quiet, keep_exited, slow_ns, stack_depth, slow_rate, by, print_bpf) -> None:
+def latency_cmd(args, pid, command, duration, as_json, interval, max_overhead, verbose, retry_detached, unit, sort,
+                prometheus, quiet, keep_exited, slow_ns, stack_depth, slow_rate, by, print_bpf) -> None:
     """Latency histograms of Go functions, per goroutine, from entry to return.
 
     Probes go after each function's stack-check prologue and on every return
@@ -187,6 +190,7 @@ def latency_cmd(args, pid, command, duration, as_json, interval, max_overhead, v
       gotrace latency -c './server -n 1000' ./server 'main.*' --unit us
       gotrace latency ./server 'main.*' -i 5 --json
       gotrace latency -p 4242 'net/http.*' --max-overhead 20 --sort p99
+      gotrace latency -p 4242 'runtime.*' --retry-detached
       gotrace latency ./server 'main.(*Server).handle' --prometheus 127.0.0.1:9464 --quiet
       gotrace latency -p 4242 'main.(*DB).Query' --slow 5ms --stack-depth 8
       gotrace latency ./server 'main.lookup' --by caller
@@ -196,7 +200,7 @@ def latency_cmd(args, pid, command, duration, as_json, interval, max_overhead, v
 
     timings = {"imports": time.perf_counter() - started} if os.environ.get("GOTRACE_TIMINGS") == "1" else None
     options = _trace_options(pid, command, duration, interval, max_overhead, verbose, quiet=quiet,
-                             keep_exited_s=keep_exited)
+                             keep_exited_s=keep_exited, retry_detached=retry_detached)
     request = LatencyRequest(args, options, sort=sort, print_bpf=print_bpf, timings=timings, prometheus=prometheus,
                              slow_ns=slow_ns, stack_depth=stack_depth, slow_rate=slow_rate, by=by)
     _show(latency(request), as_json=as_json, unit=unit)
@@ -211,7 +215,8 @@ def latency_cmd(args, pid, command, duration, as_json, interval, max_overhead, v
 @click.option("--sort", type=click.Choice(["count", "name", "address"]), default="count", show_default=True,
               help="Order of the functions in the text report.")
 @click.option("--print-bpf", is_flag=True, hidden=True, help="Print the BPF C source and exit.")
-def count_cmd(args, pid, command, duration, as_json, interval, max_overhead, verbose, sort, print_bpf) -> None:
+def count_cmd(args, pid, command, duration, as_json, interval, max_overhead, verbose, retry_detached, sort,
+              print_bpf) -> None:
     """Calls per function and calls per second: what is hot?
 
     One probe per call, at the function's entry (after its stack-check
@@ -229,8 +234,8 @@ def count_cmd(args, pid, command, duration, as_json, interval, max_overhead, ver
     """
     from gotrace.commands.count import CountRequest, count
 
-    request = CountRequest(args, _trace_options(pid, command, duration, interval, max_overhead, verbose), sort=sort,
-                           print_bpf=print_bpf)
+    request = CountRequest(args, _trace_options(pid, command, duration, interval, max_overhead, verbose,
+                                                retry_detached=retry_detached), sort=sort, print_bpf=print_bpf)
     _show(count(request), as_json=as_json)
 
 

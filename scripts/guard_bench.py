@@ -173,7 +173,9 @@ def from_launch(command: str, pid: int, pattern: str, port: int, seconds: float)
             "tracing": rounds.rate(tracing, stopping), "stop": rounds.rate(stopping, done),
             "start_s": tracing - launched, "stop_s": done - stopping, "whole_s": done - launched,
             "detached": sum(int(m.group(1).replace(",", "")) for line in lines
-                            if (m := re.match(r"gotrace: detached ([\d,]+) function", line)))}
+                            if (m := re.match(r"gotrace: detached ([\d,]+) function", line))),
+            "left_out": sum(int(m.group(1).replace(",", "")) for line in lines
+                            if (m := re.search(r"([\d,]+) left out \(detached by the cost guard", line)))}
 
 
 def process_cpu_s(pid: int) -> float:
@@ -266,7 +268,8 @@ def main() -> None:
                               f"({r['whole_s']:.1f} s): {part(r['whole'])} of untraced {base:,.0f} req/s; "
                               f"start-up {r['start_s']:.1f} s: {part(r['start'])}; tracing {args.seconds:g} s: "
                               f"{part(r['tracing'])}; stopping {r['stop_s']:.1f} s: {part(r['stop'])}; "
-                              f"{r['detached']:,} functions detached")
+                              f"{r['detached']:,} functions detached, {r['left_out']:,} left out from the start "
+                              "(the guard's memory)")
                     before = after
                     continue
                 r = traced(args.command, caddy.pid, pattern, port, args.seconds)

@@ -66,6 +66,15 @@ from support import gobuild  # noqa: E402
 from support.processes import Spawner  # noqa: E402
 
 
+@pytest.fixture(autouse=True)
+def private_guard_memory(tmp_path_factory, monkeypatch):
+    """Each test its own cost-guard memory (gotrace.trace.guardmemory): what one test's guard detached never
+    leaves a function out of another test's trace. Child processes inherit the variable."""
+    directory = tmp_path_factory.mktemp("guard-memory")
+    monkeypatch.setenv(hermetic.GUARD_MEMORY_ENV, str(directory))
+    return directory
+
+
 def pytest_unconfigure(config):
     shutil.rmtree(SESSION_BPF_CACHE, ignore_errors=True)
     shutil.rmtree(SESSION_SITES_CACHE, ignore_errors=True)

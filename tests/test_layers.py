@@ -5,8 +5,9 @@ r"""The layers of gotrace's package, read from its imports: every edge must poin
                |   \-> output  ----->  capture, binary (data objects only)
 
 `binary` knows nothing of BPF or output, `bpf` nothing of Go, `capture` nothing
-of tracers or output, `output` nothing of tracers, BPF or commands. `errors`
-and `header` (the constants of probes/gotrace.h) sit under everything.
+of tracers or output, `output` nothing of tracers, BPF or commands. `errors`,
+`header` (the constants of probes/gotrace.h) and `keptfile` (files kept between
+runs) sit under everything.
 Imports inside functions and under TYPE_CHECKING count like any other.
 """
 
@@ -30,7 +31,7 @@ ALLOWED: dict[str, frozenset[str]] = {
     "cli": frozenset({"commands", "output"}),
     "__main__": frozenset({"cli"}),
 }
-BASE = frozenset({"errors", "header", "__init__"})
+BASE = frozenset({"errors", "header", "keptfile", "__init__"})
 
 
 def layer_of(module: str) -> str:

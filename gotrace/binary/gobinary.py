@@ -107,6 +107,17 @@ class GoBinary:
             chosen.update(found)
         return [table.function(i) for i in sorted(chosen)]
 
+    def exactly_named(self, patterns: list[str] | tuple[str, ...]) -> set[int]:
+        """Entry vaddrs of the functions some pattern names exactly (its own name, not a glob's match)."""
+        table = self.functions
+        return {table.function(i).entry_vaddr for text in patterns
+                for i in table.indices_named(compile_pattern(text).name)}
+
+    @functools.cached_property
+    def content_sha256(self) -> str:
+        """The sha256 of the binary's bytes, in hex: what identifies it to what gotrace keeps between runs."""
+        return sitecache.content_sha256(self.path)
+
     def all_functions(self) -> list[GoFunction]:
         table = self.functions
         return [table.function(i) for i in range(len(table))]
@@ -122,7 +133,7 @@ class GoBinary:
         by an earlier run on the same binary's bytes are read from the cache instead, and the others added."""
         if len(fns) < sitecache.MIN_FUNCTIONS:
             return [self.probe_sites(fn) for fn in fns]
-        cache = sitecache.SiteCache.open(self.path, self.arch)
+        cache = sitecache.SiteCache.open(self.content_sha256, self.arch)
         out = []
         for fn in fns:
             sites = cache.get(fn.entry_vaddr)

@@ -29,16 +29,12 @@ Directory: $GOTRACE_SITES_CACHE, else $GOTRACE_CACHE/sites, else
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import hashlib
-import json
 import os
-import stat
-import tempfile
 from pathlib import Path
 
-from gotrace import __version__
+from gotrace import __version__, keptfile
 from gotrace.binary.sites import ProbeSites
 
 FORMAT = 1
@@ -48,11 +44,7 @@ DEFAULT_DIR = Path("/var/cache/gotrace/sites")
 
 
 def cache_dir() -> Path:
-    explicit = os.environ.get("GOTRACE_SITES_CACHE")
-    if explicit:
-        return Path(explicit)
-    base = os.environ.get("GOTRACE_CACHE")
-    return Path(base) / "sites" if base else DEFAULT_DIR
+    return keptfile.cache_dir("GOTRACE_SITES_CACHE", "sites", DEFAULT_DIR)
 
 
 @functools.lru_cache(maxsize=1)
@@ -66,16 +58,15 @@ def analysis_version() -> str:
     return digest.hexdigest()
 
 
-def binary_key(path: str | os.PathLike, arch: str) -> str:
-    """The cache key of a binary: its bytes, its architecture, the analysis version."""
+def content_sha256(path: str | os.PathLike) -> str:
+    """The sha256 of a file's bytes, in hex."""
     with open(path, "rb") as f:
-        content = hashlib.file_digest(f, "sha256").hexdigest()
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def binary_key(content: str, arch: str) -> str:
+    """The cache key of a binary: its bytes' sha256 (content_sha256), its architecture, the analysis version."""
     return hashlib.sha256(f"{content} {arch} {analysis_version()}".encode()).hexdigest()
-
-
-def _private(st: os.stat_result) -> bool:
-    """Owned by this user and writable by no one else."""
-    return st.st_uid == os.geteuid() and not st.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
 
 
 class SiteCache:
@@ -87,9 +78,10 @@ class SiteCache:
         self._changed = False
 
     @classmethod
-    def open(cls, path: str | os.PathLike, arch: str, directory: Path | None = None) -> "SiteCache":
+    def open(cls, content: str, arch: str, directory: Path | None = None) -> "SiteCache":
+        """The kept sites of the binary whose bytes' sha256 is `content` (content_sha256)."""
         directory = directory or cache_dir()
-        key = binary_key(path, arch)
+        key = binary_key(content, arch)
         return cls(key, directory, _load(directory / f"{key}.json", key))
 
     def __len__(self) -> int:
@@ -107,25 +99,11 @@ class SiteCache:
         directory that cannot be written is left alone."""
         path = self.directory / f"{self.key}.json"
         if not self._changed:
-            with contextlib.suppress(OSError):
-                os.utime(path)  # recently used
+            keptfile.touch(path)  # recently used
             return
-        with contextlib.suppress(OSError):
-            self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-            if not _private(self.directory.stat()):
-                return
-            body = _encode(self.key, self._sites)
-            fd, tmp = tempfile.mkstemp(dir=self.directory, prefix=".sites-")
-            try:
-                with os.fdopen(fd, "wb") as f:
-                    f.write(body)
-                os.replace(tmp, path)
-            except BaseException:
-                with contextlib.suppress(OSError):
-                    os.unlink(tmp)
-                raise
+        if keptfile.save(path, _encode(self.key, self._sites), ".sites-"):
             self._changed = False
-            _prune(self.directory)
+            keptfile.prune(self.directory, KEEP_ENTRIES)
 
 
 def _encode(key: str, sites: dict[int, ProbeSites]) -> bytes:
@@ -139,25 +117,16 @@ def _encode(key: str, sites: dict[int, ProbeSites]) -> bytes:
         rows.append([entry, None if s.entry_vaddr is None else s.entry_vaddr - entry,
                      [vaddr - entry for vaddr in s.return_vaddrs], index(s.reason),
                      [[vaddr - entry, index(why)] for vaddr, why in s.refused]])
-    payload = json.dumps({"key": key, "strings": list(strings), "functions": rows}, separators=(",", ":"))
-    checksum = hashlib.sha256(payload.encode()).hexdigest()
-    return json.dumps({"format": FORMAT, "sha256": checksum}).encode() + b"\n" + payload.encode()
+    return keptfile.encode(FORMAT, {"key": key, "strings": list(strings), "functions": rows})
 
 
 def _load(path: Path, key: str) -> dict[int, ProbeSites]:
     """The sites kept under `key`; empty when there are none, or when the entry is damaged, of another format or
     key, or not private (see the module's docstring)."""
+    doc = keptfile.load(path, FORMAT)
+    if doc is None or doc.get("key") != key:
+        return {}
     try:
-        with open(path, "rb") as f:
-            if not (_private(os.fstat(f.fileno())) and _private(path.parent.stat())):
-                return {}
-            head, payload = f.read().split(b"\n", 1)
-        meta = json.loads(head)
-        if meta.get("format") != FORMAT or hashlib.sha256(payload).hexdigest() != meta.get("sha256"):
-            return {}
-        doc = json.loads(payload)
-        if doc.get("key") != key:
-            return {}
         strings = doc["strings"]
 
         def text(i: int) -> str | None:
@@ -166,14 +135,5 @@ def _load(path: Path, key: str) -> dict[int, ProbeSites]:
         return {entry: ProbeSites(None if at is None else entry + at, tuple(entry + r for r in returns), text(reason),
                                   tuple((entry + off, text(why)) for off, why in refused))
                 for entry, at, returns, reason, refused in doc["functions"]}
-    except (OSError, ValueError, KeyError, TypeError, IndexError):
+    except (ValueError, KeyError, TypeError, IndexError):
         return {}
-
-
-def _prune(directory: Path) -> None:
-    """Remove all but the KEEP_ENTRIES most recently used entries."""
-    with contextlib.suppress(OSError):
-        entries = sorted(directory.glob("*.json"), key=lambda p: p.stat().st_mtime, reverse=True)
-        for old in entries[KEEP_ENTRIES:]:
-            with contextlib.suppress(OSError):
-                old.unlink()

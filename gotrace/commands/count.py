@@ -9,7 +9,8 @@ from gotrace.binary.gobinary import FunctionProbes, GoBinary
 from gotrace.binary.sites import REASON_ABI0, REASON_ASM, REASON_INDIRECT_JUMP, REASON_NEVER_RETURNS, REASON_TAIL_JUMP
 from gotrace.commands.latency import report_names
 from gotrace.commands.target import open_traced, reading_priority, tracing_target
-from gotrace.commands.tracing import TraceOptions, nothing_to_trace, trace_session
+from gotrace.commands.tracing import (TraceOptions, leave_out_remembered, nothing_to_trace, remembering,
+                                      trace_session)
 from gotrace.output.count import CountReport, FunctionCount
 from gotrace.output.events import BpfSource, Skipped
 from gotrace.output.report import ReportFrame
@@ -64,6 +65,9 @@ def count(request: CountRequest) -> Iterator[object]:
     with open_traced(target) as gobin:
         with reading_priority(target):
             plan = plan_count(gobin, patterns)
+            counted, left_out, memory = leave_out_remembered(gobin, patterns, plan.counted, "count", options,
+                                                             "counted")
+            plan = CountPlan(counted, left_out + plan.skipped)
             names = report_names(plan.counted)
             functions = traced_functions(gobin, plan.counted)
 
@@ -82,4 +86,5 @@ def count(request: CountRequest) -> Iterator[object]:
 
         yield from trace_session(target, make_tracer, options, go_version=gobin.go_version,
                                  skipped=[Skipped(p.function.name, p.reason) for p in plan.skipped],
-                                 matched=len(plan.counted) + len(plan.skipped), make_report=make_report)
+                                 matched=len(plan.counted) + len(plan.skipped), make_report=make_report,
+                                 remember=remembering(memory, "count"))

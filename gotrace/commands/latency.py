@@ -16,7 +16,8 @@ from gotrace.commands.exporter import MetricsExporter
 from gotrace.commands.floor import cache_path as floor_cache_path
 from gotrace.commands.floor import host_floor
 from gotrace.commands.target import open_traced, reading_priority, tracing_target
-from gotrace.commands.tracing import TraceOptions, nothing_to_trace, trace_session
+from gotrace.commands.tracing import (TraceOptions, leave_out_remembered, nothing_to_trace, remembering,
+                                      trace_session)
 from gotrace.output.events import BpfSource, FloorMeasured, Skipped
 from gotrace.output.histogram import LatencyHistogram
 from gotrace.output.latency import FunctionReport, LatencyReport
@@ -180,6 +181,9 @@ def latency(request: LatencyRequest) -> Iterator[object]:
     with open_traced(target) as gobin, contextlib.ExitStack() as cleanup:
         with reading_priority(target):
             plan = plan_latency(gobin, patterns)
+            traced, left_out, memory = leave_out_remembered(gobin, patterns, plan.traced, "latency", options,
+                                                            "traced for latency")
+            plan = LatencyPlan(traced, left_out + plan.skipped)
             names = report_names(plan.traced)
             functions = traced_functions(gobin, plan.traced)
         analysed = time.perf_counter()
@@ -236,7 +240,8 @@ def latency(request: LatencyRequest) -> Iterator[object]:
                                  matched=len(plan.traced) + len(plan.skipped), make_report=make_report,
                                  timings=timings, exporter=exporter, snapshot=snapshot,
                                  housekeeping=lambda tracer: tracer.retire_exited(options.keep_exited_s),
-                                 events=slow_calls if request.slow_ns else None)
+                                 events=slow_calls if request.slow_ns else None,
+                                 remember=remembering(memory, "latency"))
 
 
 def exported_binary_path(target) -> str:

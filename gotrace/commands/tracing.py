@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from gotrace.commands import DEFAULT_MAX_OVERHEAD_PCT
 from gotrace.commands.exporter import MetricsExporter
@@ -21,7 +21,9 @@ from gotrace.output.events import (AwaitingScrape, Detached, DetachedFunction, G
                                    SkippedSummary, SlowDetach, Started, TargetExited, Timings)
 from gotrace.output.report import CostEstimate, ReportFrame
 from gotrace.trace import cost
-from gotrace.trace.guard import CHECK_PERIOD_S, CostGuard, Overhead
+from gotrace.trace.guard import CHECK_PERIOD_S, CostGuard, Detachment, Overhead
+from gotrace.trace.guardmemory import REASON as LEFT_OUT_REASON
+from gotrace.trace.guardmemory import GuardMemory, Remembered
 from gotrace.trace.session import Ending, StopFlag, Target, attached, ticks
 from gotrace.trace.targetcpu import TargetCpu
 
@@ -48,6 +50,7 @@ class TraceOptions:
     verbose: bool = False  # list every skipped, idle and detached function
     quiet: bool = False  # no reports (with prometheus: the metrics are the output)
     keep_exited_s: float = KEEP_EXITED_S  # every-process mode: series of an exited process stay this long
+    retry_detached: bool = False  # probe the functions the guard's memory would leave out (gotrace.trace.guardmemory)
 
 
 def slow_detach(attached_by: str, n_sites: int) -> SlowDetach | None:
@@ -63,6 +66,46 @@ def nothing_to_trace(gobin, patterns: list[str], skipped, what: str) -> PatternE
     more = f" (and {len(skipped) - 1} more)" if len(skipped) > 1 else ""
     return PatternError(f"{first.function.name} cannot be {what}: {first.reason}{more}; "
                         f"see gotrace funcs {gobin.display_path} {' '.join(patterns)}")
+
+
+def leave_out_remembered(gobin, patterns: list[str], probes: list, program: str, options: TraceOptions, what: str
+                         ) -> tuple[list, list, GuardMemory | None]:
+    """(kept, left out, the memory) of `probes` (FunctionProbes to trace with `program`): those the cost guard's
+    memory leaves out (gotrace.trace.guardmemory) get its reason. The memory is None without a budget (nothing
+    is detached, nothing learnt). PatternError when nothing is left, naming --retry-detached."""
+    if not options.max_overhead_pct:
+        return probes, [], None
+    memory = GuardMemory(gobin.content_sha256)
+    if options.retry_detached or not len(memory):
+        return probes, [], memory
+    exact = gobin.exactly_named(patterns)
+    left = memory.left_out(program, (p.function.name for p in probes if p.function.entry_vaddr not in exact),
+                           options.max_overhead_pct)
+    if not left:
+        return probes, [], memory
+    out = [p for p in probes if p.function.name in left and p.function.entry_vaddr not in exact]
+    kept = [p for p in probes if not (p.function.name in left and p.function.entry_vaddr not in exact)]
+    out = [replace(p, sites=replace(p.sites, reason=LEFT_OUT_REASON)) for p in out]
+    if not kept:
+        raise nothing_to_trace(gobin, patterns, out, what)
+    return kept, out, memory
+
+
+def remembering(memory: GuardMemory | None, program: str) -> Callable[[object, list[Detachment]], None] | None:
+    """What trace_session calls at the end (with the tracer still attached, and its guard's detachments) to
+    update the cost guard's memory: what was detached, and what was called and kept."""
+    if memory is None:
+        return None
+
+    def remember(tracer, detachments: list[Detachment]) -> None:
+        now_s = time.time()
+        detached = [Remembered(d.name, program, d.max_overhead_pct, d.hits_per_s, now_s) for d in detachments]
+        judged_not = {d.func_id for d in detachments} | set(tracer.refused) | set(tracer.probation_ids())
+        entry_hits, _ = tracer.hits()
+        affordable = [fn.name for fn in tracer.functions if fn.func_id not in judged_not and entry_hits[fn.func_id]]
+        memory.update(program, detached, affordable)
+
+    return remember
 
 
 def refused_reason(err: int) -> str:
@@ -100,12 +143,14 @@ def trace_session(target: Target, make_tracer: Callable[[], object], options: Tr
                   timings: dict[str, float] | None = None, exporter: MetricsExporter | None = None,
                   snapshot: Callable[[object], object] | None = None,
                   housekeeping: Callable[[object], object] | None = None,
-                  events: Callable[[object, float], list] | None = None) -> Iterator[object]:
+                  events: Callable[[object, float], list] | None = None,
+                  remember: Callable[[object, list[Detachment]], None] | None = None) -> Iterator[object]:
     """Attach, guard, report; see the module's docstring. With an exporter, it serves snapshot(tracer) from
     Started until the end (after a -c command's exit, until the next scrape, LAST_SCRAPE_GRACE_S at most).
     In every-process mode, housekeeping(tracer) runs every HOUSEKEEPING_S. With events, the pauses between
     checks are events(tracer, seconds), which waits that long at most and returns what the tracer sent
-    meanwhile (slow calls); each is yielded as it comes, and all are yielded before each report."""
+    meanwhile (slow calls); each is yielded as it comes, and all are yielded before each report. After the
+    final report, remember(tracer, the guard's detachments) (remembering())."""
     if skipped:
         yield SkippedSummary(tuple(skipped), matched, options.verbose)
     guards: list[CostGuard] = []
@@ -186,6 +231,8 @@ def trace_session(target: Target, make_tracer: Callable[[], object], options: Tr
             yield from events(tracer, 0.0)
         if not options.quiet:
             yield report(True)
+        if remember is not None:
+            remember(tracer, list(guard.detachments))
         if ending.reason == "target-exit":
             if target.command and target.exit_status is not None:
                 yield TargetExited(target.command[0], target.pid, target.exit_status)

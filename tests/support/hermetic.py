@@ -13,6 +13,11 @@
 * gotrace keeps the probe sites of large analyses per binary content
   (gotrace.binary.sitecache, default /var/cache/gotrace/sites): the session
   keeps its own too (``use_private_sites_cache``, GOTRACE_SITES_CACHE).
+* gotrace remembers what its cost guard detached per binary content
+  (gotrace.trace.guardmemory, default /var/cache/gotrace/guard): each test
+  gets a directory of its own (conftest's ``private_guard_memory``,
+  GOTRACE_GUARD_MEMORY), so one test's detachments never leave a function
+  out of another's trace.
 """
 
 from __future__ import annotations
@@ -26,6 +31,8 @@ BPF_CACHE_ENV = "GOTRACE_BPF_CACHE"
 """The environment variable gotrace.bpf.cache reads for its directory."""
 SITES_CACHE_ENV = "GOTRACE_SITES_CACHE"
 """The environment variable gotrace.binary.sitecache reads for its directory."""
+GUARD_MEMORY_ENV = "GOTRACE_GUARD_MEMORY"
+"""The environment variable gotrace.trace.guardmemory reads for its directory."""
 
 def private_copy(binary: Path, directory: Path) -> Path:
     """A copy of `binary` in `directory`, with the same file name and its own inode."""
