@@ -386,20 +386,29 @@ def floor_cmd(as_json: bool, cached: bool) -> None:
 
 # -- top ------------------------------------------------------------------------------------
 
+from gotrace.commands import DEFAULT_MAX_OVERHEAD_PCT as _DEFAULT_BUDGET_PCT  # noqa: E402  (what guard_options reads)
+
 @cli.command("top")
 @click.argument("args", nargs=-1, metavar="[./bin] PATTERN...")
 @click.option("-p", "--pid", type=click.IntRange(min=1), help="Trace only process PID.")
 @click.option("-c", "--command", metavar="'COMMAND ARGS'", help="Start COMMAND and trace only it.")
 @click.option("-d", "--duration", type=click.FloatRange(min=0, min_open=True), metavar="SECONDS",
               help="Stop after SECONDS (the final counts stay on the screen until q).")
-def top_cmd(args, pid, command, duration) -> None:
+@click.option("--max-overhead", type=click.FloatRange(min=0), default=_DEFAULT_BUDGET_PCT, show_default=True,
+              metavar="PERCENT", help="Cost guard, as for latency: when the probes cost more than PERCENT of the traced process's "
+                   "CPU time, detach the costliest functions (0: only estimate).")
+@click.option("--retry-detached", is_flag=True,
+              help="Also probe the functions the cost guard detached in an earlier trace of this binary.")
+def top_cmd(args, pid, command, duration, max_overhead, retry_detached) -> None:
     """A live table of Go functions, like top: what is slow right now.
 
     Refreshed every second, one row per function: calls per second, calls
     since start, p50, p99 and max over the last second, calls in flight
     (running at the refresh), and the function's share of the time spent in all traced functions. Sorted by
     that time. Keys: t c p m n sort by time, calls/s, p99, max, name;
-    space pauses; q quits. Needs a terminal (80x24 is enough).
+    space pauses; q quits. Needs a terminal (80x24 is enough). The cost
+    guard watches the probes as in latency: the screen shows what they
+    cost, and a function it detached is marked so.
 
     \b
     Examples:
@@ -415,7 +424,8 @@ def top_cmd(args, pid, command, duration) -> None:
     from gotrace.commands.top import TopRequest, top
     from gotrace.output.topscreen import run_top
 
-    run_top(top(TopRequest(args, pid=pid, command=command, duration_s=duration)))
+    run_top(top(TopRequest(args, pid=pid, command=command, duration_s=duration, max_overhead_pct=max_overhead or None,
+                           retry_detached=retry_detached)))
 
 
 # -- entry point --------------------------------------------------------------------------

@@ -190,3 +190,47 @@ def test_a_function_the_guard_detached_is_left_out_of_the_next_wide_trace_and_pr
         assert sites[0] == int3 and REASON not in stderr, stderr
     finally:
         prog.close()
+
+
+@pytest.mark.bpf
+def test_top_is_under_the_cost_guard_and_learns_like_latency(tmp_path, private_guard_memory):
+    """`gotrace top` on hotloop (the generator the screen reads, no terminal): main.hot, called 2,000,000 times,
+    is detached for real, its row says so, the screen's cost line has the budget; the next top over 'main.*'
+    leaves it out, as latency would."""
+    from gotrace.commands.top import TICK, TopRequest, top
+    from gotrace.output.events import Skipped
+    from gotrace.output.top import TopSnapshot
+
+    binary = hotloop(tmp_path)
+    vaddrs = hot_sites(binary)
+    prog = Hotloop(binary)
+    original = process_bytes(prog.pid, vaddrs)
+    try:
+        events = top(TopRequest(("main.*",), pid=prog.pid, duration_s=60, refresh_s=0.2))
+        seen: list[TopSnapshot] = []
+        started = False
+        for event in events:
+            if not isinstance(event, TopSnapshot):
+                continue
+            if not started:
+                assert process_bytes(prog.pid, vaddrs)[0] == UPROBE_INSN[gobuild.NATIVE_ARCH]
+                prog.start(2_000_000)
+                started = True
+                continue
+            seen.append(event)
+            if any(row.name == HOT and row.detached for row in event.rows):
+                break
+        else:
+            pytest.fail("main.hot was never detached")
+        assert process_bytes(prog.pid, vaddrs) == original  # its traps are gone while top still runs
+        assert seen[-1].n_detached == 1 and seen[-1].cost is not None and seen[-1].cost.max_overhead_pct == 5.0
+        events.close()  # as q does: the screen stops reading and closes the generator
+        assert re.match(r"ns=\d+ calls=2000000$", prog.proc.stdout.readline().strip())
+
+        again = top(TopRequest(("main.*",), pid=prog.pid, duration_s=0.5, refresh_s=0.2))
+        found = list(again)
+        assert Skipped(HOT, REASON) in found
+        assert all(HOT not in [row.name for row in e.rows] for e in found if isinstance(e, TopSnapshot))
+        assert TICK in found
+    finally:
+        prog.close()

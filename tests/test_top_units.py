@@ -55,3 +55,27 @@ def test_rows_from_counts_add_up_and_share_the_time():
     assert totals == [13, 1] and (a.calls_total, b.calls_total) == (13, 1)
     assert (a.calls_per_s, b.calls_per_s) == (6.0, 2.0)
     assert abs(a.share - 0.75) < 1e-9 and abs(b.share - 0.25) < 1e-9
+
+
+def test_the_probes_cost_and_the_detached_functions_are_on_the_screen():
+    from dataclasses import replace
+
+    from gotrace.output.report import CostEstimate
+
+    rows = [replace(row("main.hot", 90_000, 900), detached=True), row("main.a", 10, 300)]
+    cost = CostEstimate(12_400, 0.141, 0.098, 5.0)
+    lines = render_top(replace(snapshot(rows), cost=cost, n_detached=1), 80, 24)
+    assert len(lines) == 24 and all(len(line) <= 80 for line in lines)
+    assert lines[2].startswith("probes: 12,400 hits/s, about 14.1% of one CPU and 9.8% of the target's CPU")
+    assert lines[2].endswith("; 1 function detached") or len(lines[2]) == 80
+    assert lines[3].split()[0] == "FUNCTION"
+    assert lines[4].startswith("main.hot (detached) ") and lines[5].startswith("main.a ")
+    assert lines[-2] == ""  # 19 rows of room for 2 functions
+
+
+def test_a_detached_function_keeps_its_mark_when_its_name_is_cut():
+    from dataclasses import replace
+
+    long = "github.com/example/project/internal/storage/postgres.(*Store).QueryWithRetry"
+    lines = render_top(snapshot([replace(row(long, 5, 1000), detached=True)]), 80, 24)
+    assert lines[3].startswith("…") and "WithRetry (detached) " in lines[3]

@@ -65,7 +65,8 @@ def count(request: CountRequest) -> Iterator[object]:
     with open_traced(target) as gobin:
         with reading_priority(target):
             plan = plan_count(gobin, patterns)
-            counted, left_out, memory = leave_out_remembered(gobin, patterns, plan.counted, "count", options,
+            counted, left_out, memory = leave_out_remembered(gobin, patterns, plan.counted, "count",
+                                                             options.max_overhead_pct, options.retry_detached,
                                                              "counted")
             plan = CountPlan(counted, left_out + plan.skipped)
             names = report_names(plan.counted)

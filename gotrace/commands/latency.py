@@ -181,7 +181,8 @@ def latency(request: LatencyRequest) -> Iterator[object]:
     with open_traced(target) as gobin, contextlib.ExitStack() as cleanup:
         with reading_priority(target):
             plan = plan_latency(gobin, patterns)
-            traced, left_out, memory = leave_out_remembered(gobin, patterns, plan.traced, "latency", options,
+            traced, left_out, memory = leave_out_remembered(gobin, patterns, plan.traced, "latency",
+                                                            options.max_overhead_pct, options.retry_detached,
                                                             "traced for latency")
             plan = LatencyPlan(traced, left_out + plan.skipped)
             names = report_names(plan.traced)

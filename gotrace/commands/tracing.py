@@ -10,6 +10,7 @@ and how the target ended.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
@@ -68,19 +69,19 @@ def nothing_to_trace(gobin, patterns: list[str], skipped, what: str) -> PatternE
                         f"see gotrace funcs {gobin.display_path} {' '.join(patterns)}")
 
 
-def leave_out_remembered(gobin, patterns: list[str], probes: list, program: str, options: TraceOptions, what: str
-                         ) -> tuple[list, list, GuardMemory | None]:
+def leave_out_remembered(gobin, patterns: list[str], probes: list, program: str, max_overhead_pct: float | None,
+                         retry_detached: bool, what: str) -> tuple[list, list, GuardMemory | None]:
     """(kept, left out, the memory) of `probes` (FunctionProbes to trace with `program`): those the cost guard's
     memory leaves out (gotrace.trace.guardmemory) get its reason. The memory is None without a budget (nothing
     is detached, nothing learnt). PatternError when nothing is left, naming --retry-detached."""
-    if not options.max_overhead_pct:
+    if not max_overhead_pct:
         return probes, [], None
     memory = GuardMemory(gobin.content_sha256)
-    if options.retry_detached or not len(memory):
+    if retry_detached or not len(memory):
         return probes, [], memory
     exact = gobin.exactly_named(patterns)
     left = memory.left_out(program, (p.function.name for p in probes if p.function.entry_vaddr not in exact),
-                           options.max_overhead_pct)
+                           max_overhead_pct)
     if not left:
         return probes, [], memory
     out = [p for p in probes if p.function.name in left and p.function.entry_vaddr not in exact]
@@ -134,30 +135,30 @@ def wait_for_last_scrape(exporter: MetricsExporter, stop: StopFlag, exited: floa
         time.sleep(0.05)
 
 
-# make_report(tracer, frame) -> the command's report of the interval that frame describes
-ReportMaker = Callable[[object, ReportFrame], object]
+@dataclass(frozen=True)
+class GuardedSession:
+    """A tracer attached under its cost guard: the guard's detachments while attaching (one list per check) and
+    what the probes cost meanwhile."""
+
+    tracer: object
+    stop: StopFlag
+    guard: CostGuard
+    while_attaching: list[list[Detachment]]
+    attach_cost: Overhead
 
 
-def trace_session(target: Target, make_tracer: Callable[[], object], options: TraceOptions, *, go_version: str,
-                  skipped: Sequence[Skipped], matched: int, make_report: ReportMaker,
-                  timings: dict[str, float] | None = None, exporter: MetricsExporter | None = None,
-                  snapshot: Callable[[object], object] | None = None,
-                  housekeeping: Callable[[object], object] | None = None,
-                  events: Callable[[object, float], list] | None = None,
-                  remember: Callable[[object, list[Detachment]], None] | None = None) -> Iterator[object]:
-    """Attach, guard, report; see the module's docstring. With an exporter, it serves snapshot(tracer) from
-    Started until the end (after a -c command's exit, until the next scrape, LAST_SCRAPE_GRACE_S at most).
-    In every-process mode, housekeeping(tracer) runs every HOUSEKEEPING_S. With events, the pauses between
-    checks are events(tracer, seconds), which waits that long at most and returns what the tracer sent
-    meanwhile (slow calls); each is yielded as it comes, and all are yielded before each report. After the
-    final report, remember(tracer, the guard's detachments) (remembering())."""
-    if skipped:
-        yield SkippedSummary(tuple(skipped), matched, options.verbose)
+@contextlib.contextmanager
+def guarded(target: Target, make_tracer: Callable[[], object], max_overhead_pct: float | None,
+            remember: Callable[[object, list[Detachment]], None] | None = None) -> Iterator[GuardedSession]:
+    """session.attached() with the cost guard: it calibrates and takes its baseline before the probes go in,
+    checks after each chunk of them, and counts what attaching cost. The caller runs guard.watching(). However
+    the session ends (its end, a signal, the consumer closing the generator), remember(tracer, the guard's
+    detachments) runs last, the probes still in place (remembering())."""
     guards: list[CostGuard] = []
-    while_attaching: list[list] = []
+    while_attaching: list[list[Detachment]] = []
 
     def prepare(tracer) -> None:
-        guard = CostGuard(tracer, cost.hit_costs(tracer), options.max_overhead_pct,
+        guard = CostGuard(tracer, cost.hit_costs(tracer), max_overhead_pct,
                           TargetCpu(target.pid, tracer.binary_path), service=target.command is None)
         guard.start()
         guards.append(guard)
@@ -174,7 +175,35 @@ def trace_session(target: Target, make_tracer: Callable[[], object], options: Tr
         attach_cost.append(guards[0].since_start())
 
     with attached(target, make_tracer, prepare, after_attach) as (tracer, stop):
-        guard = guards[0]
+        try:
+            yield GuardedSession(tracer, stop, guards[0], while_attaching, attach_cost[0])
+        finally:
+            if remember is not None:
+                remember(tracer, list(guards[0].detachments))
+
+
+# make_report(tracer, frame) -> the command's report of the interval that frame describes
+ReportMaker = Callable[[object, ReportFrame], object]
+
+
+def trace_session(target: Target, make_tracer: Callable[[], object], options: TraceOptions, *, go_version: str,
+                  skipped: Sequence[Skipped], matched: int, make_report: ReportMaker,
+                  timings: dict[str, float] | None = None, exporter: MetricsExporter | None = None,
+                  snapshot: Callable[[object], object] | None = None,
+                  housekeeping: Callable[[object], object] | None = None,
+                  events: Callable[[object, float], list] | None = None,
+                  remember: Callable[[object, list[Detachment]], None] | None = None) -> Iterator[object]:
+    """Attach, guard, report; see the module's docstring. With an exporter, it serves snapshot(tracer) from
+    Started until the end (after a -c command's exit, until the next scrape, LAST_SCRAPE_GRACE_S at most).
+    In every-process mode, housekeeping(tracer) runs every HOUSEKEEPING_S. With events, the pauses between
+    checks are events(tracer, seconds), which waits that long at most and returns what the tracer sent
+    meanwhile (slow calls); each is yielded as it comes, and all are yielded before each report. remember: see
+    guarded()."""
+    if skipped:
+        yield SkippedSummary(tuple(skipped), matched, options.verbose)
+    with guarded(target, make_tracer, options.max_overhead_pct, remember) as session:
+        tracer, stop, guard = session.tracer, session.stop, session.guard
+        while_attaching = session.while_attaching
         if tracer.refused:
             yield SkippedSummary(tuple(Skipped(tracer.functions[func_id].name, refused_reason(err))
                                        for func_id, err in sorted(tracer.refused.items())), matched, options.verbose)
@@ -188,7 +217,7 @@ def trace_session(target: Target, make_tracer: Callable[[], object], options: Tr
         n_traced = len(tracer.functions) - len(tracer.refused)
         yield Started(n_traced, tracer.n_sites, target.pid, go_version, target.display,
                       GuardInfo(guard.max_overhead_pct, guard.costs.text(returns=tracer.RETURN_PROGRAM is not None),
-                                cost_estimate(attach_cost[0], guard.max_overhead_pct)))
+                                cost_estimate(session.attach_cost, guard.max_overhead_pct)))
         if exporter is not None:
             exporter.start(lambda: snapshot(tracer))
             yield Serving(exporter.url)
@@ -231,8 +260,6 @@ def trace_session(target: Target, make_tracer: Callable[[], object], options: Tr
             yield from events(tracer, 0.0)
         if not options.quiet:
             yield report(True)
-        if remember is not None:
-            remember(tracer, list(guard.detachments))
         if ending.reason == "target-exit":
             if target.command and target.exit_status is not None:
                 yield TargetExited(target.command[0], target.pid, target.exit_status)

@@ -3,8 +3,9 @@
 One snapshot per refresh: per traced function its calls per second, its
 calls since tracing began, p50, p99 and max over the last refresh, the calls
 in flight, and its share of the time spent in all traced functions during
-the last refresh. render_top() turns a snapshot into exactly `height` lines
-of at most `width` columns; nothing here touches the terminal.
+the last refresh; the probes' cost over the refresh and what the cost guard
+detached. render_top() turns a snapshot into exactly `height` lines of at
+most `width` columns; nothing here touches the terminal.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import time
 from dataclasses import dataclass, field
 
 from gotrace.output.latency import format_duration
+from gotrace.output.report import CostEstimate
 
 SORTS = {  # key -> (title, sort key: larger first, except name)
     "t": ("time", lambda row: (-row.time_ns, row.name)),
@@ -38,6 +40,7 @@ class TopRow:
     in_flight: int        # calls running at the end of the refresh
     time_ns: int          # time spent in the function's calls that returned in the last refresh
     share: float          # time_ns over all rows' time_ns (0..1)
+    detached: bool = False  # the cost guard removed its probes: its counts stop there
 
 
 @dataclass(frozen=True)
@@ -51,6 +54,8 @@ class TopSnapshot:
     ended: str | None = None  # why tracing stopped ("target-exit", "duration", "signal"); None while live
     note: str | None = None   # a line to show (a skipped function, a warning)
     floor_ns: int | None = None  # what an empty function measures here (in every latency shown)
+    cost: CostEstimate | None = None  # what the probes cost over this snapshot's refresh (the cost guard's)
+    n_detached: int = 0  # functions the cost guard has detached so far
 
 
 def _fit_name(name: str, width: int) -> str:
@@ -74,8 +79,9 @@ def sorted_rows(rows, sort: str) -> list[TopRow]:
 
 def render_top(snapshot: TopSnapshot | None, width: int, height: int, sort: str = "t",
                paused: bool = False) -> list[str]:
-    """The screen: a title line, a totals line, the column header, one line per function (as many as fit,
-    sorted by `sort`), and a status line; `height` lines, none wider than `width`."""
+    """The screen: a title line, a totals line, the probes' cost (when the snapshot has it), the column header,
+    one line per function (as many as fit, sorted by `sort`), and a status line; `height` lines, none wider
+    than `width`."""
     width = max(width, 20)
     if snapshot is None:
         lines = ["gotrace top: attaching probes..."]
@@ -88,15 +94,21 @@ def render_top(snapshot: TopSnapshot | None, width: int, height: int, sort: str 
               f"sorted by {SORTS[sort][0]}")
     if snapshot.floor_ns:
         totals += f"  floor {format_duration(snapshot.floor_ns)}"
+    guard = []
+    if snapshot.cost is not None:
+        detached = (f"; {snapshot.n_detached} function{'s' if snapshot.n_detached != 1 else ''} detached"
+                    if snapshot.n_detached else "")
+        guard.append(snapshot.cost.text() + detached)
     fixed = sum(w + 1 for _, w in COLUMNS)
     name_w = max(MIN_NAME_WIDTH, width - fixed)
     header = f"{'FUNCTION':<{name_w}}" + "".join(f" {title_:>{w}}" for title_, w in COLUMNS)
     rows = sorted_rows(snapshot.rows, sort)
-    room = max(0, height - 4)
+    room = max(0, height - 4 - len(guard))
     body = []
     for row in rows[:room]:
         cells = "".join(f" {cell:>{w}}" for cell, (_, w) in zip(_cells(row), COLUMNS))
-        body.append(f"{_fit_name(row.name, name_w):<{name_w}}{cells}")
+        name = f"{row.name} (detached)" if row.detached else row.name
+        body.append(f"{_fit_name(name, name_w):<{name_w}}{cells}")
     if len(rows) > room and room:
         body[-1] = f"... {len(rows) - room + 1} more functions (make the terminal taller)"
     if snapshot.ended:
@@ -107,7 +119,7 @@ def render_top(snapshot: TopSnapshot | None, width: int, height: int, sort: str 
         status = "[paused]  space resume  q quit"
     else:
         status = snapshot.note or KEYS_HELP
-    lines = [title, totals, header, *body]
+    lines = [title, totals, *guard, header, *body]
     lines += [""] * (height - 1 - len(lines))
     lines.append(status)
     return [line[:width] for line in lines[:height]]
