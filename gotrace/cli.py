@@ -268,6 +268,8 @@ def _write_all(stream, text: str) -> None:
 
 # -- args ------------------------------------------------------------------------------
 
+from gotrace.commands import DEFAULT_MAX_OVERHEAD_PCT as _DEFAULT_BUDGET_PCT  # noqa: E402  (what guard_options reads)
+
 @cli.command("args")
 @click.argument("args", nargs=-1, metavar="[./bin] PATTERN...")
 @target_options
@@ -286,9 +288,12 @@ def _write_all(stream, text: str) -> None:
 @click.option("--max-rate", type=click.IntRange(min=0), default=10000, show_default=True,
               metavar="N", help="At most N calls per second are reported; the rest are counted and the "
                                 "count printed at the end (0: no limit).")
+@click.option("--max-overhead", type=click.FloatRange(min=0), default=_DEFAULT_BUDGET_PCT, show_default=True,
+              metavar="PERCENT", help="Cost guard, as for latency: when the probes cost more than PERCENT of the "
+                                      "traced process's CPU time, detach the costliest functions (0: only estimate).")
 @click.option("--print-bpf", is_flag=True, hidden=True, help="Print the BPF C source and exit.")
 def args_cmd(args, pid, command, duration, as_json, max_events, str_len, depth, max_elems, min_latency, sigs,
-             max_rate, print_bpf) -> None:
+             max_rate, max_overhead, print_bpf) -> None:
     """Arguments and results of each call of Go functions, as Go would write them.
 
     One line per completed call: time, pid, goroutine id, the call with its
@@ -299,7 +304,8 @@ def args_cmd(args, pid, command, duration, as_json, max_events, str_len, depth, 
     bytes of each string; floats passed in vector registers cannot be read by
     a uprobe and show as unavailable. Calls beyond --max-rate per second, or
     that the reader could not keep up with, are counted and reported at the
-    end, never silently lost.
+    end, never silently lost. --max-rate bounds what is printed, not what the
+    probes cost: the cost guard does that, as for latency (--max-overhead).
 
     \b
     Examples:
@@ -317,7 +323,8 @@ def args_cmd(args, pid, command, duration, as_json, max_events, str_len, depth, 
     timings = {"imports": time.perf_counter() - started} if os.environ.get("GOTRACE_TIMINGS") == "1" else None
     request = ArgsRequest(args, pid=pid, command=command, duration_s=duration, max_events=max_events,
                           str_len=str_len, depth=depth, max_elems=max_elems, sigs=tuple(sigs), max_rate=max_rate,
-                          min_latency_ns=min_latency or 0, print_bpf=print_bpf, timings=timings)
+                          min_latency_ns=min_latency or 0, print_bpf=print_bpf, timings=timings,
+                          max_overhead_pct=max_overhead or None)
     _show(run_args(request), as_json=as_json)
 
 
@@ -385,8 +392,6 @@ def floor_cmd(as_json: bool, cached: bool) -> None:
 
 
 # -- top ------------------------------------------------------------------------------------
-
-from gotrace.commands import DEFAULT_MAX_OVERHEAD_PCT as _DEFAULT_BUDGET_PCT  # noqa: E402  (what guard_options reads)
 
 @cli.command("top")
 @click.argument("args", nargs=-1, metavar="[./bin] PATTERN...")

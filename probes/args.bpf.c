@@ -3,7 +3,9 @@
  *
  * gt_args_entry runs at each traced function's post-prologue entry site and
  * gt_args_return at each of its `ret` instructions (plain uprobes, never
- * uretprobes); the uprobe's BPF cookie is the function's id. What to read is
+ * uretprobes); the uprobe's BPF cookie is the function's id and its link's
+ * generation, and every hit goes through the cost guard's gt_counted_hit
+ * first (guard.h), as latency's and count's do. What to read is
  * not compiled in: it is the function's capture plan in gt_arg_plans, a list
  * of numbered operations (probes/gotrace.h, "args"). The entry side fills a
  * pending record keyed like latency's starts, (tgid, goid, g.stack.hi - SP);
@@ -19,6 +21,7 @@
 #include "bpf_abi.h"
 #define GT_NO_BUCKET_CODE
 #include "gotrace.h"
+#include "guard.h"
 
 #ifndef GT_CFG_OPS_BOUND
 #error "gotrace: GT_CFG_OPS_BOUND (16, 32, 64 or 128) must be given by the build"
@@ -259,21 +262,25 @@ static __always_inline int gt_rate_allows(__u64 now_ns)
     return __sync_fetch_and_add(&rate->count, 1) < *max_rate;
 }
 
-static __always_inline void gt_on_entry(struct pt_regs *ctx, __u32 func_id)
+/* Returns 1 when the entry instruction is also the function's `ret` (the
+ * entry plan's GT_ARG_PLAN_ALSO_RETURN): the caller sends the call at once. */
+static __always_inline int gt_on_entry(struct pt_regs *ctx, __u32 func_id)
 {
     struct gt_start_key key = {};
     struct gt_args_pending *pending;
     struct gt_arg_plan *plan;
     int zero = 0;
     int plan_index;
+    int also_return;
 
     if (!gt_make_key(ctx, func_id, &key))
-        return;
+        return 0;
     plan_index = func_id * 2 + GT_SIDE_ENTRY;
     plan = bpf_map_lookup_elem(&gt_arg_plans, &plan_index);
     pending = bpf_map_lookup_elem(&gt_args_entry_scratch, &zero);
     if (!plan || !pending)
-        return;
+        return 0;
+    also_return = (plan->flags & GT_ARG_PLAN_ALSO_RETURN) != 0;
     pending->func_id = func_id;
     pending->entry_ip = PT_REGS_IP(ctx);
     gt_capture(ctx, plan, pending->data, GT_ARGS_DATA);
@@ -282,6 +289,7 @@ static __always_inline void gt_on_entry(struct pt_regs *ctx, __u32 func_id)
     pending->start_ns = bpf_ktime_get_ns();
     if (bpf_map_update_elem(&gt_args_pending, &key, pending, BPF_ANY) != 0)
         gt_count(GT_ASTAT_PENDING_FAILED);
+    return also_return;
 }
 
 
@@ -369,11 +377,11 @@ static __always_inline void gt_on_return(struct pt_regs *ctx, __u32 func_id, int
 SEC("uprobe/gt_args_entry")
 int gt_args_entry(struct pt_regs *ctx)
 {
-    __u64 cookie = bpf_get_attach_cookie(ctx);
-    __u32 func_id = (__u32)cookie & ~(__u32)GT_ARGS_COOKIE_ALSO_RETURN;
+    __u32 func_id = (__u32)bpf_get_attach_cookie(ctx);
 
-    gt_on_entry(ctx, func_id);
-    if (cookie & GT_ARGS_COOKIE_ALSO_RETURN)
+    if (!gt_counted_hit(ctx, func_id, GT_FC_ENTRIES))
+        return 0;
+    if (gt_on_entry(ctx, func_id))
         gt_on_return(ctx, func_id, 0);
     return 0;
 }
@@ -381,6 +389,10 @@ int gt_args_entry(struct pt_regs *ctx)
 SEC("uprobe/gt_args_return")
 int gt_args_return(struct pt_regs *ctx)
 {
-    gt_on_return(ctx, (__u32)bpf_get_attach_cookie(ctx), 1);
+    __u32 func_id = (__u32)bpf_get_attach_cookie(ctx);
+
+    if (!gt_counted_hit(ctx, func_id, GT_FC_RETURNS))
+        return 0;
+    gt_on_return(ctx, func_id, 1);
     return 0;
 }

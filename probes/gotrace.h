@@ -292,11 +292,13 @@ static __always_inline __u32 gt_hist_bucket(__u64 v)
 #define GT_ST_OK 1        /* the operation's read completed */
 #define GT_ST_FAULT 2     /* its read faulted (nothing usable was read) */
 
-/* Entry-site cookie bit: the entry instruction is also a `ret` (a function
- * whose whole body is `ret`): its one probe sends the call at once. Its entry
- * plan captures the results too (the registers hold both at that instant);
- * its return plan has no operations. */
-#define GT_ARGS_COOKIE_ALSO_RETURN 2147483648
+/* gt_arg_plan.flags of an entry plan: the entry instruction is also a `ret`
+ * (a function whose whole body is `ret`): its one probe sends the call at
+ * once. Its entry plan captures the results too (the registers hold both at
+ * that instant); its return plan has no operations. (A flag of the plan, not
+ * of the cookie, whose low half must be the function's id for the cost
+ * guard, guard.h.) */
+#define GT_ARG_PLAN_ALSO_RETURN 1
 
 /* Settings in gt_args_cfg[GT_ACFG_*], written by user space. */
 #define GT_ACFG_MAX_RATE 0        /* events per second, 0: no limit */
@@ -333,7 +335,7 @@ struct gt_arg_plan {
     __u32 nops;
     __u32 base;    /* return plan: where the return region starts in the event's data */
     __u32 send;    /* return plan: bytes of the event's data sent */
-    __u32 reserved;
+    __u32 flags;   /* entry plan: GT_ARG_PLAN_* */
     struct gt_arg_op ops[GT_ARGS_MAX_OPS];
 };
 

@@ -9,11 +9,13 @@ from dataclasses import dataclass
 from gotrace.binary.rtypes import RuntimeTypes
 from gotrace.capture.plan import DEFAULT_DEPTH, DEFAULT_MAX_ELEMS, DEFAULT_STR_LEN, ArgsPlan, Limits, plan_args
 from gotrace.capture.values import Call, decode_call
+from gotrace.commands import DEFAULT_MAX_OVERHEAD_PCT
 from gotrace.commands.target import open_traced, reading_priority, tracing_target
+from gotrace.commands.tracing import cost_estimate, detached_event, guarded, refused_reason
 from gotrace.output.args import ArgsSummary
-from gotrace.output.events import BpfSource, Skipped, Started, Timings
+from gotrace.output.events import BpfSource, GuardInfo, Skipped, Started, Timings
 from gotrace.trace.args import ArgsFunction, ArgsTracer
-from gotrace.trace.session import Ending, attached
+from gotrace.trace.session import Ending
 from gotrace.trace.tracer import traced_functions
 
 DEFAULT_MAX_RATE = 10000
@@ -37,6 +39,7 @@ class ArgsRequest:
     min_latency_ns: int = 0
     print_bpf: bool = False
     timings: dict[str, float] | None = None  # GOTRACE_TIMINGS: phases timed so far; None: off
+    max_overhead_pct: float | None = DEFAULT_MAX_OVERHEAD_PCT  # the cost guard's budget; 0 or None: estimate only
 
 
 def args_functions(gobin, plan: ArgsPlan) -> list[ArgsFunction]:
@@ -76,12 +79,20 @@ def args(request: ArgsRequest) -> Iterator[object]:
         shown = undecodable = 0
         limit = request.max_events
 
-        with attached(target, make_tracer) as (tracer, stop):
+        with guarded(target, make_tracer, request.max_overhead_pct) as session:
+            tracer, guard = session.tracer, session.guard
+            for func_id, err in sorted(tracer.refused.items()):
+                yield Skipped(tracer.functions[func_id].name, refused_reason(err))
+            for found in session.while_attaching:
+                yield detached_event(found, False)
             if request.timings is not None:
                 yield Timings({**request.timings, "elf_analysis": analysed - started, **tracer.timings_s},
                               tracer.bpf_compiler_peak_rss_kb, tracer.bpf_origin)
-            yield Started(len(plan.traced), plan.n_sites, target.pid, gobin.go_version, target.display)
-            ending = Ending(target, stop, request.duration_s)
+            yield Started(len(plan.traced) - len(tracer.refused), plan.n_sites, target.pid, gobin.go_version,
+                          target.display,
+                          GuardInfo(guard.max_overhead_pct, guard.costs.text(),
+                                    cost_estimate(session.attach_cost, guard.max_overhead_pct)))
+            ending = Ending(target, session.stop, request.duration_s)
 
             def decoded(records) -> Iterator[Call]:
                 nonlocal shown, undecodable
@@ -101,10 +112,16 @@ def args(request: ArgsRequest) -> Iterator[object]:
                     shown += 1
                     yield call
 
-            while not ending.check() and (limit is None or shown < limit):
-                remaining = None if limit is None else limit - shown
-                yield from decoded(tracer.poll(ending.wait_s(POLL_S), remaining))
+            with guard.watching():
+                while not ending.check() and (limit is None or shown < limit):
+                    remaining = None if limit is None else limit - shown
+                    yield from decoded(tracer.poll(ending.wait_s(POLL_S), remaining))
+                    for found in guard.take_detached():
+                        yield detached_event(found, False)
+            for found in guard.take_detached():
+                yield detached_event(found, False)
             if limit is None or shown < limit:
                 yield from decoded(tracer.drain())
             yield ArgsSummary(shown, undecodable, tracer.stats(), request.max_rate,
-                              limit is not None and shown >= limit, request.min_latency_ns)
+                              limit is not None and shown >= limit, request.min_latency_ns,
+                              len(tracer.detached_ids()))

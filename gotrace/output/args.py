@@ -389,8 +389,8 @@ def value_json(value: GoValue):
 
 
 def call_json(call: Call) -> dict:
-    """One call as the contract's JSON object."""
-    return {"func": call.func, "pid": call.pid, "goid": call.goid, "ts_ns": call.ts_ns,
+    """One call as the contract's JSON object (version 2: with "event": "call")."""
+    return {"event": "call", "func": call.func, "pid": call.pid, "goid": call.goid, "ts_ns": call.ts_ns,
             "latency_ns": call.latency_ns,
             "args": {name: value_json(v) for name, v in call.args},
             "results": {name: value_json(v) for name, v in call.results}}
@@ -409,6 +409,7 @@ class ArgsSummary:
     max_rate: int
     limit_reached: bool
     min_latency_ns: int = 0
+    detached: int = 0  # functions the cost guard detached: their later calls were not seen
 
     def text(self) -> str:
         stats = self.stats
@@ -432,4 +433,7 @@ class ArgsSummary:
         if self.min_latency_ns:
             line += (f"; {stats.get('faster_than_min_latency', 0)} faster than --min-latency "
                      f"{go_duration(self.min_latency_ns)} not shown")
+        if self.detached:
+            line += (f"; {self.detached} function{'' if self.detached == 1 else 's'} detached by the cost guard "
+                     "(calls after that not seen; --max-overhead)")
         return line

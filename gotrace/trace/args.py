@@ -83,14 +83,15 @@ def parse_record(raw: bytes) -> CallRecord:
     return CallRecord(func_id, tgid, goid, start, end, entry_ip, bytes(raw[EVENT_HEADER.size:]))
 
 
-def pack_plan(ops: Sequence[Sequence[int]], base: int = 0, send: int = 0) -> bytes:
-    """The bytes of one struct gt_arg_plan (base and send: the return plan's region start and bytes sent)."""
+def pack_plan(ops: Sequence[Sequence[int]], base: int = 0, send: int = 0, flags: int = 0) -> bytes:
+    """The bytes of one struct gt_arg_plan (base and send: the return plan's region start and bytes sent; flags:
+    the entry plan's GT_ARG_PLAN_*)."""
     max_ops = header.constant("GT_ARGS_MAX_OPS")
     if len(ops) > max_ops:
         raise UsageError(f"a capture plan has {len(ops)} operations; at most {max_ops} fit")
     body = b"".join(OP_STRUCT.pack(*op) for op in ops)
     body += bytes(OP_STRUCT.size * (max_ops - len(ops)))
-    return PLAN_HEADER.pack(len(ops), base, send, 0) + body
+    return PLAN_HEADER.pack(len(ops), base, send, flags) + body
 
 
 class ArgsTracer(Tracer):
@@ -100,21 +101,26 @@ class ArgsTracer(Tracer):
     call. max_rate (calls per second, 0: unlimited) bounds what the BPF side
     sends; what it drops is counted in stats(). Calls faster than
     min_latency_ns are counted and not sent (the --min-latency filter runs in
-    the kernel at return).
+    the kernel at return). Its probes are DETACHABLE: the cost guard counts
+    their hits and may detach a function, as latency's (probes/guard.h).
     """
 
     PROGRAM = "args16"  # per run: the smallest args<bound> object that holds the longest plan
     ENTRY_PROGRAM = b"gt_args_entry"
     RETURN_PROGRAM = b"gt_args_return"
+    DETACHABLE = True
 
     def __init__(self, gobin, functions: Sequence[ArgsFunction], *, pid: int | None, mode: str = "auto",
                  max_rate: int = 0, min_latency_ns: int = 0) -> None:
         super().__init__(gobin, functions, pid=pid, mode=mode)
         self.max_rate = compiler.validated_int("max_rate", max_rate, 0, 10**9)
         self.min_latency_ns = compiler.validated_int("min_latency_ns", min_latency_ns, 0, 2**63 - 1)
+        also_return = header.constant("GT_ARG_PLAN_ALSO_RETURN")
         self._plans = []
         for fn in self.functions:
-            self._plans.append(pack_plan(fn.entry_ops))
+            # A function whose entry instruction is a `ret` gets one probe doing both captures.
+            flags = also_return if fn.entry_vaddr in fn.return_vaddrs else 0
+            self._plans.append(pack_plan(fn.entry_ops, flags=flags))
             self._plans.append(pack_plan(fn.return_ops, fn.return_base, fn.send_bytes))
         # The object whose capture loop bound holds the longest plan (the verifier's work follows the bound).
         longest = max((len(ops) for fn in self.functions for ops in (fn.entry_ops, fn.return_ops)), default=0)
@@ -122,7 +128,7 @@ class ArgsTracer(Tracer):
         self._ring: RingBuffer | None = None
 
     def map_sizes(self) -> dict[str, int]:
-        return {"gt_arg_plans": len(self._plans)}
+        return {**super().map_sizes(), "gt_arg_plans": len(self._plans)}
 
     def setup_maps(self, loaded: LoadedImage) -> None:
         plans_fd = loaded.map_fd("gt_arg_plans")
@@ -134,12 +140,11 @@ class ArgsTracer(Tracer):
             self._sys.map_update_elem(cfg_fd, struct.pack("<I", index), struct.pack("<Q", value))
 
     def site_groups(self) -> list[tuple[bytes, list[tuple[int, int]]]]:
-        # A function whose entry instruction is a `ret` gets one probe doing both captures.
-        also_return = header.constant("GT_ARGS_COOKIE_ALSO_RETURN")
+        # A function whose entry instruction is a `ret` has no return probe: its entry probe does both (its plan's
+        # GT_ARG_PLAN_ALSO_RETURN).
         entries, returns = [], []
         for fn in self.functions:
-            entry_is_return = fn.entry_vaddr in fn.return_vaddrs
-            entries.append((fn.entry_file_offset, fn.func_id | (also_return if entry_is_return else 0)))
+            entries.append((fn.entry_file_offset, fn.func_id))
             returns += [(offset, fn.func_id) for vaddr, offset in zip(fn.return_vaddrs, fn.return_file_offsets)
                         if vaddr != fn.entry_vaddr]
         # Return probes first: a call entered before its entry probe was in place is then a return without
