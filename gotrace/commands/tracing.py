@@ -1,11 +1,14 @@
-"""What the tracing commands (latency, count) share: their options, and the session with the cost guard.
+"""What the tracing commands share: their options, the session under the cost guard, and the guard's memory.
 
-trace_session() runs one tracer from attach to the final report and yields,
-in order: the skipped functions' summary, the cost guard's detachments
-while attaching, Started (with the guard's budget and what attaching cost),
-Serving when a Prometheus exporter serves the tracer's counts, then
-detachments as they happen and a report every interval, the final report,
-and how the target ended.
+guarded() attaches a tracer under its cost guard (every tracing command:
+latency, count, top, args). trace_session() runs one tracer of latency or
+count from attach to the final report and yields, in order: the skipped
+functions' summary, the cost guard's detachments while attaching, Started
+(with the guard's budget and what attaching cost), Serving when a
+Prometheus exporter serves the tracer's counts, then detachments as they
+happen and a report every interval, the final report, and how the target
+ended. leave_out_remembered() and remembering() read and update the guard's
+memory (gotrace.trace.guardmemory) around a session.
 """
 
 from __future__ import annotations
