@@ -221,8 +221,10 @@ def _same(want, got) -> bool:
 def trace_truth(binary: Path, tmp_path: Path, stripped: bool, as_json: bool = True) -> tuple[list, list, str]:
     """Run argstruth under gotrace args -c; (truth lines, gotrace output lines, stderr)."""
     truth_path = tmp_path / "truth.jsonl"
+    # --max-overhead 0: every call is compared, so the cost guard only estimates (on an emulated VM, where a hit
+    # costs tens of us, it detached functions of this program; the guard on args: tests/test_guard.py)
     cmd = ["args", "-c", f"{binary} -truth {truth_path}", binary, *PATTERNS, "--str-len", STR_LEN,
-           "--depth", DEPTH, "--max-elems", MAX_ELEMS, "--max-rate", 0]
+           "--depth", DEPTH, "--max-elems", MAX_ELEMS, "--max-rate", 0, "--max-overhead", 0]
     if as_json:
         cmd.append("--json")
     if stripped:

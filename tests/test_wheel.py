@@ -181,7 +181,7 @@ def test_args_in_the_bare_venv_reports_every_value_exactly(built, tmp_path, priv
     truth_path = tmp_path / "truth.jsonl"
     proc = hidden(venv, [venv / "bin" / "gotrace", "args", "-c", f"{binary} -truth {truth_path}", binary, *PATTERNS,
                          "--str-len", str(STR_LEN), "--depth", str(DEPTH), "--max-elems", str(MAX_ELEMS),
-                         "--max-rate", "0", "--json"])
+                         "--max-rate", "0", "--max-overhead", "0", "--json"])  # every call compared (test_args_truth)
     assert proc.returncode == 0, proc.stderr
     truth = [json.loads(line) for line in truth_path.read_text().splitlines()]
     calls = [json.loads(line) for line in proc.stdout.splitlines()]
