@@ -120,12 +120,14 @@ def hot_sites(binary: Path) -> list[int]:
     return [fn["entry"] + fn["entry_site"]] + [fn["entry"] + r for r in fn["returns"]]
 
 
-def trace(spawn, prog: Hotloop, *args: object, calls: int = 2_000) -> tuple[str, dict, list[bytes]]:
-    """One latency or count run on hotloop: stderr, its final report, and main.hot's site bytes while it traced."""
+def trace(spawn, prog: Hotloop, vaddrs: list[int], *args: object, calls: int = 2_000
+          ) -> tuple[str, dict, list[bytes]]:
+    """One latency or count run on hotloop: stderr, its final report, and the bytes at `vaddrs` (main.hot's
+    sites) while it traced."""
     command, *rest = args
     tracer = spawn(gotrace(command, "-p", prog.pid, *rest, "--json"))
     tracer.wait_line("stderr", r"^Tracing \d+ function")
-    sites = process_bytes(prog.pid, hot_sites_of[prog.pid])
+    sites = process_bytes(prog.pid, vaddrs)
     prog.run(calls)
     tracer.proc.send_signal(signal.SIGINT)
     assert tracer.finish(60) == 0, tracer.stderr
@@ -133,8 +135,6 @@ def trace(spawn, prog: Hotloop, *args: object, calls: int = 2_000) -> tuple[str,
     assert docs[-1]["event"] == "report" and docs[-1]["final"] is True
     return tracer.stderr, docs[-1], sites
 
-
-hot_sites_of: dict[int, list[int]] = {}
 
 
 @pytest.mark.bpf
@@ -144,7 +144,6 @@ def test_a_function_the_guard_detached_is_left_out_of_the_next_wide_trace_and_pr
     vaddrs = hot_sites(binary)
     int3 = UPROBE_INSN[gobuild.NATIVE_ARCH]
     prog = Hotloop(binary)
-    hot_sites_of[prog.pid] = vaddrs
     original = process_bytes(prog.pid, vaddrs)
     try:
         # 1. 'main.*' with the default budget: main.hot, called 2,000,000 times, is detached.
@@ -159,7 +158,7 @@ def test_a_function_the_guard_detached_is_left_out_of_the_next_wide_trace_and_pr
         learnt = kept.read_bytes()
 
         # 2. 'main.*' again: main.hot is left out from the start, its sites untouched, and said so.
-        stderr, report, sites = trace(spawn, prog, "latency", "main.*")
+        stderr, report, sites = trace(spawn, prog, vaddrs, "latency", "main.*")
         assert sites == original
         assert f"gotrace: skipping {HOT}: {REASON}" in stderr
         assert re.search(r"^Tracing 2 functions ", stderr, re.M)
@@ -171,7 +170,7 @@ def test_a_function_the_guard_detached_is_left_out_of_the_next_wide_trace_and_pr
         for args in (("latency", HOT), ("latency", "main.*", "--retry-detached"),
                      ("latency", "main.*", "--max-overhead", "10")):
             kept.write_bytes(learnt)
-            stderr, report, sites = trace(spawn, prog, *args)
+            stderr, report, sites = trace(spawn, prog, vaddrs, *args)
             assert sites[0] == int3, args
             assert REASON not in stderr, args
             (fn,) = [fn for fn in report["functions"] if fn["name"] == HOT]
@@ -179,14 +178,15 @@ def test_a_function_the_guard_detached_is_left_out_of_the_next_wide_trace_and_pr
 
         # 4. A run that calls it and keeps it (a budget it fits in) forgets it: the next wide trace probes it.
         kept.write_bytes(learnt)
-        stderr, report, sites = trace(spawn, prog, "latency", "main.*", "--retry-detached", "--max-overhead", "1000")
+        stderr, report, sites = trace(spawn, prog, vaddrs, "latency", "main.*", "--retry-detached",
+                                      "--max-overhead", "1000")
         assert "gotrace: detached" not in stderr
-        stderr, report, sites = trace(spawn, prog, "latency", "main.*")
+        stderr, report, sites = trace(spawn, prog, vaddrs, "latency", "main.*")
         assert sites[0] == int3 and REASON not in stderr, stderr
 
         # 5. Memory is per program: what latency detached is not left out of a count.
         kept.write_bytes(learnt)
-        stderr, report, sites = trace(spawn, prog, "count", "main.*")
+        stderr, report, sites = trace(spawn, prog, vaddrs, "count", "main.*")
         assert sites[0] == int3 and REASON not in stderr, stderr
     finally:
         prog.close()
