@@ -87,9 +87,9 @@ def leave_out_remembered(gobin, patterns: list[str], probes: list, program: str,
                            max_overhead_pct)
     if not left:
         return probes, [], memory
-    out = [p for p in probes if p.function.name in left and p.function.entry_vaddr not in exact]
-    kept = [p for p in probes if not (p.function.name in left and p.function.entry_vaddr not in exact)]
-    out = [replace(p, sites=replace(p.sites, reason=LEFT_OUT_REASON)) for p in out]
+    leaving = [p.function.name in left and p.function.entry_vaddr not in exact for p in probes]
+    kept = [p for p, leave in zip(probes, leaving) if not leave]
+    out = [replace(p, sites=replace(p.sites, reason=LEFT_OUT_REASON)) for p, leave in zip(probes, leaving) if leave]
     if not kept:
         raise nothing_to_trace(gobin, patterns, out, what)
     return kept, out, memory
