@@ -25,7 +25,7 @@ from gotrace.trace import tracer as tracer_trace
 PYTHON_LAYOUTS = {
     "gt_arg_op": (args_trace.OP_STRUCT,
                   ["kind", "arg", "flags", "reserved", "dep", "dst", "size", "src", "len_src", "mul", "offset"]),
-    "gt_arg_plan": (args_trace.PLAN_HEADER, ["nops", "base", "send", "reserved"]),
+    "gt_arg_plan": (args_trace.PLAN_HEADER, ["nops", "base", "send", "flags"]),
     "gt_args_event": (args_trace.EVENT_HEADER, ["start_ns", "end_ns", "goid", "entry_ip", "tgid", "func_id"]),
     "gt_hist_key": (latency_trace.HIST_KEY, ["func_id", "bucket", "tgid"]),
     "gt_start_key": (latency_trace.START_KEY, ["goid", "tgid", "depth"]),
