@@ -9,8 +9,8 @@ refresh (running now, in every traced process).
 
 Under the cost guard, as `gotrace latency` is (gotrace.commands.tracing):
 the same budget, the same detachments, the same memory of earlier traces;
-a detached function's row says so, and the totals line gives the probes'
-cost over the last refresh.
+a detached function's row says so, and a line under the totals gives the
+probes' cost over the last refresh.
 """
 
 from __future__ import annotations

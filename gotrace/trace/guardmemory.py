@@ -4,7 +4,7 @@ Tracing `'*'` on a busy service, every call of a hot function traps until
 the guard's first check detaches it (0.1 s, then a second wave): on caddy
 under load that first second costs the service most of its throughput, and
 the next run on the same binary pays it again for the same 700 functions
-(README, "The cost guard's memory"). What the guard found too costly to
+(README, "The guard's memory"). What the guard found too costly to
 probe is kept per binary (the sha256 of its bytes) and per program
 (`latency`, `count`: a count's hit costs less), with the budget it was over
 and the probe hits per second it saw. A later trace of the same binary
