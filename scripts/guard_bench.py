@@ -7,7 +7,8 @@ while the guard may still be detaching, then --seconds more; then untraced
 again; with what the guard detached, when, and what the last report says the
 probes cost. The load:
 wrk with 2 threads and 2 keep-alive connections (Debian's wrk), or, without
-wrk, a Python client with 2 threads (far slower). caddy is a private copy,
+wrk or with --client python, a Python client with 2 threads (far slower: the
+issue's load was such a client, about 4,900 requests/s). caddy is a private copy,
 so that nothing else on the machine traces it by path.
 
 With --from-launch, the load runs all along instead (wrk in 1-s rounds), and
@@ -41,6 +42,7 @@ REPO = Path(__file__).resolve().parent.parent
 GOTRACE = [sys.executable, "-m", "gotrace"]
 PATTERNS = ["net/http.(*conn).serve", "*ServeHTTP", "net/http.*", "runtime.*", "*"]
 TRANSIENT_S = 5
+CLIENT = {"wrk": bool(shutil.which("wrk"))}  # main() may choose the Python client (--client python)
 
 
 def find_caddy() -> Path | None:
@@ -75,7 +77,7 @@ def start_caddy(binary: Path, workdir: Path, port: int) -> subprocess.Popen:
 
 def load(port: int, seconds: float) -> float:
     """Requests per second over `seconds`, 2 threads, 2 keep-alive connections."""
-    if shutil.which("wrk"):
+    if CLIENT["wrk"]:
         out = subprocess.run(["wrk", "-t2", "-c2", f"-d{int(seconds)}s", f"http://127.0.0.1:{port}/"],
                              capture_output=True, text=True).stdout
         return float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
@@ -235,7 +237,10 @@ def main() -> None:
     parser.add_argument("--command", default="latency", choices=["latency", "count"])
     parser.add_argument("--from-launch", action="store_true",
                         help="load all along; measure from gotrace's launch to its probes' removal")
+    parser.add_argument("--client", choices=["wrk", "python"], default="wrk",
+                        help="the load: wrk (when installed) or a Python client with 2 threads, like the issue's")
     args = parser.parse_args()
+    CLIENT["wrk"] = args.client == "wrk" and CLIENT["wrk"]
     binary = find_caddy()
     if binary is None:
         raise SystemExit("no caddy: scripts/thirdparty could not install it")
@@ -247,7 +252,7 @@ def main() -> None:
         caddy = start_caddy(private, work, port)
         try:
             print(f"caddy {binary} (private copy), pid {caddy.pid}; load: "
-                  f"{'wrk -t2 -c2' if shutil.which('wrk') else 'python, 2 threads'}, keep-alive; "
+                  f"{'wrk -t2 -c2' if CLIENT['wrk'] else 'python, 2 threads'}, keep-alive; "
                   f"{args.seconds:g} s per measurement; load average {os.getloadavg()[0]:.2f}")
             before = load(port, args.seconds)
             print(f"untraced: {before:,.0f} req/s")

@@ -8,9 +8,11 @@ The real attaching and detaching run in test_guard and test_tracer_bpf.
 
 from __future__ import annotations
 
+import random
+
 import pytest
 
-from gotrace.bpf.uprobes import SMALL_CHUNK_SITES, plan_chunks
+from gotrace.bpf.uprobes import SMALL_CHUNK_SITES, _count_chunks, _cut, plan_chunks
 
 
 def _units(n: int, sites=lambda unit: 1 + unit % 5) -> dict[int, int]:
@@ -81,3 +83,17 @@ def test_a_unit_larger_than_a_chunk_is_never_split():
     chunks = plan_chunks(units, [], room_links=100, n_programs=1, chunk_sites=64)
     _check_partition(chunks, units)
     assert [1] in chunks and [3] in chunks and [0, 2] in chunks
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_counting_a_cut_agrees_with_making_it(seed):
+    """plan_chunks searches with _count_chunks, which counts what _cut would make without making it."""
+    rng = random.Random(seed)
+    units = _units(2000, sites=lambda unit: rng.choice([1, 1, 2, 3, 5, 9, 70]))
+    hot = rng.sample(range(2000), 600)
+    rank = {unit: i for i, unit in enumerate(hot)}
+    for n_solo in (0, 1, 17, 300, 600):
+        for small in (True, False):
+            for chunk_sites in (8, 64):
+                made = _cut(units, set(hot[:n_solo]), set(hot[n_solo:]) if small else set(), chunk_sites)
+                assert _count_chunks(units, rank, n_solo, small, chunk_sites) == len(made)

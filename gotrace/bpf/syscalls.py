@@ -57,6 +57,7 @@ _BPF_MAP_DELETE_ELEM = 3
 _BPF_PROG_LOAD = 5
 _BPF_OBJ_GET_INFO_BY_FD = 15
 _BPF_MAP_LOOKUP_BATCH = 24
+_BPF_MAP_UPDATE_BATCH = 26
 _BPF_LINK_CREATE = 28
 _BPF_OBJ_NAME_LEN = 16
 _MAP_INFO_SIZE = 40  # struct bpf_map_info up to and including name[16]
@@ -163,6 +164,23 @@ class Syscalls:
         value_buf = ctypes.create_string_buffer(value, len(value))
         attr = struct.pack("<IIQQQ", map_fd, 0, ctypes.addressof(key_buf), ctypes.addressof(value_buf), 0)
         self._bpf(_BPF_MAP_UPDATE_ELEM, attr, 32, "BPF_MAP_UPDATE_ELEM")
+
+    def map_update_batch(self, map_fd: int, keys: bytes, values: bytes, count: int) -> None:
+        """BPF_MAP_UPDATE_BATCH (BPF_ANY): count keys (packed, in order) get the values (packed, in the same order),
+        in one call (Linux 5.6+ for arrays)."""
+        if count <= 0:
+            return
+        key_buf = ctypes.create_string_buffer(keys, len(keys))
+        value_buf = ctypes.create_string_buffer(values, len(values))
+        attr = ctypes.create_string_buffer(
+            struct.pack("<QQQQIIQQ", 0, 0, ctypes.addressof(key_buf), ctypes.addressof(value_buf), count, map_fd, 0, 0),
+            64)
+        ret = self._libc.syscall(self._nr_bpf, _BPF_MAP_UPDATE_BATCH, attr, 64)
+        if ret < 0:
+            raise OSError(ctypes.get_errno(), "bpf(BPF_MAP_UPDATE_BATCH)")
+        done = struct.unpack_from("<I", attr.raw, 32)[0]
+        if done != count:
+            raise OSError(errno.EIO, f"bpf(BPF_MAP_UPDATE_BATCH): {done} of {count} elements updated")
 
     def map_delete_elem(self, map_fd: int, key: bytes) -> bool:
         """BPF_MAP_DELETE_ELEM: removes key; False when it was not there."""

@@ -297,9 +297,8 @@ class Tracer:
     def _set_generation(self, func_ids: Sequence[int], generation: int) -> None:
         """gt_active[func_id] = generation: which of a function's links count (probes/gotrace.h)."""
         map_fd = self.loaded().map_fd("gt_active")
-        value = struct.pack("<I", generation)
-        for func_id in func_ids:
-            self._sys.map_update_elem(map_fd, struct.pack("<I", func_id), value)
+        keys = array.array("I", func_ids)
+        self._sys.map_update_batch(map_fd, keys.tobytes(), struct.pack("<I", generation) * len(keys), len(keys))
 
     def detach(self, func_ids) -> None:
         """Remove the probes of these functions for real (DETACHABLE programs): their traps stop, the first
